@@ -1,0 +1,102 @@
+"""One error hierarchy and the documented exit codes.
+
+Every failure the user can cause or meet is a ``DeployerError`` subclass carrying a one-line,
+user-facing message (what failed, where, and what to do) and a class-level exit code. Library
+exceptions (paramiko, socket, OSError) are translated into these at one boundary each; only the
+click entry point prints them and exits.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit statuses, documented in the README."""
+
+    OK = 0
+    ERROR = 1  # unexpected internal error (a bug: please report it with --traceback)
+    USAGE = 2  # bad flag, option value or configuration file (click uses 2 as well)
+    ARTIFACT = 3  # artifact missing, unreadable or unsafe (../ members, escaping symlinks)
+    KEY = 4  # private key unusable: encrypted without passphrase, public key, garbage
+    HOST_KEY = 5  # unknown, changed or revoked host key on some hop
+    AUTH = 6  # the server refused authentication (wrong user or key not authorized)
+    CONNECT = 7  # route failure: unreachable host, timeout, tunnel port not listening
+    REMOTE = 8  # target not ready or a remote step failed: path unwritable, no tar, disk full
+    HOOK = 9  # a before/after hook or healthcheck failed; live release untouched or restored
+    LOCK = 10  # another deploy holds the lock on the target path
+    TRANSFER = 11  # the upload was interrupted or arrived incomplete
+    INTERRUPTED = 130  # Ctrl-C / SIGINT
+
+
+class DeployerError(Exception):
+    """Root of every error deployer reports to the user."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(DeployerError):
+    """A flag, environment variable or configuration file value is invalid."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ArtifactError(DeployerError):
+    """The artifact is missing, unreadable, of an unknown kind or unsafe to extract."""
+
+    exit_code = ExitCode.ARTIFACT
+
+
+class PrivateKeyError(DeployerError):
+    """The private key cannot be used."""
+
+    exit_code = ExitCode.KEY
+
+
+class HostKeyError(DeployerError):
+    """A hop presented a host key that is unknown, changed or revoked."""
+
+    exit_code = ExitCode.HOST_KEY
+
+
+class AuthError(DeployerError):
+    """A hop refused authentication."""
+
+    exit_code = ExitCode.AUTH
+
+
+class ConnectError(DeployerError):
+    """A hop could not be reached (DNS, refused, timeout, forward refused by the jump host)."""
+
+    exit_code = ExitCode.CONNECT
+
+
+class RemoteError(DeployerError):
+    """The target is not ready for a deploy, or a remote step other than a hook failed."""
+
+    exit_code = ExitCode.REMOTE
+
+
+class HookError(DeployerError):
+    """A hook or the healthcheck failed; the live release was left alone or switched back."""
+
+    exit_code = ExitCode.HOOK
+
+
+class LockError(DeployerError):
+    """Another deploy holds the lock on the target path."""
+
+    exit_code = ExitCode.LOCK
+
+
+class TransferError(DeployerError):
+    """The upload stopped before the whole artifact arrived."""
+
+    exit_code = ExitCode.TRANSFER
