@@ -1,0 +1,120 @@
+"""Configuration sources below the command line: deployer.toml, [tool.deployer], CI metadata.
+
+Precedence is flags > environment (DEPLOYER_*) > configuration file > defaults. Flags and the
+environment are click's job; this module turns the configuration file into click's
+``default_map`` (validated: an unknown key is an error naming the file) and reads what CI tells
+us about who is deploying what. Nothing here imports paramiko, so ``deployer --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from deployer.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+CONFIG_FILE = "deployer.toml"
+
+
+def find_config_file(cwd: Path, explicit: Path | None) -> Path | None:
+    """The file to read: --config/DEPLOYER_CONFIG, else ./deployer.toml, else ./pyproject.toml if it has [tool.deployer]."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(
+                f"configuration file {explicit} not found — check --config / DEPLOYER_CONFIG"
+            )
+        return explicit
+    candidate = cwd / CONFIG_FILE
+    if candidate.is_file():
+        return candidate
+    pyproject = cwd / "pyproject.toml"
+    if (
+        pyproject.is_file()
+        and "tool" in (data := _read_toml(pyproject))
+        and "deployer" in data["tool"]
+    ):
+        return pyproject
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The deployer settings in a file (the whole deployer.toml, or [tool.deployer] of pyproject.toml)."""
+    data = _read_toml(path)
+    if path.name == "pyproject.toml":
+        section = data.get("tool", {}).get("deployer", {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: [tool.deployer] must be a table")
+        data = section
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def build_default_map(
+    settings: Mapping[str, Any], commands: Mapping[str, Iterable[str]], source: Path
+) -> dict[str, dict[str, Any]]:
+    """Give each command the file's values for the options it has; refuse keys no command knows."""
+    known = {name for params in commands.values() for name in params}
+    for key in settings:
+        if key not in known:
+            raise ConfigError(
+                f"{source}: unknown setting {key!r} — known settings are: {', '.join(sorted(known))}"
+            )
+    return {
+        command: {k: v for k, v in settings.items() if k in params}
+        for command, params in commands.items()
+    }
+
+
+def is_ci(env: Mapping[str, str]) -> bool:
+    """True in GitLab CI, GitHub Actions and anything else that sets CI=true."""
+    return (
+        env.get("CI", "").lower() in ("1", "true", "yes")
+        or "GITLAB_CI" in env
+        or "GITHUB_ACTIONS" in env
+    )
+
+
+def provenance_fields(env: Mapping[str, str]) -> dict[str, str]:
+    """Who deploys which commit from which pipeline, as CI describes it (GitLab, GitHub, local)."""
+    if "GITLAB_CI" in env:
+        return {
+            "by": env.get("GITLAB_USER_LOGIN", "")
+            or env.get("GITLAB_USER_NAME", "")
+            or "gitlab-ci",
+            "commit": env.get("CI_COMMIT_SHA", ""),
+            "ref": env.get("CI_COMMIT_REF_NAME", ""),
+            "pipeline": env.get("CI_PIPELINE_URL", "") or env.get("CI_JOB_URL", ""),
+        }
+    if "GITHUB_ACTIONS" in env:
+        run = ""
+        if env.get("GITHUB_RUN_ID"):
+            server = env.get("GITHUB_SERVER_URL", "https://github.com")
+            run = f"{server}/{env.get('GITHUB_REPOSITORY', '')}/actions/runs/{env['GITHUB_RUN_ID']}"
+        return {
+            "by": env.get("GITHUB_ACTOR", "") or "github-actions",
+            "commit": env.get("GITHUB_SHA", ""),
+            "ref": env.get("GITHUB_REF_NAME", ""),
+            "pipeline": run,
+        }
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.geteuid())
+    return {"by": user, "commit": env.get("DEPLOYER_COMMIT", ""), "ref": "", "pipeline": ""}

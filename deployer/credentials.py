@@ -1,0 +1,67 @@
+"""Where keys and host keys come from: CI variables, files, the local ssh-agent and ~/.ssh.
+
+This is the one place that reads SSH_PRIVATE_KEY, SSH_PRIVATE_KEY_PASSPHRASE and
+SSH_KNOWN_HOSTS; everything below receives typed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from deployer.errors import ConfigError, PrivateKeyError
+from deployer.hostkeys import HostKeyPolicy, KnownHost, parse_known_hosts, parse_pins
+from deployer.keys import load_private_key, read_private_key_file
+from deployer.ssh import Credentials
+
+DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
+def load_credentials(env: Mapping[str, str], key_file: Path | None, *, local: bool) -> Credentials:
+    """SSH_PRIVATE_KEY and/or --key-file; locally also the ssh-agent and unencrypted ~/.ssh/id_*."""
+    passphrase = env.get("SSH_PRIVATE_KEY_PASSPHRASE") or None
+    keys = []
+    raw = env.get("SSH_PRIVATE_KEY", "")
+    if raw.strip():
+        keys.append(load_private_key(raw, passphrase=passphrase, source="SSH_PRIVATE_KEY"))
+    if key_file is not None:
+        if not key_file.is_file():
+            raise ConfigError(f"--key-file {key_file} not found — check the path")
+        keys.append(read_private_key_file(key_file, passphrase=passphrase))
+    if keys or not local:
+        return Credentials(tuple(keys))
+    for name in DEFAULT_IDENTITIES:
+        candidate = Path.home() / ".ssh" / name
+        if candidate.is_file():
+            try:
+                keys.append(read_private_key_file(candidate, passphrase=passphrase))
+            except PrivateKeyError:
+                continue  # encrypted default keys are the agent's job, as with ssh
+    return Credentials(tuple(keys), use_agent=bool(env.get("SSH_AUTH_SOCK")))
+
+
+def load_host_key_policy(
+    env: Mapping[str, str],
+    known_hosts_files: Sequence[Path],
+    pins: Sequence[str],
+    accept_new: bool,
+    *,
+    local: bool,
+) -> HostKeyPolicy:
+    """SSH_KNOWN_HOSTS, --known-hosts files and fingerprint pins; locally ~/.ssh/known_hosts too."""
+    known: list[KnownHost] = []
+    text = env.get("SSH_KNOWN_HOSTS", "")
+    if text.strip():
+        known += parse_known_hosts(text, "SSH_KNOWN_HOSTS")
+    files = list(known_hosts_files)
+    default = Path.home() / ".ssh" / "known_hosts"
+    if local and not files and default.is_file():
+        files.append(default)
+    for path in files:
+        try:
+            known += parse_known_hosts(path.read_text(), str(path))
+        except FileNotFoundError:
+            raise ConfigError(f"--known-hosts {path} not found — check the path") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read --known-hosts {path}: {exc.strerror}") from exc
+    return HostKeyPolicy(known=tuple(known), pins=parse_pins(pins), accept_new=accept_new)

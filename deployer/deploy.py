@@ -1,0 +1,400 @@
+"""The deploy service: push, rollback, list and unlock on one target, through any Executor.
+
+Every path out of ``push_target`` leaves the live release either untouched or restored, and the
+lock released. The same code runs over SSH (``ssh.Connection``) or locally on the target.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import BinaryIO
+
+from deployer.artifact import Artifact, write_tar
+from deployer.errors import DeployerError, HookError, RemoteError
+from deployer.executor import Executor, RunResult
+from deployer.hooks import HookRunner, HookSettings, failure_message
+from deployer.output import Reporter, human_size
+from deployer.release import (
+    LOCK_HELD_STATUS,
+    HistoryEntry,
+    Layout,
+    TargetState,
+    append_history_script,
+    check_ready,
+    extract_script,
+    lock_error,
+    new_release_id,
+    parse_history,
+    parse_state,
+    plan_prune,
+    preflight_script,
+    prepare_script,
+    read_history_script,
+    remove_partial_script,
+    remove_releases_script,
+    switch_script,
+    unlock_script,
+)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who and what a deploy came from (CI user, commit, ref, pipeline URL)."""
+
+    by: str
+    commit: str = ""
+    ref: str = ""
+    pipeline: str = ""
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    """Everything about a push except where it goes."""
+
+    path: str
+    keep: int = 5
+    shared: tuple[str, ...] = ()
+    hooks: HookSettings = field(default_factory=HookSettings)
+    dry_run: bool = False
+    compresslevel: int | None = 6
+
+
+@dataclass
+class Outcome:
+    """What happened on one target, for the summary and --json."""
+
+    target: str
+    status: str  # deployed | planned | failed | rolled-back | listed | unlocked
+    release: str = ""
+    previous: str = ""
+    error: str = ""
+    exit_code: int = 0
+    seconds: float = 0.0
+    uploaded_bytes: int = 0
+    pruned: list[str] = field(default_factory=list)
+    details: dict[str, object] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _checked(executor: Executor, script: str, what: str, **kwargs: object) -> RunResult:
+    result = executor.run(script, **kwargs)  # type: ignore[arg-type]
+    if result.status != 0:
+        detail = result.stderr_line or f"exit status {result.status}"
+        raise RemoteError(f"{what} on {executor.label} failed: {detail}")
+    return result
+
+
+def probe(executor: Executor, path: str) -> TargetState:
+    """Run the read-only preflight and parse what it saw."""
+    result = _checked(executor, preflight_script(path), "inspecting the target")
+    return parse_state(path, result.stdout.decode(errors="replace"))
+
+
+class _Locked:
+    """Holds the deploy lock on a target path for the duration of a with-block."""
+
+    def __init__(self, executor: Executor, path: str, provenance: Provenance, action: str) -> None:
+        self.executor = executor
+        self.path = path
+        self.token = secrets.token_hex(8)
+        self.info = (
+            f"{action} by {provenance.by} since {_now()}"
+            + (f" commit {provenance.commit[:12]}" if provenance.commit else "")
+            + (f" {provenance.pipeline}" if provenance.pipeline else "")
+            + f" token {self.token}"
+        )
+
+    def __enter__(self) -> _Locked:
+        result = self.executor.run(prepare_script(self.path, self.info))
+        if result.status == LOCK_HELD_STATUS:
+            held = result.stdout.decode(errors="replace").partition("lock=")[2].strip()
+            raise lock_error(held, self.path, self.executor.label)
+        if result.status != 0:
+            raise RemoteError(
+                f"preparing {self.path} on {self.executor.label} failed: {result.stderr_line}"
+                " — check the path and its permissions"
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.executor.run(unlock_script(self.path, self.token), timeout=30)
+        except DeployerError:
+            pass  # the connection is gone; the next prepare reports the stale lock with its owner
+
+
+def push_target(
+    executor: Executor,
+    artifact: Artifact,
+    settings: PushSettings,
+    provenance: Provenance,
+    reporter: Reporter,
+) -> Outcome:
+    """Deploy artifact to one target: upload, hooks, atomic switch, healthcheck, prune."""
+    label = executor.label
+    started = time.monotonic()
+    state = probe(executor, settings.path)
+    check_ready(state, label, artifact.total_size)
+    path = state.path
+    release_id = new_release_id(datetime.now(timezone.utc), state.releases)
+    outcome = Outcome(label, "planned", release=release_id, previous=state.current)
+    if settings.dry_run:
+        _describe_plan(reporter, label, artifact, settings, state, release_id)
+        outcome.pruned = plan_prune([*state.releases, release_id], release_id, settings.keep)
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    layout = Layout(path, release_id)
+    with _Locked(executor, path, provenance, "deploy"):
+        outcome.uploaded_bytes = _upload(executor, artifact, settings, layout, reporter)
+        env = {
+            "DEPLOYER_RELEASE_DIR": layout.release_dir,
+            "DEPLOYER_PREVIOUS_RELEASE_DIR": f"{path}/releases/{state.current}"
+            if state.current
+            else "",
+            "DEPLOYER_PATH": path,
+            "DEPLOYER_RELEASE_ID": release_id,
+        }
+        runner = HookRunner(executor, reporter, settings.hooks, state.has_timeout)
+        history = HistoryEntry(
+            "deploy", release_id, state.current, _now(), provenance.by,
+            provenance.commit, provenance.ref, provenance.pipeline,
+        )  # fmt: skip
+        try:
+            for command in settings.hooks.before:
+                runner.require("before", command, layout.release_dir, env)
+        except HookError as exc:
+            _discard(executor, path, release_id, history, str(exc))
+            reporter.target(label, f"release {release_id} discarded; live release unchanged")
+            raise
+        _checked(executor, switch_script(path, release_id), "switching current")
+        reporter.target(label, f"switched current -> releases/{release_id}")
+        try:
+            for command in settings.hooks.after:
+                runner.require("after", command, layout.release_dir, env)
+            _healthcheck(runner, settings.hooks, layout.release_dir, env)
+        except HookError as exc:
+            restored = _switch_back(
+                executor, runner, settings.hooks, path, state.current, env, reporter
+            )
+            _discard(executor, path, release_id, history, str(exc))
+            raise HookError(f"{exc} — {restored}") from exc
+        executor.run(append_history_script(path, history))
+        outcome.pruned = plan_prune([*state.releases, release_id], release_id, settings.keep)
+        if outcome.pruned:
+            _checked(executor, remove_releases_script(path, outcome.pruned), "pruning old releases")
+            reporter.target(
+                label, f"pruned {len(outcome.pruned)} old release(s), kept {settings.keep}"
+            )
+    outcome.status = "deployed"
+    outcome.seconds = time.monotonic() - started
+    reporter.target(label, f"deployed {release_id} in {outcome.seconds:.1f} s")
+    return outcome
+
+
+def _describe_plan(
+    reporter: Reporter,
+    label: str,
+    artifact: Artifact,
+    settings: PushSettings,
+    state: TargetState,
+    release_id: str,
+) -> None:
+    say = lambda text: reporter.target(label, text)  # noqa: E731
+    say(
+        f"dry run: connected as {state.login}; {state.path} is writable; {human_size(state.free_bytes)} free"
+    )
+    say(
+        f"would upload {artifact.file_count} files ({human_size(artifact.total_size)}) to "
+        f"{state.path}/releases/{release_id}"
+    )
+    say(
+        f"live release: {state.current or '(none: first deploy)'}; lock: {'held' if state.lock else 'free'}"
+    )
+    for kind, commands in (("before", settings.hooks.before), ("after", settings.hooks.after)):
+        for command in commands:
+            say(f"would run {kind} hook: {command}")
+    if settings.hooks.healthcheck:
+        say(f"would run healthcheck: {settings.hooks.healthcheck}")
+    pruned = plan_prune([*state.releases, release_id], release_id, settings.keep)
+    if pruned:
+        say(f"would prune: {', '.join(pruned)}")
+    say("dry run: nothing was changed")
+
+
+def _upload(
+    executor: Executor,
+    artifact: Artifact,
+    settings: PushSettings,
+    layout: Layout,
+    reporter: Reporter,
+) -> int:
+    label = executor.label
+    counted = {"wire": 0}
+    advance = reporter.progress(label, "upload", artifact.total_size)
+    started = time.monotonic()
+
+    def feed(out: BinaryIO) -> None:
+        class Counting:
+            def write(self, data: bytes) -> int:
+                counted["wire"] += len(data)
+                return out.write(data)
+
+            def flush(self) -> None:
+                out.flush()
+
+        write_tar(artifact, Counting(), compresslevel=settings.compresslevel, on_progress=advance)  # type: ignore[arg-type]
+
+    result = executor.run(extract_script(layout, settings.shared), upload=feed)
+    if result.status != 0:
+        executor.run(remove_partial_script(layout))
+        raise RemoteError(
+            f"unpacking the release on {label} failed: {result.stderr_line or f'exit status {result.status}'}"
+        )
+    elapsed = time.monotonic() - started
+    reporter.target(
+        label,
+        f"uploaded {artifact.file_count} files, {human_size(artifact.total_size)}"
+        f" ({human_size(counted['wire'])} on the wire) in {elapsed:.1f} s",
+    )
+    return counted["wire"]
+
+
+def _healthcheck(runner: HookRunner, hooks: HookSettings, cwd: str, env: dict[str, str]) -> None:
+    if not hooks.healthcheck:
+        return
+    attempts = hooks.healthcheck_retries + 1
+    for attempt in range(1, attempts + 1):
+        result = runner.run("healthcheck", hooks.healthcheck, cwd, env)
+        if result.status == 0:
+            return
+        if attempt < attempts:
+            runner.reporter.target(
+                runner.executor.label,
+                f"healthcheck failed (attempt {attempt}/{attempts}), retrying in {hooks.healthcheck_interval:g} s",
+            )
+            time.sleep(hooks.healthcheck_interval)
+    raise HookError(
+        failure_message(
+            "healthcheck", hooks.healthcheck, result.status, runner.executor.label, hooks.timeout
+        )
+        + f" after {attempts} attempt(s)"
+    )
+
+
+def _switch_back(
+    executor: Executor,
+    runner: HookRunner,
+    hooks: HookSettings,
+    path: str,
+    previous: str,
+    env: dict[str, str],
+    reporter: Reporter,
+) -> str:
+    """Restore the previous live release (or no current at all) and re-run after hooks there."""
+    label = executor.label
+    _checked(executor, switch_script(path, previous or None), "switching back")
+    if not previous:
+        reporter.target(label, "removed current (there was no earlier release)")
+        return "removed current: there was no earlier release to switch back to"
+    reporter.target(label, f"switched current back -> releases/{previous}")
+    previous_dir = f"{path}/releases/{previous}"
+    for command in hooks.after:
+        result = runner.run(
+            "after", command, previous_dir, {**env, "DEPLOYER_RELEASE_DIR": previous_dir}
+        )
+        if result.status != 0:
+            return f"switched back to {previous}, but its after hook `{command}` failed too: check the service"
+    return f"switched back to {previous}"
+
+
+def _discard(
+    executor: Executor, path: str, release_id: str, history: HistoryEntry, reason: str
+) -> None:
+    """Delete a release that never went (or no longer is) live, and record why."""
+    executor.run(remove_releases_script(path, [release_id]))
+    failed = HistoryEntry(
+        "failed", history.release, history.previous, _now(), history.by,
+        history.commit, history.ref, history.pipeline, reason,
+    )  # fmt: skip
+    executor.run(append_history_script(path, failed))
+
+
+def rollback_target(
+    executor: Executor,
+    path: str,
+    release: str | None,
+    hooks: HookSettings,
+    provenance: Provenance,
+    reporter: Reporter,
+) -> Outcome:
+    """Switch current to the previous release (or a named one) and run after hooks there."""
+    label = executor.label
+    started = time.monotonic()
+    state = probe(executor, path)
+    if not state.exists or not state.releases:
+        raise RemoteError(f"no releases under {path} on {label} — nothing to roll back to")
+    target = release or state.previous
+    if not target:
+        raise RemoteError(
+            f"no release older than {state.current or 'current'} on {label} — nothing to roll back to"
+        )
+    if target not in state.releases:
+        raise RemoteError(f"release {target} does not exist on {label} — see deployer releases")
+    with _Locked(executor, state.path, provenance, "rollback"):
+        _checked(executor, switch_script(state.path, target), "switching current")
+        reporter.target(
+            label, f"rolled back: current -> releases/{target} (was {state.current or 'none'})"
+        )
+        env = {
+            "DEPLOYER_RELEASE_DIR": f"{state.path}/releases/{target}",
+            "DEPLOYER_PREVIOUS_RELEASE_DIR": f"{state.path}/releases/{state.current}"
+            if state.current
+            else "",
+            "DEPLOYER_PATH": state.path,
+            "DEPLOYER_RELEASE_ID": target,
+        }
+        runner = HookRunner(executor, reporter, hooks, state.has_timeout)
+        for command in hooks.after:
+            runner.require("after", command, env["DEPLOYER_RELEASE_DIR"], env)
+        entry = HistoryEntry(
+            "rollback", target, state.current, _now(), provenance.by,
+            provenance.commit, provenance.ref, provenance.pipeline,
+        )  # fmt: skip
+        executor.run(append_history_script(state.path, entry))
+    return Outcome(label, "rolled-back", release=target, previous=state.current,
+                   seconds=time.monotonic() - started)  # fmt: skip
+
+
+def list_target(executor: Executor, path: str, history_lines: int = 50) -> Outcome:
+    """Releases on a target with the live one marked, plus recent history."""
+    state = probe(executor, path)
+    history = parse_history(
+        executor.run(read_history_script(state.path, history_lines)).stdout.decode(errors="replace")
+    )
+    deployed = {h["release"]: h for h in history if h.get("action") == "deploy" and "release" in h}
+    releases = [
+        {
+            "id": rid,
+            "live": rid == state.current,
+            **{k: deployed.get(rid, {}).get(k, "") for k in ("by", "commit", "time")},
+        }
+        for rid in reversed(state.releases)
+    ]
+    return Outcome(
+        executor.label, "listed", release=state.current,
+        details={"path": state.path, "releases": releases, "history": history, "lock": state.lock},
+    )  # fmt: skip
+
+
+def unlock_target(executor: Executor, path: str) -> Outcome:
+    """Remove a stale deploy lock."""
+    state = probe(executor, path)
+    executor.run(unlock_script(state.path, None))
+    return Outcome(executor.label, "unlocked", details={"was": state.lock})

@@ -1,0 +1,45 @@
+"""What runs the release scripts on a target: the Executor contract and its result type.
+
+Two implementations: ``ssh.Connection`` (over SSH, from CI) and ``local.LocalExecutor``
+(on the target itself, for the webhook receiver). The deploy service only sees this contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+OutputSink = Callable[[str, bytes], None]  # (stream name "stdout"/"stderr", raw bytes)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a remote command did: its exit status and (the tail of) what it printed."""
+
+    status: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def stderr_line(self) -> str:
+        """The last non-empty stderr line, for one-line error messages."""
+        lines = [ln for ln in self.stderr.decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else ""
+
+
+class Executor(Protocol):
+    """Runs shell scripts on a target (over SSH, or locally on the target itself)."""
+
+    label: str
+
+    def run(
+        self,
+        script: str,
+        *,
+        upload: Callable[[BinaryIO], None] | None = None,
+        on_output: OutputSink | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Run script with sh; stream stdin from upload(); return status and output."""
+        ...

@@ -1,0 +1,33 @@
+"""Helpers for integration tests: sample artifacts and reading the target's layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def make_app(root: Path, version: str) -> Path:
+    """A small artifact directory with a script, a nested dir and a relative symlink."""
+    app = root / f"app-{version}"
+    (app / "bin").mkdir(parents=True)
+    (app / "public" / "css").mkdir(parents=True)
+    (app / "public" / "index.html").write_text(f"<h1>{version}</h1>\n")
+    (app / "public" / "css" / "site.css").write_text("body{}\n")
+    (app / "VERSION").write_text(version + "\n")
+    script = app / "bin" / "migrate"
+    script.write_text("#!/bin/sh\necho migrated\n")
+    script.chmod(0o755)
+    os.symlink("public/index.html", app / "index.html")
+    return app
+
+
+def live(path: Path) -> str:
+    """The release id current points to, or '' when there is none."""
+    link = path / "current"
+    return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else ""
+
+
+def releases(path: Path) -> list[str]:
+    """Release directories present on the target."""
+    folder = path / "releases"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []

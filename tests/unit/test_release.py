@@ -1,0 +1,157 @@
+"""The release scripts, run for real with the local /bin/sh against a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from deployer.errors import ConfigError, LockError, RemoteError
+from deployer.local import LocalExecutor
+from deployer.release import (
+    LOCK_HELD_STATUS,
+    HistoryEntry,
+    Layout,
+    TargetState,
+    append_history_script,
+    check_ready,
+    extract_script,
+    new_release_id,
+    parse_history,
+    parse_state,
+    plan_prune,
+    preflight_script,
+    prepare_script,
+    remove_releases_script,
+    switch_script,
+    unlock_script,
+    validate_shared,
+)
+
+sh = LocalExecutor("test")
+
+
+def probe(path: Path) -> TargetState:
+    result = sh.run(preflight_script(str(path)))
+    assert result.status == 0, result.stderr
+    return parse_state(str(path), result.stdout.decode())
+
+
+def test_release_ids_sort_by_time_and_never_collide() -> None:
+    now = datetime(2026, 11, 22, 23, 59, 1, tzinfo=timezone.utc)
+    first = new_release_id(now, [])
+    assert first == "20261122T235901Z"
+    assert new_release_id(now, [first]) == "20261122T235901Z-2"
+    assert new_release_id(now, [first, f"{first}-2"]) == "20261122T235901Z-3"
+
+
+def test_preflight_on_a_missing_path_sees_the_writable_parent(tmp_path: Path) -> None:
+    state = probe(tmp_path / "srv" / "app")
+    assert not state.exists and state.writable and state.has_tar and state.has_gzip
+    assert state.path == f"{tmp_path.resolve()}/srv/app"
+    assert state.free_bytes > 0 and state.releases == () and state.current == ""
+    check_ready(state, "t", 1024)
+
+
+def test_check_ready_messages() -> None:
+    base = TargetState(path="/srv/app", writable=True, has_tar=True, has_gzip=True, free_bytes=10 << 30)
+    with pytest.raises(RemoteError, match="tar not found on t"):
+        check_ready(TargetState(path="/srv/app", writable=True, has_gzip=True), "t", 1)
+    with pytest.raises(RemoteError, match="not enough space on t: 1.0 MiB free"):
+        check_ready(TargetState(**{**base.__dict__, "free_bytes": 1 << 20}), "t", 50 << 20)
+    with pytest.raises(LockError, match=r"\(deploy by bob\) .* `deployer unlock` with the same route and --path /srv/app"):
+        check_ready(TargetState(**{**base.__dict__, "lock": "deploy by bob"}), "t", 1)
+    with pytest.raises(RemoteError, match="current on t is not a symlink"):
+        check_ready(TargetState(**{**base.__dict__, "current_is_symlink": False}), "t", 1)
+
+
+def test_lock_is_exclusive_and_only_its_owner_unlocks(tmp_path: Path) -> None:
+    path = str(tmp_path / "app")
+    assert sh.run(prepare_script(path, "deploy by a token AAA")).status == 0
+    second = sh.run(prepare_script(path, "deploy by b token BBB"))
+    assert second.status == LOCK_HELD_STATUS and b"lock=deploy by a token AAA" in second.stdout
+    sh.run(unlock_script(path, "BBB"))  # not ours: stays
+    assert probe(Path(path)).lock == "deploy by a token AAA"
+    sh.run(unlock_script(path, "AAA"))
+    assert probe(Path(path)).lock == ""
+
+
+def test_extract_switch_and_prune(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    path = tmp_path / "app"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        data = b"hello"
+        info = tarfile.TarInfo("web/index.html")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert sh.run(prepare_script(str(path), "x token T")).status == 0
+    ids = ["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"]
+    for rid in ids:
+        layout = Layout(str(path), rid)
+        result = sh.run(extract_script(layout, ["uploads/"]), upload=lambda out: out.write(buffer.getvalue()))
+        assert result.status == 0, result.stderr
+        assert sh.run(switch_script(str(path), rid)).status == 0
+        assert os.readlink(path / "current") == f"releases/{rid}"
+    assert (path / "current" / "web" / "index.html").read_bytes() == b"hello"
+    assert os.readlink(path / "current" / "uploads") == "../../shared/uploads"
+    state = probe(path)
+    assert state.releases == tuple(ids) and state.current == ids[-1] and state.previous == ids[1]
+    doomed = plan_prune(state.releases, state.current, keep=1)
+    assert doomed == ids[:2]
+    assert sh.run(remove_releases_script(str(path), doomed)).status == 0
+    assert probe(path).releases == (ids[-1],)
+    assert sh.run(switch_script(str(path), None)).status == 0
+    assert not (path / "current").exists()
+
+
+def test_switch_refuses_a_missing_release(tmp_path: Path) -> None:
+    (tmp_path / "releases").mkdir()
+    result = sh.run(switch_script(str(tmp_path), "20260101T000000Z"))
+    assert result.status != 0 and "does not exist" in result.stderr_line
+
+
+def test_missing_shared_file_stops_the_extract(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("empty"), io.BytesIO(b""))
+    layout = Layout(str(tmp_path), "20260101T000000Z")
+    sh.run(prepare_script(str(tmp_path), "t"))
+    result = sh.run(extract_script(layout, [".env"]), upload=lambda out: out.write(buffer.getvalue()))
+    assert result.status == 4 and "shared file .env is missing" in result.stderr_line
+    assert not (tmp_path / "releases" / "20260101T000000Z").exists()
+
+
+def test_plan_prune_never_removes_the_live_release() -> None:
+    releases = ["a1", "a2", "a3", "a4"]
+    assert plan_prune(releases, "a1", keep=2) == ["a2"]
+    assert plan_prune(releases, "a4", keep=5) == []
+
+
+def test_remove_releases_refuses_anything_but_release_ids() -> None:
+    with pytest.raises(ValueError, match="not a release id"):
+        remove_releases_script("/srv/app", ["../../etc"])
+
+
+def test_shared_entries_must_stay_inside_the_release() -> None:
+    assert validate_shared(["storage/", ".env", "var/log/"]) == ("storage/", ".env", "var/log/")
+    for bad in ("/etc", "../x", "a/../b", "", "a//b"):
+        with pytest.raises(ConfigError, match="relative path inside the release"):
+            validate_shared([bad])
+
+
+def test_history_round_trip_with_hostile_text(tmp_path: Path) -> None:
+    sh.run(prepare_script(str(tmp_path), "t"))
+    entry = HistoryEntry("deploy", "20260101T000000Z", "", "2026-01-01T00:00:00Z", "o'brien $(rm -rf /)", "abc")
+    assert sh.run(append_history_script(str(tmp_path), entry)).status == 0
+    lines = (tmp_path / ".deployer" / "history").read_text().splitlines()
+    assert json.loads(lines[0])["by"] == "o'brien $(rm -rf /)"
+    assert parse_history("garbage\n" + lines[0])[0]["release"] == "20260101T000000Z"

@@ -1,0 +1,53 @@
+"""Parsing --to/--jump, and ssh_config aliases filling the gaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deployer.errors import ConfigError
+from deployer.route import Endpoint, Route, build_route, parse_endpoint, parse_jumps
+from deployer.sshconfig import ssh_config_lookup
+
+
+def test_endpoint_forms() -> None:
+    assert parse_endpoint("deploy@localhost:22022", default_user="me") == Endpoint("deploy", "localhost", 22022)
+    assert parse_endpoint("jumphost", default_user="me") == Endpoint("me", "jumphost", 22)
+    assert parse_endpoint("ops@[::1]:2222", default_user="me") == Endpoint("ops", "::1", 2222)
+    assert str(Endpoint("ops", "::1", 2222)) == "ops@[::1]:2222"
+    assert str(Endpoint("ops", "host", 22)) == "ops@host"
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "u@h:99999", "u@h:x", "u@@h", "http://h"])
+def test_bad_endpoints_name_the_option(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--jump"):
+        parse_endpoint(bad, default_user="me", option="--jump")
+
+
+def test_jump_chains_like_ssh_dash_j() -> None:
+    hops = parse_jumps(["a@one,b@two:2200", "c@three"], default_user="me")
+    assert [str(h) for h in hops] == ["a@one", "b@two:2200", "c@three"]
+
+
+def test_route_describes_each_hop() -> None:
+    route = Route(Endpoint("deploy", "localhost", 22022), (Endpoint("jump", "jumphost"),))
+    assert route.describe(0) == "jump host jump@jumphost"
+    assert route.describe(1) == "target deploy@localhost:22022 (through jump@jumphost)"
+    assert str(route) == "jump@jumphost -> deploy@localhost:22022"
+
+
+def test_ssh_config_aliases_and_proxyjump(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text(
+        "Host prod\n  HostName localhost\n  Port 22022\n  User deploy\n  ProxyJump bastion\n"
+        "Host bastion\n  HostName jump.example.com\n  User jump\n  Port 2222\n"
+    )
+    lookup = ssh_config_lookup(config)
+    assert lookup is not None
+    route = build_route("prod", [], default_user="me", lookup=lookup)
+    assert route.target == Endpoint("deploy", "localhost", 22022)
+    assert route.jumps == (Endpoint("jump", "jump.example.com", 2222),)
+    explicit = build_route("other@prod:2", ["x@y"], default_user="me", lookup=lookup)
+    assert explicit.target == Endpoint("other", "localhost", 2) and explicit.jumps == (Endpoint("x", "y"),)
+    assert ssh_config_lookup(tmp_path / "missing") is None
