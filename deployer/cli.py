@@ -6,6 +6,7 @@ Heavy modules (paramiko, the deploy service) are imported inside the commands so
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -36,14 +37,11 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Lines(click.ParamType):
+class Lines(click.types.StringParamType):
     """A string option whose environment variable holds one value per line (hook commands)."""
 
     name = "command"
     envvar_list_splitter = "\n"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        return value
 
 
 def route_options(func: F) -> F:
@@ -72,7 +70,28 @@ def route_options(func: F) -> F:
     return func
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Commands that live in their own modules, imported only when used (keeps --help fast).
+LAZY_COMMANDS: dict[str, str] = {}
+
+
+class Group(click.Group):
+    """A click group that also serves the commands listed in LAZY_COMMANDS."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module_name, _, attr = LAZY_COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module_name), attr)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="deployer")
 @click.option(
     "--config",
@@ -89,10 +108,11 @@ def cli(ctx: click.Context, config_file: Path | None, traceback: bool) -> None:
     """Agentless, atomic deploys to servers CI cannot reach directly (jump hosts, reverse tunnels)."""
     path = find_config_file(Path.cwd(), config_file)
     if path is not None:
-        commands = {
-            name: [p.name for p in command.params if p.name]
-            for name, command in cli.commands.items()
-        }
+        commands = {}
+        for name in cli.list_commands(ctx):
+            command = cli.get_command(ctx, name)
+            if command is not None:
+                commands[name] = [p.name for p in command.params if p.name]
         ctx.default_map = build_default_map(read_config_file(path), commands, path)
 
 

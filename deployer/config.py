@@ -26,7 +26,7 @@ CONFIG_FILE = "deployer.toml"
 
 
 def find_config_file(cwd: Path, explicit: Path | None) -> Path | None:
-    """The file to read: --config/DEPLOYER_CONFIG, else ./deployer.toml, else ./pyproject.toml if it has [tool.deployer]."""
+    """--config / DEPLOYER_CONFIG, else ./deployer.toml, else ./pyproject.toml with [tool.deployer]."""
     if explicit is not None:
         if not explicit.is_file():
             raise ConfigError(

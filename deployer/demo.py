@@ -7,6 +7,7 @@ and is switched back. It ends with the release list and says where to look.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -31,6 +32,11 @@ def _sample_artifact(root: Path, version: str) -> Path:
     return app
 
 
+def say(text: str) -> None:
+    """A sandbox narration line, bold on a terminal."""
+    click.secho(text, bold=True, err=True)
+
+
 def _deployer(args: list[str], env: dict[str, str]) -> int:
     """Run the real CLI as a user would, in a child process."""
     return subprocess.call([sys.executable, "-m", "deployer", *args], env=env)
@@ -41,7 +47,6 @@ def run_demo(directory: Path, *, keep_running: bool) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     box = Sandbox(directory)
     deploy_path = str(box.root / "srv" / "app")
-    say = lambda text: click.secho(text, bold=True, err=True)  # noqa: E731
     say(f"sandbox: starting jump sshd, target sshd and an ssh -R tunnel under {box.root}")
     with box:
         say(
@@ -86,7 +91,6 @@ def run_demo(directory: Path, *, keep_running: bool) -> None:
                 f"  export SSH_KNOWN_HOSTS=\"$(deployer keyscan {' '.join(route)} | grep -v '^#')\"\n"
                 f"  deployer releases {' '.join(route)} --path {deploy_path}"
             )
-            try:
-                box.jump.process.wait() if box.jump.process else None
-            except KeyboardInterrupt:
-                pass
+            with contextlib.suppress(KeyboardInterrupt):
+                if box.jump.process is not None:
+                    box.jump.process.wait()

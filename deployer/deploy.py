@@ -6,6 +6,7 @@ lock released. The same code runs over SSH (``ssh.Connection``) or locally on th
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -123,10 +124,9 @@ class _Locked:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
+        # if the connection is gone, the next deploy reports the stale lock with its owner
+        with contextlib.suppress(DeployerError):
             self.executor.run(unlock_script(self.path, self.token), timeout=30)
-        except DeployerError:
-            pass  # the connection is gone; the next prepare reports the stale lock with its owner
 
 
 def push_target(
@@ -206,7 +206,9 @@ def _describe_plan(
     state: TargetState,
     release_id: str,
 ) -> None:
-    say = lambda text: reporter.target(label, text)  # noqa: E731
+    def say(text: str) -> None:
+        reporter.target(label, text)
+
     say(
         f"dry run: connected as {state.login}; {state.path} is writable; {human_size(state.free_bytes)} free"
     )

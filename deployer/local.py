@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -61,10 +62,8 @@ class LocalExecutor:
             except BaseException as exc:  # reported after the script is reaped
                 upload_error = exc
             finally:
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     stdin.close()
-                except BrokenPipeError:
-                    pass
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             status = proc.wait(

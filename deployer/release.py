@@ -258,7 +258,8 @@ def _link_shared(item: str) -> str:
         seed = (
             f"if [ ! -e {s} ]; then"
             f' if [ -f {t} ]; then mkdir -p -- "$(dirname -- {s})" && cp -p -- {t} {s};'
-            f" else echo {q(f'shared file {rel} is missing: create it in ')}\"$P/shared/\"' on the target' >&2; exit 4; fi; fi"
+            f" else echo {q(f'shared file {rel} is missing: create it in ')}\"$P/shared/\"' on the target' >&2;"
+            " exit 4; fi; fi"
         )
     return f'{seed}\nrm -rf -- {t}\nmkdir -p -- "$(dirname -- {t})"\nln -s -- {q(target)} {t}'
 

@@ -7,6 +7,7 @@ hop before authenticating. paramiko and socket errors are translated here, and o
 
 from __future__ import annotations
 
+import contextlib
 import select
 import shlex
 import socket
@@ -46,10 +47,9 @@ class Credentials:
         """Keys to offer, in order (the agent is asked at connection time)."""
         keys = list(self.keys)
         if self.use_agent:
-            try:
+            # no usable agent: the in-memory keys are all we have
+            with contextlib.suppress(paramiko.SSHException):
                 keys.extend(paramiko.Agent().get_keys())
-            except paramiko.SSHException:
-                pass  # no usable agent: the in-memory keys are all we have
         return keys
 
 

@@ -43,9 +43,13 @@ def assert_untouched(target: Path, live_before: str, releases_before: list[str])
 # --------------------------------------------------------------------------- hooks
 
 
-def test_failing_before_hook_aborts_with_live_release_untouched(topology, deployer, deployed, tmp_path) -> None:
+def test_failing_before_hook_aborts_with_live_release_untouched(
+    topology, deployer, deployed, tmp_path
+) -> None:
     before, kept = live(deployed), releases(deployed)
-    run = push(deployer, topology, make_app(tmp_path, "bad"), deployed, "--before", "echo boom >&2; exit 7")
+    run = push(
+        deployer, topology, make_app(tmp_path, "bad"), deployed, "--before", "echo boom >&2; exit 7"
+    )
     assert run.status == ExitCode.HOOK
     line = one_error_line(run.stderr)
     assert "before hook `echo boom >&2; exit 7`" in line and "exited with status 7" in line
@@ -61,10 +65,16 @@ def test_failing_healthcheck_switches_back(topology, deployer, deployed, tmp_pat
                "--healthcheck-retries", "1", "--healthcheck-interval", "0")  # fmt: skip
     assert run.status == ExitCode.HOOK
     line = one_error_line(run.stderr)
-    assert "healthcheck `exit 1`" in line and "after 2 attempt(s)" in line and f"switched back to {before}" in line
+    assert (
+        "healthcheck `exit 1`" in line
+        and "after 2 attempt(s)" in line
+        and f"switched back to {before}" in line
+    )
     assert_untouched(deployed, before, kept)
     ran_in = marker.read_text().split()
-    assert ran_in[-1] == before and ran_in[0] != before  # after hooks re-ran in the restored release
+    assert (
+        ran_in[-1] == before and ran_in[0] != before
+    )  # after hooks re-ran in the restored release
     history = (deployed / ".deployer" / "history").read_text()
     assert '"action":"failed"' in history
 
@@ -94,14 +104,21 @@ def test_hook_timeout(topology, deployer, deployed, tmp_path) -> None:
 
 def test_unreachable_jump_host_is_refused(topology, deployer, deployed, tmp_path) -> None:
     port = free_port()
-    route = ["--to", f"{topology.user}@localhost:{topology.box.tunnel_port}", "--jump", f"jump@127.0.0.1:{port}"]
+    route = [
+        "--to",
+        f"{topology.user}@localhost:{topology.box.tunnel_port}",
+        "--jump",
+        f"jump@127.0.0.1:{port}",
+    ]
     run = push(deployer, topology, make_app(tmp_path, "r"), deployed, route=route)
     assert run.status == ExitCode.CONNECT
     line = one_error_line(run.stderr)
     assert f"jump host jump@127.0.0.1:{port} refused the connection on 127.0.0.1:{port}" in line
 
 
-def test_silent_jump_host_fails_within_the_connect_timeout(topology, deployer, deployed, tmp_path) -> None:
+def test_silent_jump_host_fails_within_the_connect_timeout(
+    topology, deployer, deployed, tmp_path
+) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -110,7 +127,14 @@ def test_silent_jump_host_fails_within_the_connect_timeout(topology, deployer, d
     thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
     thread.start()
     try:
-        route = ["--to", "x@localhost:22022", "--jump", f"jump@127.0.0.1:{port}", "--connect-timeout", "2"]
+        route = [
+            "--to",
+            "x@localhost:22022",
+            "--jump",
+            f"jump@127.0.0.1:{port}",
+            "--connect-timeout",
+            "2",
+        ]
         started = time.monotonic()
         run = push(deployer, topology, make_app(tmp_path, "t"), deployed, route=route)
         elapsed = time.monotonic() - started
@@ -120,7 +144,10 @@ def test_silent_jump_host_fails_within_the_connect_timeout(topology, deployer, d
             conn.close()
     assert run.status == ExitCode.CONNECT
     assert elapsed < 10
-    assert f"jump host jump@127.0.0.1:{port} closed the connection during the SSH handshake" in one_error_line(run.stderr)
+    assert (
+        f"jump host jump@127.0.0.1:{port} closed the connection during the SSH handshake"
+        in one_error_line(run.stderr)
+    )
 
 
 def test_tunnel_down_names_the_port_and_the_jump(topology, deployer, deployed, tmp_path) -> None:
@@ -132,17 +159,28 @@ def test_tunnel_down_names_the_port_and_the_jump(topology, deployer, deployed, t
         topology.box.open_tunnel()
     assert run.status == ExitCode.CONNECT
     line = one_error_line(run.stderr)
-    assert f"nothing listens on localhost:{topology.box.tunnel_port} on {topology.user}@127.0.0.1:" in line
+    assert (
+        f"nothing listens on localhost:{topology.box.tunnel_port} on {topology.user}@127.0.0.1:"
+        in line
+    )
     assert "is the tunnel up?" in line
     assert_untouched(deployed, before, kept)
 
 
 def test_forward_refused_by_the_jump_host(topology, deployer, deployed, tmp_path) -> None:
     port = free_port()  # the CI key may only open the tunnel port (permitopen)
-    route = ["--to", f"{topology.user}@localhost:{port}", "--jump", f"{topology.user}@127.0.0.1:{topology.box.jump.port}"]
+    route = [
+        "--to",
+        f"{topology.user}@localhost:{port}",
+        "--jump",
+        f"{topology.user}@127.0.0.1:{topology.box.jump.port}",
+    ]
     run = push(deployer, topology, make_app(tmp_path, "p"), deployed, route=route)
     assert run.status == ExitCode.CONNECT
-    assert f"refused to forward to localhost:{port} (administratively prohibited)" in one_error_line(run.stderr)
+    assert (
+        f"refused to forward to localhost:{port} (administratively prohibited)"
+        in one_error_line(run.stderr)
+    )
 
 
 def test_wrong_user(topology, deployer, deployed, tmp_path) -> None:
@@ -160,20 +198,36 @@ def test_wrong_user(topology, deployer, deployed, tmp_path) -> None:
 # --------------------------------------------------------------------------- host keys
 
 
-def test_unknown_host_key_is_refused_with_the_keyscan_command(topology, deployer, deployed, tmp_path) -> None:
-    env = {**topology.env, "SSH_KNOWN_HOSTS": topology.box.known_hosts().splitlines()[0] + "\n"}  # jump only
+def test_unknown_host_key_is_refused_with_the_keyscan_command(
+    topology, deployer, deployed, tmp_path
+) -> None:
+    env = {
+        **topology.env,
+        "SSH_KNOWN_HOSTS": topology.box.known_hosts().splitlines()[0] + "\n",
+    }  # jump only
     run = push(deployer, topology, make_app(tmp_path, "k"), deployed, env=env)
     assert run.status == ExitCode.HOST_KEY
     line = one_error_line(run.stderr)
     assert f"[localhost]:{topology.box.tunnel_port}" in line and "SHA256:" in line
-    assert f"deployer keyscan --to {topology.user}@localhost:{topology.box.tunnel_port} --jump " in line
+    assert (
+        f"deployer keyscan --to {topology.user}@localhost:{topology.box.tunnel_port} --jump "
+        in line
+    )
 
 
 def test_changed_host_key_is_refused(topology, deployer, deployed, tmp_path) -> None:
     other = tmp_path / "other"
     fake = write_keypair(other, "ed25519").split()
-    text = topology.box.known_hosts().replace(topology.box.target.host_keys[0], f"{fake[0]} {fake[1]}")
-    run = push(deployer, topology, make_app(tmp_path, "c"), deployed, env={**topology.env, "SSH_KNOWN_HOSTS": text})
+    text = topology.box.known_hosts().replace(
+        topology.box.target.host_keys[0], f"{fake[0]} {fake[1]}"
+    )
+    run = push(
+        deployer,
+        topology,
+        make_app(tmp_path, "c"),
+        deployed,
+        env={**topology.env, "SSH_KNOWN_HOSTS": text},
+    )
     assert run.status == ExitCode.HOST_KEY
     assert "CHANGED" in one_error_line(run.stderr)
 
@@ -182,7 +236,9 @@ def test_accept_new_host_keys_says_what_it_accepted(topology, deployer, tmp_path
     env = {**topology.env, "SSH_KNOWN_HOSTS": ""}
     run = deployer(["exec", *topology.route, "--accept-new-host-keys", "--", "true"], env=env)
     assert run.status == 0, run.output
-    assert run.stderr.count("SHA256:") >= 2 and f"[localhost]:{topology.box.tunnel_port}" in run.stderr
+    assert (
+        run.stderr.count("SHA256:") >= 2 and f"[localhost]:{topology.box.tunnel_port}" in run.stderr
+    )
 
 
 def test_cert_authority_lines_do_not_break_known_hosts(topology, deployer) -> None:
@@ -209,7 +265,16 @@ def test_every_key_form_deploys(topology, deployer, tmp_path, kind, fmt, mangle)
     import base64
 
     key = tmp_path / "key"
-    cmd = ["ssh-keygen", "-q", "-t", kind, "-N", "s3cret phrase" if mangle == "encrypted" else "", "-f", str(key)]
+    cmd = [
+        "ssh-keygen",
+        "-q",
+        "-t",
+        kind,
+        "-N",
+        "s3cret phrase" if mangle == "encrypted" else "",
+        "-f",
+        str(key),
+    ]
     if fmt == "pem":
         cmd += ["-m", "PEM"]
     subprocess.run(cmd, check=True)
@@ -236,7 +301,9 @@ def test_every_key_form_deploys(topology, deployer, tmp_path, kind, fmt, mangle)
 
 def test_encrypted_key_without_passphrase(topology, deployer, deployed, tmp_path) -> None:
     key = tmp_path / "key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "pw-123456", "-f", str(key)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "pw-123456", "-f", str(key)], check=True
+    )
     run = push(deployer, topology, make_app(tmp_path, "e"), deployed,
                env={**topology.env, "SSH_PRIVATE_KEY": key.read_text()})  # fmt: skip
     assert run.status == ExitCode.KEY
@@ -245,7 +312,13 @@ def test_encrypted_key_without_passphrase(topology, deployer, deployed, tmp_path
 
 def test_public_key_pasted_instead_of_private(topology, deployer, deployed, tmp_path) -> None:
     public = topology.box.ci_key.with_name("ci_ed25519.pub").read_text()
-    run = push(deployer, topology, make_app(tmp_path, "p"), deployed, env={**topology.env, "SSH_PRIVATE_KEY": public})
+    run = push(
+        deployer,
+        topology,
+        make_app(tmp_path, "p"),
+        deployed,
+        env={**topology.env, "SSH_PRIVATE_KEY": public},
+    )
     assert run.status == ExitCode.KEY
     assert "public key" in one_error_line(run.stderr)
 
@@ -259,7 +332,10 @@ def test_unwritable_path(topology, deployer, tmp_path) -> None:
     run = push(deployer, topology, make_app(tmp_path, "w"), locked_dir / "app")
     assert run.status == ExitCode.REMOTE
     line = one_error_line(run.stderr)
-    assert f"{locked_dir} on {topology.user}@localhost:{topology.box.tunnel_port}" in line and "not writable" in line
+    assert (
+        f"{locked_dir} on {topology.user}@localhost:{topology.box.tunnel_port}" in line
+        and "not writable" in line
+    )
     assert not (locked_dir / "app").exists()
 
 
@@ -269,7 +345,9 @@ def test_missing_artifact(topology, deployer, deployed, tmp_path) -> None:
     assert "not found" in one_error_line(run.stderr)
 
 
-def test_archive_with_parent_member_is_refused_before_anything_is_written(topology, deployer, deployed, tmp_path) -> None:
+def test_archive_with_parent_member_is_refused_before_anything_is_written(
+    topology, deployer, deployed, tmp_path
+) -> None:
     before, kept = live(deployed), releases(deployed)
     evil = tmp_path / "evil.tar.gz"
     payload = tmp_path / "payload"
@@ -311,6 +389,8 @@ def test_lock_held_then_unlock(topology, deployer, deployed, tmp_path) -> None:
 
 
 def test_bad_option_values_are_usage_errors(topology, deployer, tmp_path) -> None:
-    run = deployer(["push", str(tmp_path), "--to", "not a host", "--path", "/srv/app"], env=topology.env)
+    run = deployer(
+        ["push", str(tmp_path), "--to", "not a host", "--path", "/srv/app"], env=topology.env
+    )
     assert run.status == ExitCode.USAGE
     assert "is not USER@HOST[:PORT]" in one_error_line(run.stderr)

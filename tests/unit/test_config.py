@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from deployer.config import build_default_map, find_config_file, is_ci, provenance_fields, read_config_file
+from deployer.config import (
+    build_default_map,
+    find_config_file,
+    is_ci,
+    provenance_fields,
+    read_config_file,
+)
 from deployer.errors import ConfigError
 
 

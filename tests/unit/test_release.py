@@ -57,12 +57,17 @@ def test_preflight_on_a_missing_path_sees_the_writable_parent(tmp_path: Path) ->
 
 
 def test_check_ready_messages() -> None:
-    base = TargetState(path="/srv/app", writable=True, has_tar=True, has_gzip=True, free_bytes=10 << 30)
+    base = TargetState(
+        path="/srv/app", writable=True, has_tar=True, has_gzip=True, free_bytes=10 << 30
+    )
     with pytest.raises(RemoteError, match="tar not found on t"):
         check_ready(TargetState(path="/srv/app", writable=True, has_gzip=True), "t", 1)
-    with pytest.raises(RemoteError, match="not enough space on t: 1.0 MiB free"):
+    with pytest.raises(RemoteError, match=r"not enough space on t: 1\.0 MiB free"):
         check_ready(TargetState(**{**base.__dict__, "free_bytes": 1 << 20}), "t", 50 << 20)
-    with pytest.raises(LockError, match=r"\(deploy by bob\) .* `deployer unlock` with the same route and --path /srv/app"):
+    with pytest.raises(
+        LockError,
+        match=r"\(deploy by bob\) .* `deployer unlock` with the same route and --path /srv/app",
+    ):
         check_ready(TargetState(**{**base.__dict__, "lock": "deploy by bob"}), "t", 1)
     with pytest.raises(RemoteError, match="current on t is not a symlink"):
         check_ready(TargetState(**{**base.__dict__, "current_is_symlink": False}), "t", 1)
@@ -94,7 +99,9 @@ def test_extract_switch_and_prune(tmp_path: Path) -> None:
     ids = ["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"]
     for rid in ids:
         layout = Layout(str(path), rid)
-        result = sh.run(extract_script(layout, ["uploads/"]), upload=lambda out: out.write(buffer.getvalue()))
+        result = sh.run(
+            extract_script(layout, ["uploads/"]), upload=lambda out: out.write(buffer.getvalue())
+        )
         assert result.status == 0, result.stderr
         assert sh.run(switch_script(str(path), rid)).status == 0
         assert os.readlink(path / "current") == f"releases/{rid}"
@@ -125,7 +132,9 @@ def test_missing_shared_file_stops_the_extract(tmp_path: Path) -> None:
         tar.addfile(tarfile.TarInfo("empty"), io.BytesIO(b""))
     layout = Layout(str(tmp_path), "20260101T000000Z")
     sh.run(prepare_script(str(tmp_path), "t"))
-    result = sh.run(extract_script(layout, [".env"]), upload=lambda out: out.write(buffer.getvalue()))
+    result = sh.run(
+        extract_script(layout, [".env"]), upload=lambda out: out.write(buffer.getvalue())
+    )
     assert result.status == 4 and "shared file .env is missing" in result.stderr_line
     assert not (tmp_path / "releases" / "20260101T000000Z").exists()
 
@@ -150,7 +159,9 @@ def test_shared_entries_must_stay_inside_the_release() -> None:
 
 def test_history_round_trip_with_hostile_text(tmp_path: Path) -> None:
     sh.run(prepare_script(str(tmp_path), "t"))
-    entry = HistoryEntry("deploy", "20260101T000000Z", "", "2026-01-01T00:00:00Z", "o'brien $(rm -rf /)", "abc")
+    entry = HistoryEntry(
+        "deploy", "20260101T000000Z", "", "2026-01-01T00:00:00Z", "o'brien $(rm -rf /)", "abc"
+    )
     assert sh.run(append_history_script(str(tmp_path), entry)).status == 0
     lines = (tmp_path / ".deployer" / "history").read_text().splitlines()
     assert json.loads(lines[0])["by"] == "o'brien $(rm -rf /)"

@@ -12,7 +12,9 @@ from deployer.sshconfig import ssh_config_lookup
 
 
 def test_endpoint_forms() -> None:
-    assert parse_endpoint("deploy@localhost:22022", default_user="me") == Endpoint("deploy", "localhost", 22022)
+    assert parse_endpoint("deploy@localhost:22022", default_user="me") == Endpoint(
+        "deploy", "localhost", 22022
+    )
     assert parse_endpoint("jumphost", default_user="me") == Endpoint("me", "jumphost", 22)
     assert parse_endpoint("ops@[::1]:2222", default_user="me") == Endpoint("ops", "::1", 2222)
     assert str(Endpoint("ops", "::1", 2222)) == "ops@[::1]:2222"
@@ -49,5 +51,7 @@ def test_ssh_config_aliases_and_proxyjump(tmp_path: Path) -> None:
     assert route.target == Endpoint("deploy", "localhost", 22022)
     assert route.jumps == (Endpoint("jump", "jump.example.com", 2222),)
     explicit = build_route("other@prod:2", ["x@y"], default_user="me", lookup=lookup)
-    assert explicit.target == Endpoint("other", "localhost", 2) and explicit.jumps == (Endpoint("x", "y"),)
+    assert explicit.target == Endpoint("other", "localhost", 2) and explicit.jumps == (
+        Endpoint("x", "y"),
+    )
     assert ssh_config_lookup(tmp_path / "missing") is None
