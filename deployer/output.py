@@ -57,8 +57,8 @@ class Reporter:
 
     def progress(self, label: str, what: str, total: int) -> Callable[[int], None]:
         """Return advance(n) that draws a bar on a terminal or logs a line every few seconds."""
-        state = {"done": 0, "last": 0.0}
         started = time.monotonic()
+        state = {"done": 0, "last": started}
 
         def advance(n: int) -> None:
             state["done"] += n
