@@ -146,17 +146,25 @@ class MemoryAgent:
             algorithm = None
             if key.get_name() in ("ssh-rsa", "rsa-sha2-256", "rsa-sha2-512"):
                 algorithm = (
-                    "rsa-sha2-512" if flags & RSA_SHA2_512 else "rsa-sha2-256" if flags & RSA_SHA2_256 else "ssh-rsa"
+                    "rsa-sha2-512"
+                    if flags & RSA_SHA2_512
+                    else "rsa-sha2-256"
+                    if flags & RSA_SHA2_256
+                    else "ssh-rsa"
                 )
             signature = key.sign_ssh_data(data, algorithm) if algorithm else key.sign_ssh_data(data)
             return bytes([SIGN_RESPONSE]) + _string(signature.asbytes())
         return bytes([FAILURE])
 
 
-def run_with_agent(keys: Sequence[paramiko.PKey], argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+def run_with_agent(
+    keys: Sequence[paramiko.PKey], argv: Sequence[str], env: Mapping[str, str] | None = None
+) -> int:
     """Run argv with SSH_AUTH_SOCK set to a MemoryAgent holding keys; return its exit status."""
     if not argv or shutil.which(argv[0]) is None:
-        raise ConfigError(f"command not found: {argv[0] if argv else '(none)'} — give the command after --")
+        raise ConfigError(
+            f"command not found: {argv[0] if argv else '(none)'} — give the command after --"
+        )
     with MemoryAgent(keys) as agent:
         child_env = dict(os.environ if env is None else env)
         child_env["SSH_AUTH_SOCK"] = agent.socket_path

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 from deployer.errors import ArtifactError
 
@@ -142,7 +142,8 @@ def open_artifact(path: Path) -> Artifact:
     if name.endswith(".zip"):
         return _finish(path, "zip", _scan_zip(path))
     raise ArtifactError(
-        f"artifact {path} is not a directory, .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .zip — package it as one of those"
+        f"artifact {path} is not a directory, .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .zip"
+        " — package it as one of those"
     )
 
 
@@ -321,12 +322,16 @@ def _contents(artifact: Artifact) -> Iterator[Callable[[Entry], BinaryIO]]:
                     raise ArtifactError(
                         f"artifact {artifact.source}: cannot read member {entry.path!r}"
                     )
-                return handle  # type: ignore[return-value]
+                return cast(BinaryIO, handle)
 
             yield open_member
     else:
         with zipfile.ZipFile(artifact.source) as archive:
-            yield lambda entry: archive.open(entry.source)  # type: ignore[return-value]
+
+            def open_zip_member(entry: Entry) -> BinaryIO:
+                return cast(BinaryIO, archive.open(entry.source))
+
+            yield open_zip_member
 
 
 def write_tar(
@@ -341,7 +346,7 @@ def write_tar(
     gz = None
     if compresslevel is not None:
         gz = gzip.GzipFile(fileobj=out, mode="wb", compresslevel=compresslevel, mtime=0)
-        sink = gz  # type: ignore[assignment]
+        sink = cast(BinaryIO, gz)
     try:
         with (
             tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar,
@@ -364,7 +369,7 @@ def write_tar(
                     info.size = entry.size
                     handle = open_content(entry)
                     try:
-                        tar.addfile(info, _Counted(handle, on_progress))  # type: ignore[arg-type]
+                        tar.addfile(info, _Counted(handle, on_progress))
                     finally:
                         handle.close()
     finally:

@@ -99,4 +99,5 @@ def failure_message(kind: str, command: str, status: int, label: str, timeout: f
         how = "could not enter the release directory"
     else:
         how = f"exited with status {status}"
-    return f"{kind} hook `{command}` on {label} {how}"
+    what = "healthcheck" if kind == "healthcheck" else f"{kind} hook"
+    return f"{what} `{command}` on {label} {how}"

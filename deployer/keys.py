@@ -118,6 +118,7 @@ _Loaded = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivat
 
 def _load(data: bytes, secret: bytes | None, source: str) -> _Loaded:
     openssh = data.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    key: object
     try:
         if openssh:
             key = serialization.load_ssh_private_key(data, password=secret)

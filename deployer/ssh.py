@@ -8,6 +8,7 @@ hop before authenticating. paramiko and socket errors are translated here, and o
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import shlex
 import socket
@@ -24,6 +25,10 @@ from deployer.errors import AuthError, ConnectError, DeployerError, HostKeyError
 from deployer.executor import OutputSink, RunResult
 from deployer.hostkeys import HostKeyPolicy, fingerprint
 from deployer.route import Route
+
+# paramiko logs handshake failures with tracebacks; we report them ourselves in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 # AES-GCM is the fastest cipher paramiko speaks (no chacha20); CTR stays as the fallback.
 PREFERRED_CIPHERS = (
@@ -267,6 +272,9 @@ def _handshake(sock: Any, route: Route, index: int, options: ConnectOptions) -> 
         ]
     try:
         transport.start_client(timeout=options.timeout)
+        if not transport.is_active():
+            raise paramiko.SSHException(f"no SSH handshake within {options.timeout:g} s")
+        key = transport.get_remote_server_key()
     except (paramiko.SSHException, OSError, EOFError) as exc:
         transport.close()
         behind = " (the tunnel is up but nothing answers behind it — is sshd running on the intranet server?)"
@@ -274,7 +282,6 @@ def _handshake(sock: Any, route: Route, index: int, options: ConnectOptions) -> 
             f"{what} closed the connection during the SSH handshake: {_reason(exc)}"
             + (behind if index > 0 else " — is this port an SSH server?")
         ) from exc
-    key = transport.get_remote_server_key()
     try:
         notice = options.host_keys.check(
             what, hop.host, hop.port, key.get_name(), key.asbytes(), options.keyscan_hint
