@@ -28,7 +28,6 @@ _PUBLIC_PREFIXES = (
     "sk-ecdsa-",
     "ssh-dss ",
 )
-_PEM_HEADER = re.compile(r"^[A-Za-z-]+: ")
 
 
 def normalize_key_text(raw: str) -> str:
@@ -43,17 +42,10 @@ def normalize_key_text(raw: str) -> str:
     if not match:
         return text + "\n"
     label, body = match.group(1), match.group(2)
+    tokens = body.split()  # works whether newlines survived or were flattened into spaces
     headers: list[str] = []
-    tokens: list[str] = []
-    for line in body.strip().split("\n"):
-        line = line.strip()
-        if _PEM_HEADER.match(line):  # legacy encrypted PEM: Proc-Type / DEK-Info
-            headers.append(line)
-        elif line:
-            tokens.extend(line.split())
-    # headers flattened onto one line with spaces lose their line breaks: rebuild them
-    if not headers and tokens and tokens[0] == "Proc-Type:":
-        headers = [f"Proc-Type: {tokens[1]}", f"DEK-Info: {tokens[3]}"]
+    if tokens[:1] == ["Proc-Type:"] and len(tokens) >= 4 and tokens[2] == "DEK-Info:":
+        headers = [f"Proc-Type: {tokens[1]}", f"DEK-Info: {tokens[3]}"]  # legacy encrypted PEM
         tokens = tokens[4:]
     data = "".join(tokens)
     lines = [data[i : i + 64] for i in range(0, len(data), 64)]
@@ -103,6 +95,11 @@ def load_private_key(
             f"{source} is a PuTTY .ppk key — convert it with `puttygen key.ppk -O private-openssh -o key`"
         )
     match = _BLOCK.search(text)
+    if not match and "PRIVATE KEY-----" in text:
+        raise PrivateKeyError(
+            f"{source} is cut short: it has a -----BEGIN line but no matching -----END line"
+            " — paste the whole private key file"
+        )
     if not match or "PRIVATE KEY" not in match.group(1):
         raise PrivateKeyError(
             f"{source} is not a private key deployer can read (expected an OpenSSH or PEM block"
