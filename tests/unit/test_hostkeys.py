@@ -43,7 +43,7 @@ def line(host: str, key: tuple[str, bytes, Path]) -> str:
 
 
 def test_fingerprint_matches_ssh_keygen(keys) -> None:
-    for key_type, blob, pub in keys.values():
+    for _, blob, pub in keys.values():
         out = subprocess.run(
             ["ssh-keygen", "-lf", str(pub)], check=True, capture_output=True, text=True
         ).stdout
