@@ -112,7 +112,7 @@ def cli(ctx: click.Context, config_file: Path | None, traceback: bool) -> None:
         for name in cli.list_commands(ctx):
             command = cli.get_command(ctx, name)
             if command is not None:
-                commands[name] = [p.name for p in command.params if p.name]
+                commands[name] = {p.name: p.multiple for p in command.params if p.name}
         ctx.default_map = build_default_map(read_config_file(path), commands, path)
 
 

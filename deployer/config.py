@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +67,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def build_default_map(
-    settings: Mapping[str, Any], commands: Mapping[str, Iterable[str]], source: Path
+    settings: Mapping[str, Any], commands: Mapping[str, Mapping[str, bool]], source: Path
 ) -> dict[str, dict[str, Any]]:
-    """Give each command the file's values for the options it has; refuse keys no command knows."""
+    """Give each command the file's values for its options (param -> takes a list); refuse unknown keys."""
     known = {name for params in commands.values() for name in params}
     for key in settings:
         if key not in known:
@@ -77,9 +77,14 @@ def build_default_map(
                 f"{source}: unknown setting {key!r} — known settings are: {', '.join(sorted(known))}"
             )
     return {
-        command: {k: v for k, v in settings.items() if k in params}
+        command: {k: _as_list(v) if params[k] else v for k, v in settings.items() if k in params}
         for command, params in commands.items()
     }
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A repeatable option may be written as one value or a list in the file."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def is_ci(env: Mapping[str, str]) -> bool:

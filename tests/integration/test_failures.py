@@ -110,10 +110,12 @@ def test_unreachable_jump_host_is_refused(topology, deployer, deployed, tmp_path
         "--jump",
         f"jump@127.0.0.1:{port}",
     ]
+    before, kept = live(deployed), releases(deployed)
     run = push(deployer, topology, make_app(tmp_path, "r"), deployed, route=route)
     assert run.status == ExitCode.CONNECT
     line = one_error_line(run.stderr)
     assert f"jump host jump@127.0.0.1:{port} refused the connection on 127.0.0.1:{port}" in line
+    assert_untouched(deployed, before, kept)
 
 
 def test_silent_jump_host_fails_within_the_connect_timeout(
@@ -205,8 +207,10 @@ def test_unknown_host_key_is_refused_with_the_keyscan_command(
         **topology.env,
         "SSH_KNOWN_HOSTS": topology.box.known_hosts().splitlines()[0] + "\n",
     }  # jump only
+    before, kept = live(deployed), releases(deployed)
     run = push(deployer, topology, make_app(tmp_path, "k"), deployed, env=env)
     assert run.status == ExitCode.HOST_KEY
+    assert_untouched(deployed, before, kept)
     line = one_error_line(run.stderr)
     assert f"[localhost]:{topology.box.tunnel_port}" in line and "SHA256:" in line
     assert (
@@ -304,10 +308,12 @@ def test_encrypted_key_without_passphrase(topology, deployer, deployed, tmp_path
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "pw-123456", "-f", str(key)], check=True
     )
+    before, kept = live(deployed), releases(deployed)
     run = push(deployer, topology, make_app(tmp_path, "e"), deployed,
                env={**topology.env, "SSH_PRIVATE_KEY": key.read_text()})  # fmt: skip
     assert run.status == ExitCode.KEY
     assert "SSH_PRIVATE_KEY_PASSPHRASE" in one_error_line(run.stderr)
+    assert_untouched(deployed, before, kept)
 
 
 def test_public_key_pasted_instead_of_private(topology, deployer, deployed, tmp_path) -> None:
@@ -340,9 +346,11 @@ def test_unwritable_path(topology, deployer, tmp_path) -> None:
 
 
 def test_missing_artifact(topology, deployer, deployed, tmp_path) -> None:
+    before, kept = live(deployed), releases(deployed)
     run = push(deployer, topology, tmp_path / "dist", deployed)
     assert run.status == ExitCode.ARTIFACT
-    assert "not found" in one_error_line(run.stderr)
+    assert f"artifact {tmp_path / 'dist'} not found — build it first" in one_error_line(run.stderr)
+    assert_untouched(deployed, before, kept)
 
 
 def test_archive_with_parent_member_is_refused_before_anything_is_written(

@@ -40,8 +40,11 @@ def test_explicit_missing_file_and_bad_toml(tmp_path: Path) -> None:
 
 
 def test_default_map_per_command_and_unknown_keys(tmp_path: Path) -> None:
-    commands = {"push": ["to", "path", "keep"], "releases": ["to", "path"]}
-    result = build_default_map({"to": ["a@b"], "keep": 3}, commands, tmp_path / "deployer.toml")
+    commands = {
+        "push": {"to": True, "path": False, "keep": False},
+        "releases": {"to": True, "path": False},
+    }
+    result = build_default_map({"to": "a@b", "keep": 3}, commands, tmp_path / "deployer.toml")
     assert result == {"push": {"to": ["a@b"], "keep": 3}, "releases": {"to": ["a@b"]}}
     with pytest.raises(ConfigError, match="unknown setting 'kep'"):
         build_default_map({"kep": 3}, commands, tmp_path / "deployer.toml")
