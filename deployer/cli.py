@@ -6,6 +6,7 @@ Heavy modules (paramiko, the deploy service) are imported inside the commands so
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -123,10 +124,10 @@ def _env() -> Mapping[str, str]:
     return os.environ
 
 
-def _reporter(as_json: bool) -> Reporter:
+def _reporter(as_json: bool, *, bars: bool = True) -> Reporter:
     from deployer.output import Reporter
 
-    return Reporter()
+    return Reporter(tty=None if bars else False)
 
 
 def _routes(to: Sequence[str], jump: Sequence[str]) -> list[Route]:
@@ -211,6 +212,16 @@ def _hook_settings(**kwargs: Any) -> Any:
     return HookSettings(**kwargs)
 
 
+def _summarize(reporter: Reporter, outcomes: list[Outcome]) -> None:
+    """One line per target when there are several, so the job log says which host did what."""
+    if len(outcomes) > 1:
+        for outcome in outcomes:
+            detail = outcome.release if outcome.status == "deployed" else outcome.error
+            reporter.line(
+                f"summary: {outcome.target}: {outcome.status}" + (f" ({detail})" if detail else "")
+            )
+
+
 def _finish(
     command: str, outcomes: list[Outcome], as_json: bool, error: DeployerError | None
 ) -> None:
@@ -256,12 +267,7 @@ def _for_each_target(
             outcomes.append(
                 Outcome(str(route.target), "failed", error=str(exc), exit_code=int(exc.exit_code))
             )
-    if len(routes) > 1:
-        for outcome in outcomes:
-            reporter.line(
-                f"summary: {outcome.target}: {outcome.status}"
-                + (f" ({outcome.error})" if outcome.error else "")
-            )
+    _summarize(reporter, outcomes)
     _finish(command, outcomes, as_json, error)
     return outcomes
 
@@ -346,13 +352,35 @@ def _for_each_target(
     envvar="DEPLOYER_DRY_RUN",
     help="Connect and check everything, print the plan, change nothing.",
 )
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    envvar="DEPLOYER_PARALLEL",
+    help="Targets worked on at the same time.",
+)
+@click.option(
+    "--batch",
+    envvar="DEPLOYER_BATCH",
+    metavar="N|P%",
+    help="Switch targets in rolling batches of N (or P% of them); default: all together.",
+)
+@click.option(
+    "--shard",
+    envvar="DEPLOYER_SHARD",
+    metavar="K/N|auto",
+    help="Deploy only every N-th target starting at K (auto: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL).",
+)
 def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, as_json: bool,
          before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
          healthcheck_retries: int, healthcheck_interval: float, keep: int, shared: tuple[str, ...],
-         compress_level: int, dry_run: bool, **kwargs: Any) -> None:  # fmt: skip
+         compress_level: int, dry_run: bool, parallel: int, batch: str | None, shard: str | None,
+         **kwargs: Any) -> None:  # fmt: skip
     """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
     from deployer.artifact import open_artifact
-    from deployer.deploy import PushSettings, push_target
+    from deployer.deploy import PushSettings, TargetDeploy
+    from deployer.fleet import FleetSettings, parse_batch, parse_shard, push_fleet, select_shard
     from deployer.release import validate_shared
 
     reporter = _reporter(as_json)
@@ -366,17 +394,31 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
         dry_run=dry_run,
         compresslevel=compress_level,
     )  # fmt: skip
-    routes = _routes(to, jump)
+    routes = select_shard(_routes(to, jump), parse_shard(shard, _env()))
+    if not routes:
+        raise ConfigError(
+            f"--shard {shard} selects no target out of {len(_split(to))} — use fewer shards"
+        )
+    fleet = FleetSettings(parallel=parallel, batch=parse_batch(batch, len(routes)))
     opened = open_artifact(artifact)
     provenance = _provenance()
+    if len(routes) > 1:
+        reporter = _reporter(as_json, bars=False)  # one bar cannot show several uploads
     reporter.line(
         f"deploying {artifact} ({opened.file_count} files) to {', '.join(str(r) for r in routes)}"
         + (" [dry run]" if dry_run else "")
     )
-    _for_each_target(
-        "push", routes, reporter, route_kwargs, as_json,
-        lambda connection: push_target(connection, opened, settings, provenance, reporter),
-    )  # fmt: skip
+    with contextlib.ExitStack() as connections:
+
+        def start(index: int) -> TargetDeploy:
+            connection = connections.enter_context(
+                _connection(routes[index], reporter, **route_kwargs)
+            )
+            return TargetDeploy(connection, opened, settings, provenance, reporter)
+
+        outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)
+    _summarize(reporter, outcomes)
+    _finish("push", outcomes, as_json, error)
 
 
 def _validate_path(path: str) -> str:

@@ -98,7 +98,7 @@ def probe(executor: Executor, path: str) -> TargetState:
 
 
 class _Locked:
-    """Holds the deploy lock on a target path for the duration of a with-block."""
+    """The deploy lock on a target path (a with-block, or acquire/release across phases)."""
 
     def __init__(self, executor: Executor, path: str, provenance: Provenance, action: str) -> None:
         self.executor = executor
@@ -111,7 +111,8 @@ class _Locked:
             + f" token {self.token}"
         )
 
-    def __enter__(self) -> _Locked:
+    def acquire(self) -> _Locked:
+        """Create the layout and take the lock, or raise LockError naming the holder."""
         result = self.executor.run(prepare_script(self.path, self.info))
         if result.status == LOCK_HELD_STATUS:
             held = result.stdout.decode(errors="replace").partition("lock=")[2].strip()
@@ -123,10 +124,162 @@ class _Locked:
             )
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        # if the connection is gone, the next deploy reports the stale lock with its owner
+    def release(self) -> None:
+        """Drop the lock if it is still ours (best effort: a dead connection leaves it for unlock)."""
         with contextlib.suppress(DeployerError):
             self.executor.run(unlock_script(self.path, self.token), timeout=30)
+
+    def __enter__(self) -> _Locked:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class TargetDeploy:
+    """One target's push, in phases so that a fleet can switch all-or-nothing.
+
+    ``stage`` uploads and runs the before hooks (nothing live changes); ``activate`` switches and
+    checks health; ``finish`` records and prunes. ``abort`` (staged, never switched) and ``revert``
+    (switched, but another target failed) undo a phase. Each undo leaves current as it was.
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        artifact: Artifact,
+        settings: PushSettings,
+        provenance: Provenance,
+        reporter: Reporter,
+    ) -> None:
+        self.executor = executor
+        self.artifact = artifact
+        self.settings = settings
+        self.provenance = provenance
+        self.reporter = reporter
+        self.label = executor.label
+        self.started = time.monotonic()
+        self.outcome = Outcome(self.label, "pending")
+        self._lock: _Locked | None = None
+
+    def _say(self, text: str) -> None:
+        self.reporter.target(self.label, text)
+
+    def stage(self) -> None:
+        """Check the target, take the lock, upload the release and run the before hooks."""
+        state = probe(self.executor, self.settings.path)
+        check_ready(state, self.label, self.artifact.total_size)
+        self.state = state
+        self.path = state.path
+        release_id = new_release_id(datetime.now(timezone.utc), state.releases)
+        self.layout = Layout(self.path, release_id)
+        self.outcome.release, self.outcome.previous = release_id, state.current
+        self.outcome.pruned = plan_prune(
+            [*state.releases, release_id], release_id, self.settings.keep
+        )
+        if self.settings.dry_run:
+            _describe_plan(
+                self.reporter, self.label, self.artifact, self.settings, state, release_id
+            )
+            self.outcome.status = "planned"
+            return
+        self.env = {
+            "DEPLOYER_RELEASE_DIR": self.layout.release_dir,
+            "DEPLOYER_PREVIOUS_RELEASE_DIR": f"{self.path}/releases/{state.current}"
+            if state.current
+            else "",
+            "DEPLOYER_PATH": self.path,
+            "DEPLOYER_RELEASE_ID": release_id,
+        }
+        self.runner = HookRunner(
+            self.executor, self.reporter, self.settings.hooks, state.has_timeout
+        )
+        self.history = HistoryEntry(
+            "deploy", release_id, state.current, _now(), self.provenance.by,
+            self.provenance.commit, self.provenance.ref, self.provenance.pipeline,
+        )  # fmt: skip
+        self._lock = _Locked(self.executor, self.path, self.provenance, "deploy").acquire()
+        try:
+            self.outcome.uploaded_bytes = _upload(
+                self.executor, self.artifact, self.settings, self.layout, self.reporter
+            )
+            for command in self.settings.hooks.before:
+                self.runner.require("before", command, self.layout.release_dir, self.env)
+        except DeployerError as exc:
+            self.abort(str(exc))
+            raise
+        self.outcome.status = "staged"
+
+    def activate(self) -> None:
+        """Switch current to the staged release, run after hooks and the healthcheck."""
+        if self.settings.dry_run:
+            return
+        _checked(
+            self.executor, switch_script(self.path, self.layout.release_id), "switching current"
+        )
+        self._say(f"switched current -> releases/{self.layout.release_id}")
+        try:
+            for command in self.settings.hooks.after:
+                self.runner.require("after", command, self.layout.release_dir, self.env)
+            _healthcheck(self.runner, self.settings.hooks, self.layout.release_dir, self.env)
+        except HookError as exc:
+            restored = self.revert(str(exc))
+            raise HookError(f"{exc} — {restored}") from exc
+        self.outcome.status = "switched"
+
+    def finish(self) -> Outcome:
+        """Record the deploy, prune old releases and release the lock."""
+        if not self.settings.dry_run:
+            try:
+                self.executor.run(append_history_script(self.path, self.history))
+                if self.outcome.pruned:
+                    _checked(
+                        self.executor,
+                        remove_releases_script(self.path, self.outcome.pruned),
+                        "pruning old releases",
+                    )
+                    self._say(
+                        f"pruned {len(self.outcome.pruned)} old release(s), kept {self.settings.keep}"
+                    )
+            finally:
+                self._unlock()
+            self.outcome.status = "deployed"
+            self._say(
+                f"deployed {self.layout.release_id} in {time.monotonic() - self.started:.1f} s"
+            )
+        self.outcome.seconds = time.monotonic() - self.started
+        return self.outcome
+
+    def abort(self, reason: str) -> None:
+        """Discard a staged release that never went live, and unlock."""
+        if self._lock is None:
+            return
+        try:
+            _discard(self.executor, self.path, self.layout.release_id, self.history, reason)
+            self._say(f"release {self.layout.release_id} discarded; live release unchanged")
+        finally:
+            self._unlock()
+        self.outcome.status = "aborted"
+
+    def revert(self, reason: str) -> str:
+        """Switch back to the release that was live before, re-run after hooks there, discard ours."""
+        restored = _switch_back(
+            self.executor,
+            self.runner,
+            self.settings.hooks,
+            self.path,
+            self.state.current,
+            self.env,
+            self.reporter,
+        )
+        self.abort(reason)
+        self.outcome.status = "reverted"
+        return restored
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def push_target(
@@ -137,65 +290,10 @@ def push_target(
     reporter: Reporter,
 ) -> Outcome:
     """Deploy artifact to one target: upload, hooks, atomic switch, healthcheck, prune."""
-    label = executor.label
-    started = time.monotonic()
-    state = probe(executor, settings.path)
-    check_ready(state, label, artifact.total_size)
-    path = state.path
-    release_id = new_release_id(datetime.now(timezone.utc), state.releases)
-    outcome = Outcome(label, "planned", release=release_id, previous=state.current)
-    if settings.dry_run:
-        _describe_plan(reporter, label, artifact, settings, state, release_id)
-        outcome.pruned = plan_prune([*state.releases, release_id], release_id, settings.keep)
-        outcome.seconds = time.monotonic() - started
-        return outcome
-
-    layout = Layout(path, release_id)
-    with _Locked(executor, path, provenance, "deploy"):
-        outcome.uploaded_bytes = _upload(executor, artifact, settings, layout, reporter)
-        env = {
-            "DEPLOYER_RELEASE_DIR": layout.release_dir,
-            "DEPLOYER_PREVIOUS_RELEASE_DIR": f"{path}/releases/{state.current}"
-            if state.current
-            else "",
-            "DEPLOYER_PATH": path,
-            "DEPLOYER_RELEASE_ID": release_id,
-        }
-        runner = HookRunner(executor, reporter, settings.hooks, state.has_timeout)
-        history = HistoryEntry(
-            "deploy", release_id, state.current, _now(), provenance.by,
-            provenance.commit, provenance.ref, provenance.pipeline,
-        )  # fmt: skip
-        try:
-            for command in settings.hooks.before:
-                runner.require("before", command, layout.release_dir, env)
-        except HookError as exc:
-            _discard(executor, path, release_id, history, str(exc))
-            reporter.target(label, f"release {release_id} discarded; live release unchanged")
-            raise
-        _checked(executor, switch_script(path, release_id), "switching current")
-        reporter.target(label, f"switched current -> releases/{release_id}")
-        try:
-            for command in settings.hooks.after:
-                runner.require("after", command, layout.release_dir, env)
-            _healthcheck(runner, settings.hooks, layout.release_dir, env)
-        except HookError as exc:
-            restored = _switch_back(
-                executor, runner, settings.hooks, path, state.current, env, reporter
-            )
-            _discard(executor, path, release_id, history, str(exc))
-            raise HookError(f"{exc} — {restored}") from exc
-        executor.run(append_history_script(path, history))
-        outcome.pruned = plan_prune([*state.releases, release_id], release_id, settings.keep)
-        if outcome.pruned:
-            _checked(executor, remove_releases_script(path, outcome.pruned), "pruning old releases")
-            reporter.target(
-                label, f"pruned {len(outcome.pruned)} old release(s), kept {settings.keep}"
-            )
-    outcome.status = "deployed"
-    outcome.seconds = time.monotonic() - started
-    reporter.target(label, f"deployed {release_id} in {outcome.seconds:.1f} s")
-    return outcome
+    deploy = TargetDeploy(executor, artifact, settings, provenance, reporter)
+    deploy.stage()
+    deploy.activate()
+    return deploy.finish()
 
 
 def _describe_plan(

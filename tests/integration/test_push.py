@@ -178,3 +178,27 @@ def test_sandbox_demo_runs(deployer, tmp_path: Path) -> None:
     assert "failed its healthcheck and was switched back" in run.stderr
     current = tmp_path / "demo" / "srv" / "app" / "current"
     assert (current / "VERSION").read_text() == "v2\n"
+
+
+def test_several_targets_all_or_nothing(topology, deployer, tmp_path: Path) -> None:
+    from deployer.sandbox import free_port
+
+    target = topology.deploy_path("fleet")
+    jump = f"{topology.user}@127.0.0.1:{topology.box.jump.port}"
+    good = f"{topology.user}@localhost:{topology.box.tunnel_port}"
+    planned = deployer(["push", str(make_app(tmp_path, "f0")), "--to", good, "--to", good, "--jump", jump,
+                        "--path", str(target), "--dry-run", "--json"], env=topology.env)  # fmt: skip
+    assert planned.status == 0, planned.output
+    assert [t["status"] for t in json.loads(planned.stdout)["targets"]] == ["planned", "planned"]
+    dead = f"{topology.user}@localhost:{free_port()}"
+    run = deployer(["push", str(make_app(tmp_path, "f1")), "--to", f"{good},{dead}", "--jump", jump,
+                    "--path", str(target), "--json"], env=topology.env)  # fmt: skip
+    assert run.status == 7, run.output
+    document = json.loads(run.stdout)
+    assert [t["status"] for t in document["targets"]] == ["aborted", "failed"]
+    assert f"summary: {good}: aborted" in run.stderr and f"summary: {dead}: failed" in run.stderr
+    assert live(target) == "" and releases(target) == []
+    shard = deployer(["push", str(make_app(tmp_path, "f2")), "--to", f"{good},{dead}", "--jump", jump,
+                      "--path", str(target), "--shard", "1/2"], env=topology.env)  # fmt: skip
+    assert shard.status == 0, shard.output
+    assert live(target)
