@@ -31,10 +31,9 @@ def artifact(tmp_path: Path):
     return open_artifact(app)
 
 
-def run_fleet(tmp_path, artifact, names, hooks_for, fleet=FleetSettings(), order=None):
+def run_fleet(tmp_path, artifact, names, hooks_for, fleet=None):
     """Deploy to local 'targets' (one directory each); hooks_for(name) gives per-target hooks."""
     reporter = Reporter(tty=False, quiet=True)
-    order = order if order is not None else []
 
     def start(index: int) -> TargetDeploy:
         name = names[index]
@@ -43,7 +42,7 @@ def run_fleet(tmp_path, artifact, names, hooks_for, fleet=FleetSettings(), order
         settings = PushSettings(path=str(tmp_path / name), hooks=hooks_for(name))
         return TargetDeploy(LocalExecutor(name), artifact, settings, Provenance("test"), reporter)
 
-    return push_fleet(names, start, fleet)
+    return push_fleet(names, start, fleet or FleetSettings())
 
 
 def test_all_targets_switch_together(tmp_path: Path, artifact) -> None:
@@ -132,4 +131,4 @@ def test_batches_and_shards() -> None:
         parse_shard("4/3", {})
     hosts = [f"h{i}" for i in range(7)]
     shards = [select_shard(hosts, (k, 3)) for k in (1, 2, 3)]
-    assert shards[0] == ["h0", "h3", "h6"] and sorted(sum(shards, [])) == sorted(hosts)
+    assert shards[0] == ["h0", "h3", "h6"] and sorted(h for shard in shards for h in shard) == sorted(hosts)
