@@ -15,11 +15,11 @@ import stat
 import tarfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, cast
+from typing import BinaryIO, Literal, Protocol, cast
 
 from deployer.errors import ArtifactError
 
@@ -66,8 +66,10 @@ def _refuse(artifact: Path, message: str) -> ArtifactError:
 
 def _normalize(artifact: Path, name: str) -> str:
     """A member name as a clean relative path, or '' for the root itself."""
-    if "\0" in name:
-        raise _refuse(artifact, f"member {name!r} contains a NUL byte — rebuild the archive")
+    if "\0" in name or "\n" in name or "\t" in name:
+        raise _refuse(
+            artifact, f"member {name!r} contains a NUL, tab or newline character — rename it"
+        )
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise _refuse(
             artifact,
@@ -297,21 +299,10 @@ class _Counted:
 
 
 @contextmanager
-def _contents(artifact: Artifact) -> Iterator[Callable[[Entry], BinaryIO]]:
-    """Yield an opener of file contents for this artifact's kind."""
+def open_contents(artifact: Artifact) -> Iterator[Callable[[Entry], BinaryIO]]:
+    """Yield opener(entry) -> a readable file for a file entry, valid inside the with-block."""
     if artifact.kind == "dir":
-        opened: list[BinaryIO] = []
-
-        def open_file(entry: Entry) -> BinaryIO:
-            handle = open(entry.source, "rb")  # noqa: SIM115 - closed after the member is written
-            opened.append(handle)
-            return handle
-
-        try:
-            yield open_file
-        finally:
-            for handle in opened:
-                handle.close()
+        yield lambda entry: open(entry.source, "rb")  # noqa: SIM115 - the caller closes it
     elif artifact.kind == "tar":
         with tarfile.open(artifact.source, "r:*") as tar:
             members = {m.name: m for m in tar.getmembers()}
@@ -334,23 +325,36 @@ def _contents(artifact: Artifact) -> Iterator[Callable[[Entry], BinaryIO]]:
             yield open_zip_member
 
 
+class Sink(Protocol):
+    """Where a tar stream goes: anything with write (an SSH channel, a pipe, a file)."""
+
+    def write(self, data: bytes, /) -> int:
+        """Write all of data."""
+        ...
+
+
 def write_tar(
     artifact: Artifact,
-    out: BinaryIO,
+    out: Sink,
     *,
     compresslevel: int | None = 6,
     on_progress: Callable[[int], None] | None = None,
+    only: Container[str] | None = None,
 ) -> None:
-    """Stream the artifact as one tar (gzip when compresslevel is not None) into `out`."""
-    sink: BinaryIO = out
+    """Stream the artifact as one tar (gzip when compresslevel is not None) into `out`.
+
+    With `only`, regular files outside it are left out (they are already on the target);
+    directories and symlinks are always sent.
+    """
+    sink = cast(BinaryIO, out)
     gz = None
     if compresslevel is not None:
-        gz = gzip.GzipFile(fileobj=out, mode="wb", compresslevel=compresslevel, mtime=0)
+        gz = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=compresslevel, mtime=0)
         sink = cast(BinaryIO, gz)
     try:
         with (
             tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar,
-            _contents(artifact) as open_content,
+            open_contents(artifact) as open_content,
         ):
             for entry in artifact.entries:
                 info = tarfile.TarInfo(entry.path)
@@ -365,7 +369,7 @@ def write_tar(
                     info.type = tarfile.SYMTYPE
                     info.linkname = entry.linkname
                     tar.addfile(info)
-                else:
+                elif only is None or entry.path in only:
                     info.size = entry.size
                     handle = open_content(entry)
                     try:

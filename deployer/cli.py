@@ -341,10 +341,21 @@ def _for_each_target(
 @click.option(
     "--compress-level",
     type=click.IntRange(0, 9),
-    default=6,
-    show_default=True,
     envvar="DEPLOYER_COMPRESS_LEVEL",
-    help="gzip level for the upload stream (0: none).",
+    help="gzip level of the upload stream (0: none). Default: gzip -1, none for incompressible content.",
+)
+@click.option(
+    "--no-delta",
+    is_flag=True,
+    envvar="DEPLOYER_NO_DELTA",
+    help="Send every file, even those unchanged since the live release.",
+)
+@click.option(
+    "--link-unchanged",
+    is_flag=True,
+    envvar="DEPLOYER_LINK_UNCHANGED",
+    help="Hard-link unchanged files from the live release instead of copying them"
+    " (faster, but a file changed in place changes in every release sharing it).",
 )
 @click.option(
     "--dry-run",
@@ -375,13 +386,14 @@ def _for_each_target(
 def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, as_json: bool,
          before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
          healthcheck_retries: int, healthcheck_interval: float, keep: int, shared: tuple[str, ...],
-         compress_level: int, dry_run: bool, parallel: int, batch: str | None, shard: str | None,
-         **kwargs: Any) -> None:  # fmt: skip
+         compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool, parallel: int,
+         batch: str | None, shard: str | None, **kwargs: Any) -> None:  # fmt: skip
     """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
     from deployer.artifact import open_artifact
     from deployer.deploy import PushSettings, TargetDeploy
     from deployer.fleet import FleetSettings, parse_batch, parse_shard, push_fleet, select_shard
     from deployer.release import validate_shared
+    from deployer.transfer import TransferSettings, prepare_payload
 
     reporter = _reporter(as_json)
     route_kwargs = _route_kwargs(kwargs)
@@ -392,7 +404,7 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
         hooks=_hook_settings(before=before, after=after, healthcheck=healthcheck or None, timeout=hook_timeout,
                              healthcheck_retries=healthcheck_retries, healthcheck_interval=healthcheck_interval),
         dry_run=dry_run,
-        compresslevel=compress_level,
+        transfer=TransferSettings(delta=not no_delta, hardlink=link_unchanged, compresslevel=compress_level),
     )  # fmt: skip
     routes = select_shard(_routes(to, jump), parse_shard(shard, _env()))
     if not routes:
@@ -400,7 +412,8 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
             f"--shard {shard} selects no target out of {len(_split(to))} — use fewer shards"
         )
     fleet = FleetSettings(parallel=parallel, batch=parse_batch(batch, len(routes)))
-    opened = open_artifact(artifact)
+    payload = prepare_payload(open_artifact(artifact))
+    opened = payload.artifact
     provenance = _provenance()
     if len(routes) > 1:
         reporter = _reporter(as_json, bars=False)  # one bar cannot show several uploads
@@ -411,10 +424,14 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
     with contextlib.ExitStack() as connections:
 
         def start(index: int) -> TargetDeploy:
-            connection = connections.enter_context(
-                _connection(routes[index], reporter, **route_kwargs)
+            def connect() -> Connection:
+                return connections.enter_context(
+                    _connection(routes[index], reporter, **route_kwargs)
+                )
+
+            return TargetDeploy(
+                connect(), payload, settings, provenance, reporter, reconnect=connect
             )
-            return TargetDeploy(connection, opened, settings, provenance, reporter)
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)
     _summarize(reporter, outcomes)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import BinaryIO
 
-from deployer.artifact import Artifact, write_tar
+from deployer.artifact import Artifact
 from deployer.errors import DeployerError, HookError, RemoteError
 from deployer.executor import Executor, RunResult
 from deployer.hooks import HookRunner, HookSettings, failure_message
@@ -25,7 +24,6 @@ from deployer.release import (
     TargetState,
     append_history_script,
     check_ready,
-    extract_script,
     lock_error,
     new_release_id,
     parse_history,
@@ -34,11 +32,13 @@ from deployer.release import (
     preflight_script,
     prepare_script,
     read_history_script,
-    remove_partial_script,
+    relock_script,
     remove_releases_script,
     switch_script,
     unlock_script,
 )
+from deployer.manifest import DeltaPlan, parse_manifest, plan_delta
+from deployer.transfer import Payload, Reconnect, TransferSettings, Upload
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class PushSettings:
     shared: tuple[str, ...] = ()
     hooks: HookSettings = field(default_factory=HookSettings)
     dry_run: bool = False
-    compresslevel: int | None = 6
+    transfer: TransferSettings = field(default_factory=TransferSettings)
 
 
 @dataclass
@@ -147,13 +147,16 @@ class TargetDeploy:
     def __init__(
         self,
         executor: Executor,
-        artifact: Artifact,
+        payload: Payload,
         settings: PushSettings,
         provenance: Provenance,
         reporter: Reporter,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self.executor = executor
-        self.artifact = artifact
+        self.payload = payload
+        self.artifact = payload.artifact
+        self.reconnect = reconnect
         self.settings = settings
         self.provenance = provenance
         self.reporter = reporter
@@ -178,8 +181,10 @@ class TargetDeploy:
             [*state.releases, release_id], release_id, self.settings.keep
         )
         if self.settings.dry_run:
+            previous = parse_manifest(list(state.manifest)) if self.settings.transfer.delta else {}
+            delta = plan_delta(self.payload.digests, previous)
             _describe_plan(
-                self.reporter, self.label, self.artifact, self.settings, state, release_id
+                self.reporter, self.label, self.artifact, self.settings, state, release_id, delta
             )
             self.outcome.status = "planned"
             return
@@ -200,9 +205,15 @@ class TargetDeploy:
         )  # fmt: skip
         self._lock = _Locked(self.executor, self.path, self.provenance, "deploy").acquire()
         try:
-            self.outcome.uploaded_bytes = _upload(
-                self.executor, self.artifact, self.settings, self.layout, self.reporter
-            )
+            upload = Upload(
+                self.executor, self.payload, self.layout, state.current, state.manifest,
+                self.settings.transfer, self.reporter, self.reconnect, self._relock,
+            )  # fmt: skip
+            report = upload.run(self.settings.shared)
+            self.executor = self.runner.executor = upload.executor  # a retry may have reconnected
+            self._lock.executor = upload.executor
+            self.outcome.uploaded_bytes = report.wire_bytes
+            self.outcome.details["transfer"] = asdict(report)
             for command in self.settings.hooks.before:
                 self.runner.require("before", command, self.layout.release_dir, self.env)
         except DeployerError as exc:
@@ -276,6 +287,14 @@ class TargetDeploy:
         self.outcome.status = "reverted"
         return restored
 
+    def _relock(self, executor: Executor) -> None:
+        """After a reconnect, make sure the lock we hold is still ours."""
+        assert self._lock is not None
+        result = executor.run(relock_script(self.path, self._lock.token))
+        if result.status != 0:
+            held = result.stdout.decode(errors="replace").partition("lock=")[2].strip()
+            raise lock_error(held, self.path, self.label)
+
     def _unlock(self) -> None:
         if self._lock is not None:
             self._lock.release()
@@ -284,13 +303,13 @@ class TargetDeploy:
 
 def push_target(
     executor: Executor,
-    artifact: Artifact,
+    payload: Payload,
     settings: PushSettings,
     provenance: Provenance,
     reporter: Reporter,
 ) -> Outcome:
-    """Deploy artifact to one target: upload, hooks, atomic switch, healthcheck, prune."""
-    deploy = TargetDeploy(executor, artifact, settings, provenance, reporter)
+    """Deploy a payload to one target: upload, hooks, atomic switch, healthcheck, prune."""
+    deploy = TargetDeploy(executor, payload, settings, provenance, reporter)
     deploy.stage()
     deploy.activate()
     return deploy.finish()
@@ -303,6 +322,7 @@ def _describe_plan(
     settings: PushSettings,
     state: TargetState,
     release_id: str,
+    delta: DeltaPlan,
 ) -> None:
     def say(text: str) -> None:
         reporter.target(label, text)
@@ -311,8 +331,13 @@ def _describe_plan(
         f"dry run: connected as {state.login}; {state.path} is writable; {human_size(state.free_bytes)} free"
     )
     say(
-        f"would upload {artifact.file_count} files ({human_size(artifact.total_size)}) to "
-        f"{state.path}/releases/{release_id}"
+        f"would upload {len(delta.send)} of {artifact.file_count} files ({human_size(delta.send_bytes)}) to"
+        f" {state.path}/releases/{release_id}"
+        + (
+            f", reusing {len(delta.reuse)} unchanged files from {state.current}"
+            if delta.reuse
+            else ""
+        )
     )
     say(
         f"live release: {state.current or '(none: first deploy)'}; lock: {'held' if state.lock else 'free'}"
@@ -326,44 +351,6 @@ def _describe_plan(
     if pruned:
         say(f"would prune: {', '.join(pruned)}")
     say("dry run: nothing was changed")
-
-
-def _upload(
-    executor: Executor,
-    artifact: Artifact,
-    settings: PushSettings,
-    layout: Layout,
-    reporter: Reporter,
-) -> int:
-    label = executor.label
-    counted = {"wire": 0}
-    advance = reporter.progress(label, "upload", artifact.total_size)
-    started = time.monotonic()
-
-    def feed(out: BinaryIO) -> None:
-        class Counting:
-            def write(self, data: bytes) -> int:
-                counted["wire"] += len(data)
-                return out.write(data)
-
-            def flush(self) -> None:
-                out.flush()
-
-        write_tar(artifact, Counting(), compresslevel=settings.compresslevel, on_progress=advance)  # type: ignore[arg-type]
-
-    result = executor.run(extract_script(layout, settings.shared), upload=feed)
-    if result.status != 0:
-        executor.run(remove_partial_script(layout))
-        raise RemoteError(
-            f"unpacking the release on {label} failed: {result.stderr_line or f'exit status {result.status}'}"
-        )
-    elapsed = time.monotonic() - started
-    reporter.target(
-        label,
-        f"uploaded {artifact.file_count} files, {human_size(artifact.total_size)}"
-        f" ({human_size(counted['wire'])} on the wire) in {elapsed:.1f} s",
-    )
-    return counted["wire"]
 
 
 def _healthcheck(runner: HookRunner, hooks: HookSettings, cwd: str, env: dict[str, str]) -> None:

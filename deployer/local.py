@@ -25,7 +25,7 @@ class LocalExecutor:
         self,
         script: str,
         *,
-        upload: Callable[[BinaryIO], None] | None = None,
+        upload: Callable[[BinaryIO], object] | None = None,
         on_output: OutputSink | None = None,
         timeout: float | None = None,
     ) -> RunResult:

@@ -70,6 +70,7 @@ class TargetState:
     releases: tuple[str, ...] = ()
     lock: str = ""  # lock/info content when the lock is held
     login: str = ""
+    manifest: tuple[str, ...] = ()  # the live release's manifest lines
 
     @property
     def previous(self) -> str:
@@ -82,11 +83,14 @@ def parse_state(path: str, text: str) -> TargetState:
     """Read the key=value lines of the preflight script."""
     values: dict[str, str] = {}
     releases: list[str] = []
+    manifest: list[str] = []
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if not sep:
             continue
-        if key == "release":
+        if key == "m":
+            manifest.append(value)
+        elif key == "release":
             if RELEASE_ID.match(value):
                 releases.append(value)
         else:
@@ -108,6 +112,7 @@ def parse_state(path: str, text: str) -> TargetState:
         releases=tuple(sorted(releases)),
         lock=values.get("lock", ""),
         login=values.get("login", ""),
+        manifest=tuple(manifest),
     )
 
 
@@ -135,6 +140,8 @@ if [ -d "$P/releases" ]; then
   for r in "$P"/releases/*; do [ -d "$r" ] && out release "${{r##*/}}"; done
 fi
 if [ -d "$P/.deployer/lock" ]; then out lock "$(head -n 1 -- "$P/.deployer/lock/info" 2>/dev/null)"; fi
+c=$(readlink -- "$P/current" 2>/dev/null) && [ -f "$P/.deployer/manifests/${{c##*/}}.tsv" ] &&
+  sed 's/^/m=/' -- "$P/.deployer/manifests/${{c##*/}}.tsv"
 out login "$(id -un)"
 exit 0
 """
@@ -210,13 +217,22 @@ def prepare_script(path: str, lock_info: str) -> str:
     """Create the layout, clean partial uploads of dead deploys and take the lock (atomic mkdir)."""
     return f"""set -e
 P={q(path)}
-mkdir -p -- "$P/releases" "$P/shared" "$P/.deployer"
+mkdir -p -- "$P/releases" "$P/shared" "$P/.deployer/manifests"
 if ! mkdir -- "$P/.deployer/lock" 2>/dev/null; then
   printf 'lock=%s\\n' "$(head -n 1 -- "$P/.deployer/lock/info" 2>/dev/null)"
   exit {LOCK_HELD_STATUS}
 fi
 printf '%s\\n' {q(lock_info)} > "$P/.deployer/lock/info"
 rm -rf -- "$P"/releases/.*.partial
+"""
+
+
+def relock_script(path: str, token: str) -> str:
+    """After a reconnect: succeed only if the lock is still ours."""
+    return f"""L={q(path)}/.deployer/lock
+grep -qF -- {q(token)} "$L/info" 2>/dev/null && exit 0
+printf 'lock=%s\\n' "$(head -n 1 -- "$L/info" 2>/dev/null)"
+exit {LOCK_HELD_STATUS}
 """
 
 
@@ -229,18 +245,58 @@ def unlock_script(path: str, token: str | None) -> str:
 """
 
 
-def extract_script(layout: Layout, shared: Sequence[str]) -> str:
-    """Unpack the tar stream from stdin into a partial dir, link shared entries, then publish it."""
+def seed_script(layout: Layout, previous_id: str, hardlink: bool) -> str:
+    """Copy unchanged files (NUL-separated paths on stdin) from the previous release into the partial dir."""
+    how = "-l" if hardlink else "-p --reflink=auto"
+    return f"""set -e
+T={q(layout.partial_dir)}
+mkdir -p -- "$T"
+cd -- {q(f"{layout.path}/releases/{previous_id}")}
+xargs -0 -r cp {how} --parents -t "$T" --
+"""
+
+
+def unpack_script(layout: Layout, compressed: bool) -> str:
+    """Unpack the tar stream from stdin into the partial dir (over what is already there)."""
+    return f"""set -e
+T={q(layout.partial_dir)}
+mkdir -p -- "$T"
+tar -x{"z" if compressed else ""}f - -C "$T"
+"""
+
+
+def inventory_script(layout: Layout) -> str:
+    """sha256 of every file already in the partial dir (what survived an interrupted upload)."""
+    return f"""T={q(layout.partial_dir)}
+[ -d "$T" ] || exit 0
+cd -- "$T" && find . -type f -exec sha256sum -- {{}} +
+"""
+
+
+VERIFY_FAILED_STATUS = 5
+
+
+def publish_script(layout: Layout, shared: Sequence[str]) -> str:
+    """Store the manifest (stdin), verify the tree against it, link shared entries, publish the release."""
+    manifest = f"{layout.path}/.deployer/manifests/{layout.release_id}.tsv"
     lines = [
         "set -e",
         f"P={q(layout.path)}",
         f"T={q(layout.partial_dir)}",
-        'mkdir -p -- "$T"',
-        'tar -xzf - -C "$T"',
+        f"M={q(manifest)}",
+        'mkdir -p -- "$P/.deployer/manifests"',
+        'cat > "$M.tmp"',
+        'cd -- "$T"',
+        'if [ -s "$M.tmp" ] && ! awk -F \'\t\' \'{print $1 "  " $4}\' "$M.tmp" |'
+        ' sha256sum -c --quiet --strict - >"$M.check" 2>&1; then',
+        f'  echo "verification failed: $(head -n 1 "$M.check")" >&2; rm -f -- "$M.tmp" "$M.check";'
+        f" exit {VERIFY_FAILED_STATUS}",
+        "fi",
+        'rm -f -- "$M.check"',
     ]
     for item in shared:
         lines.append(_link_shared(item))
-    lines.append(f'mv -- "$T" {q(layout.release_dir)}')
+    lines += [f'mv -- "$T" {q(layout.release_dir)}', 'mv -- "$M.tmp" "$M"']
     return "\n".join(lines) + "\n"
 
 
@@ -289,7 +345,9 @@ def remove_releases_script(path: str, release_ids: Sequence[str]) -> str:
     for rid in release_ids:
         if not RELEASE_ID.match(rid):
             raise ValueError(f"not a release id: {rid!r}")
-    targets = " ".join(f'"$P/releases/"{q(rid)}' for rid in release_ids)
+    targets = " ".join(
+        f'"$P/releases/"{q(rid)} "$P/.deployer/manifests/"{q(rid)}.tsv' for rid in release_ids
+    )
     return f"P={q(path)}\nrm -rf -- {targets}\n" if release_ids else "true\n"
 
 

@@ -111,7 +111,7 @@ class Connection:
         self,
         script: str,
         *,
-        upload: Callable[[BinaryIO], None] | None = None,
+        upload: Callable[[BinaryIO], object] | None = None,
         on_output: OutputSink | None = None,
         timeout: float | None = None,
     ) -> RunResult:
@@ -137,7 +137,7 @@ class Connection:
 
 
 class _Uploader(threading.Thread):
-    def __init__(self, channel: paramiko.Channel, upload: Callable[[BinaryIO], None]) -> None:
+    def __init__(self, channel: paramiko.Channel, upload: Callable[[BinaryIO], object]) -> None:
         super().__init__(name="deployer-upload", daemon=True)
         self.channel = channel
         self.upload = upload
@@ -152,7 +152,7 @@ class _Uploader(threading.Thread):
             self.channel.close()
 
 
-def _start_upload(channel: paramiko.Channel, upload: Callable[[BinaryIO], None]) -> _Uploader:
+def _start_upload(channel: paramiko.Channel, upload: Callable[[BinaryIO], object]) -> _Uploader:
     uploader = _Uploader(channel, upload)
     uploader.start()
     return uploader

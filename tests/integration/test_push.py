@@ -35,7 +35,7 @@ def test_push_through_jump_and_tunnel(topology, deployer, tmp_path: Path) -> Non
     assert (target / "current" / "bin" / "migrate").stat().st_mode & 0o111
     assert os.readlink(target / "current" / "index.html") == "public/index.html"
     assert "migrated" in first.stderr  # hook output streamed into the job log
-    assert "uploaded 4 files" in first.stderr
+    assert "uploaded 4 of 4 files" in first.stderr
 
     second = deployer(["push", str(make_app(tmp_path, "v2")), *args], env=env)
     assert second.status == 0, second.output
@@ -123,7 +123,7 @@ def test_dry_run_changes_nothing(topology, deployer, tmp_path: Path) -> None:
                     "--before", "./bin/migrate", "--dry-run"], env=topology.env)  # fmt: skip
     assert run.status == 0, run.output
     assert (
-        "would upload 4 files" in run.stderr
+        "would upload 4 of 4 files" in run.stderr
         and "would run before hook: ./bin/migrate" in run.stderr
     )
     assert "nothing was changed" in run.stderr

@@ -16,6 +16,7 @@ from deployer.fleet import FleetSettings, parse_batch, parse_shard, push_fleet, 
 from deployer.hooks import HookSettings
 from deployer.local import LocalExecutor
 from deployer.output import Reporter
+from deployer.transfer import prepare_payload
 
 
 def live(path: Path) -> str:
@@ -28,7 +29,7 @@ def artifact(tmp_path: Path):
     app = tmp_path / "app"
     app.mkdir()
     (app / "index.html").write_text("hi")
-    return open_artifact(app)
+    return prepare_payload(open_artifact(app))
 
 
 def run_fleet(tmp_path, artifact, names, hooks_for, fleet=None):
@@ -131,4 +132,6 @@ def test_batches_and_shards() -> None:
         parse_shard("4/3", {})
     hosts = [f"h{i}" for i in range(7)]
     shards = [select_shard(hosts, (k, 3)) for k in (1, 2, 3)]
-    assert shards[0] == ["h0", "h3", "h6"] and sorted(h for shard in shards for h in shard) == sorted(hosts)
+    assert shards[0] == ["h0", "h3", "h6"] and sorted(
+        h for shard in shards for h in shard
+    ) == sorted(hosts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from datetime import datetime, timezone
@@ -18,7 +19,8 @@ from deployer.release import (
     TargetState,
     append_history_script,
     check_ready,
-    extract_script,
+    publish_script,
+    unpack_script,
     new_release_id,
     parse_history,
     parse_state,
@@ -96,11 +98,17 @@ def test_extract_switch_and_prune(tmp_path: Path) -> None:
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     assert sh.run(prepare_script(str(path), "x token T")).status == 0
+    digest = hashlib.sha256(b"hello").hexdigest()
+    manifest = f"{digest}\t5\t644\tweb/index.html\n".encode()
     ids = ["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"]
     for rid in ids:
         layout = Layout(str(path), rid)
         result = sh.run(
-            extract_script(layout, ["uploads/"]), upload=lambda out: out.write(buffer.getvalue())
+            unpack_script(layout, compressed=True), upload=lambda out: out.write(buffer.getvalue())
+        )
+        assert result.status == 0, result.stderr
+        result = sh.run(
+            publish_script(layout, ["uploads/"]), upload=lambda out: out.write(manifest)
         )
         assert result.status == 0, result.stderr
         assert sh.run(switch_script(str(path), rid)).status == 0
@@ -132,9 +140,8 @@ def test_missing_shared_file_stops_the_extract(tmp_path: Path) -> None:
         tar.addfile(tarfile.TarInfo("empty"), io.BytesIO(b""))
     layout = Layout(str(tmp_path), "20260101T000000Z")
     sh.run(prepare_script(str(tmp_path), "t"))
-    result = sh.run(
-        extract_script(layout, [".env"]), upload=lambda out: out.write(buffer.getvalue())
-    )
+    sh.run(unpack_script(layout, compressed=True), upload=lambda out: out.write(buffer.getvalue()))
+    result = sh.run(publish_script(layout, [".env"]), upload=lambda out: out.write(b""))
     assert result.status == 4 and "shared file .env is missing" in result.stderr_line
     assert not (tmp_path / "releases" / "20260101T000000Z").exists()
 
