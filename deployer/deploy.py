@@ -16,6 +16,7 @@ from deployer.artifact import Artifact
 from deployer.errors import DeployerError, HookError, RemoteError
 from deployer.executor import Executor, RunResult
 from deployer.hooks import HookRunner, HookSettings, failure_message
+from deployer.manifest import DeltaPlan, parse_manifest, plan_delta
 from deployer.output import Reporter, human_size
 from deployer.release import (
     LOCK_HELD_STATUS,
@@ -37,7 +38,6 @@ from deployer.release import (
     switch_script,
     unlock_script,
 )
-from deployer.manifest import DeltaPlan, parse_manifest, plan_delta
 from deployer.transfer import Payload, Reconnect, TransferSettings, Upload
 
 
