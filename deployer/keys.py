@@ -245,7 +245,10 @@ def _openssh_header(data: bytes) -> _OpenSSHHeader | None:
     key_type = _ssh_string(data[public_blob_at + 4 : public_end], 0)
     if key_type is None:
         return None
-    return _OpenSSHHeader(cipher[0], kdf[0], key_type[0])
+    names = (cipher[0], kdf[0], key_type[0])
+    if not all(_SSH_NAME.fullmatch(name) for name in names):
+        return None  # these names end up in messages: only plain algorithm names qualify
+    return _OpenSSHHeader(*names)
 
 
 def _skip_ssh_bytes(data: bytes, offset: int) -> int | None:
@@ -377,7 +380,7 @@ def _to_paramiko(key: _Loaded, source: str) -> paramiko.PKey:
             return paramiko.RSAKey(key=key)
         if isinstance(key, ec.EllipticCurvePrivateKey):
             return paramiko.ECDSAKey(vals=(key, key.public_key()))
-        # Ed25519Key only reads the OpenSSH format: re-encode into a string, never a file
+        # Ed25519Key is only built from the OpenSSH format: re-encode into a string, never a file
         text = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,

@@ -97,7 +97,7 @@ def compressibility(artifact: Artifact, paths: frozenset[str] | None = None) -> 
         if e.kind == "file" and e.size and (paths is None or e.path in paths)
     ]
     if not files:
-        return 1.0
+        return 0.5  # only directories and symlinks: tar headers
     per_file = max(4096, SAMPLE_BYTES // len(files))
     step = (
         max(1, len(files) * per_file // SAMPLE_BYTES) if len(files) * per_file > SAMPLE_BYTES else 1
@@ -113,7 +113,11 @@ def compressibility(artifact: Artifact, paths: frozenset[str] | None = None) -> 
             if original >= SAMPLE_BYTES:
                 break
     compressed += len(compressor.flush())
-    return compressed / original if original else 1.0
+    if original < 65536:
+        return (
+            0.5  # too little to judge; the stream is then mostly tar headers, which compress well
+        )
+    return compressed / original
 
 
 def choose_compression(ratio: float, requested: int | None) -> int | None:

@@ -246,13 +246,17 @@ def unlock_script(path: str, token: str | None) -> str:
 
 
 def seed_script(layout: Layout, previous_id: str, hardlink: bool) -> str:
-    """Copy unchanged files (NUL-separated paths on stdin) from the previous release into the partial dir."""
+    """Copy unchanged files from the previous release, then print those that do not match (stdin:
+    sha256sum lines of the files to reuse). A release the app modified in place is caught here."""
     how = "-l" if hardlink else "-p --reflink=auto"
-    return f"""set -e
-T={q(layout.partial_dir)}
-mkdir -p -- "$T"
-cd -- {q(f"{layout.path}/releases/{previous_id}")}
-xargs -0 -r cp {how} --parents -t "$T" --
+    return f"""T={q(layout.partial_dir)}
+L={q(f"{layout.path}/.deployer/seed.{layout.release_id}")}
+mkdir -p -- "$T" && cat > "$L" || exit 1
+cd -- {q(f"{layout.path}/releases/{previous_id}")} || exit 1
+cut -c67- "$L" | tr '\\n' '\\000' | xargs -0 -r cp {how} --parents -t "$T" -- 2>/dev/null
+cd -- "$T" && sha256sum -c --quiet "$L" 2>/dev/null | sed -n 's/: FAILED.*$//p'
+rm -f -- "$L"
+exit 0
 """
 
 

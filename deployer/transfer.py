@@ -18,6 +18,7 @@ from deployer.artifact import Artifact, write_tar
 from deployer.errors import ConnectError, RemoteError, TransferError
 from deployer.executor import Executor
 from deployer.manifest import (
+    DeltaPlan,
     FileDigest,
     choose_compression,
     compressibility,
@@ -131,8 +132,8 @@ class Upload:
         label = self.executor.label
         started = time.monotonic()
         plan = plan_delta(self.payload.digests, self.previous_manifest)
-        if plan.reuse and not self._seed(plan.reuse):
-            plan = plan_delta(self.payload.digests, {})
+        if plan.reuse:
+            plan = self._seed(plan)
         ratio = compressibility(self.payload.artifact, plan.send)
         level = choose_compression(ratio, self.settings.compresslevel)
         self.report.compression = f"gzip -{level}" if level is not None else "none"
@@ -163,20 +164,27 @@ class Upload:
     def _send_manifest(self, out: BinaryIO) -> None:
         out.write(self.payload.manifest.encode())
 
-    def _seed(self, reuse: tuple[str, ...]) -> bool:
-        """Copy unchanged files on the target; False (and a clean slate) if that failed."""
-        listing = b"\0".join(path.encode() for path in reuse) + b"\0"
+    def _seed(self, plan: DeltaPlan) -> DeltaPlan:
+        """Copy unchanged files on the target; files that did not copy intact are sent instead."""
+        lines = "".join(f"{self.payload.digests[p].sha256}  {p}\n" for p in plan.reuse).encode()
         script = seed_script(self.layout, self.previous, self.settings.hardlink)
-        result = self.executor.run(script, upload=lambda out: out.write(listing))
+        result = self.executor.run(script, upload=lambda out: out.write(lines))
         if result.status != 0:
-            # the live release was changed in place (or files vanished): send everything instead
+            self.reporter.target(
+                self.executor.label, f"could not reuse files from {self.previous}; sending all"
+            )
+            return plan_delta(self.payload.digests, {})
+        damaged = {line for line in result.stdout.decode(errors="replace").splitlines() if line}
+        if damaged:
+            # the app changed files inside its live release: never copy those, send them again
             self.reporter.target(
                 self.executor.label,
-                f"could not reuse files from {self.previous} ({result.stderr_line}); sending all",
+                f"{len(damaged)} file(s) changed in place in release {self.previous} (e.g. {sorted(damaged)[0]});"
+                " sending them instead of reusing",
             )
-            self.executor.run(remove_partial_script(self.layout))
-            return False
-        return True
+        reuse = tuple(p for p in plan.reuse if p not in damaged)
+        send = plan.send | (set(plan.reuse) - set(reuse))
+        return DeltaPlan(reuse, frozenset(send), sum(self.payload.digests[p].size for p in send))
 
     def _unpack_with_retries(self, send: set[str], level: int | None) -> None:
         attempt = 0
