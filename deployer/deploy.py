@@ -241,19 +241,25 @@ class TargetDeploy:
     def finish(self) -> Outcome:
         """Record the deploy, prune old releases and release the lock."""
         if not self.settings.dry_run:
+            assert self._lock is not None
+            # one round trip: record, prune, unlock (the release is live whatever happens here)
+            script = (
+                append_history_script(self.path, self.history)
+                + remove_releases_script(self.path, self.outcome.pruned)
+                + unlock_script(self.path, self._lock.token)
+            )
             try:
-                self.executor.run(append_history_script(self.path, self.history))
-                if self.outcome.pruned:
-                    _checked(
-                        self.executor,
-                        remove_releases_script(self.path, self.outcome.pruned),
-                        "pruning old releases",
-                    )
+                result = self.executor.run(script, timeout=120)
+            except DeployerError as exc:
+                self._say(f"warning: could not record the deploy or unlock: {exc}")
+            else:
+                self._lock = None
+                if result.status != 0:
+                    self._say(f"warning: recording or pruning failed: {result.stderr_line}")
+                elif self.outcome.pruned:
                     self._say(
                         f"pruned {len(self.outcome.pruned)} old release(s), kept {self.settings.keep}"
                     )
-            finally:
-                self._unlock()
             self.outcome.status = "deployed"
             self._say(
                 f"deployed {self.layout.release_id} in {time.monotonic() - self.started:.1f} s"
