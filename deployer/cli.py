@@ -72,7 +72,10 @@ def route_options(func: F) -> F:
 
 
 # Commands that live in their own modules, imported only when used (keeps --help fast).
-LAZY_COMMANDS: dict[str, str] = {}
+LAZY_COMMANDS: dict[str, str] = {
+    "tunnel": "deployer.tunnel_cmd:tunnel",
+    "authorized-keys": "deployer.tunnel_cmd:authorized_keys",
+}
 
 
 class Group(click.Group):

@@ -91,9 +91,9 @@ def _checked(executor: Executor, script: str, what: str, **kwargs: object) -> Ru
     return result
 
 
-def probe(executor: Executor, path: str) -> TargetState:
-    """Run the read-only preflight and parse what it saw."""
-    result = _checked(executor, preflight_script(path), "inspecting the target")
+def probe(executor: Executor, path: str, lock_info: str | None = None) -> TargetState:
+    """Run the preflight (read-only unless lock_info asks it to take the lock) and parse it."""
+    result = _checked(executor, preflight_script(path, lock_info), "inspecting the target")
     return parse_state(path, result.stdout.decode(errors="replace"))
 
 
@@ -170,8 +170,21 @@ class TargetDeploy:
 
     def stage(self) -> None:
         """Check the target, take the lock, upload the release and run the before hooks."""
-        state = probe(self.executor, self.settings.path)
-        check_ready(state, self.label, self.artifact.total_size)
+        lock = (
+            None
+            if self.settings.dry_run
+            else _Locked(self.executor, self.settings.path, self.provenance, "deploy")
+        )
+        state = probe(self.executor, self.settings.path, lock.info if lock else None)
+        if lock is not None and state.locked:
+            self._lock = lock
+        try:
+            check_ready(state, self.label, self.artifact.total_size)
+            if lock is not None and not state.locked:
+                raise lock_error(state.lock or "taken a moment ago", state.path, self.label)
+        except DeployerError:
+            self._unlock()
+            raise
         self.state = state
         self.path = state.path
         release_id = new_release_id(datetime.now(timezone.utc), state.releases)
@@ -203,7 +216,6 @@ class TargetDeploy:
             "deploy", release_id, state.current, _now(), self.provenance.by,
             self.provenance.commit, self.provenance.ref, self.provenance.pipeline,
         )  # fmt: skip
-        self._lock = _Locked(self.executor, self.path, self.provenance, "deploy").acquire()
         try:
             upload = Upload(
                 self.executor, self.payload, self.layout, state.current, state.manifest,
@@ -211,6 +223,7 @@ class TargetDeploy:
             )  # fmt: skip
             report = upload.run(self.settings.shared)
             self.executor = self.runner.executor = upload.executor  # a retry may have reconnected
+            assert self._lock is not None  # taken by the probe above
             self._lock.executor = upload.executor
             self.outcome.uploaded_bytes = report.wire_bytes
             self.outcome.details["transfer"] = asdict(report)

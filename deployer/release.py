@@ -71,6 +71,7 @@ class TargetState:
     lock: str = ""  # lock/info content when the lock is held
     login: str = ""
     manifest: tuple[str, ...] = ()  # the live release's manifest lines
+    locked: bool = False  # the probe took the lock for us
 
     @property
     def previous(self) -> str:
@@ -113,11 +114,13 @@ def parse_state(path: str, text: str) -> TargetState:
         lock=values.get("lock", ""),
         login=values.get("login", ""),
         manifest=tuple(manifest),
+        locked=values.get("locked") == "yes",
     )
 
 
-def preflight_script(path: str) -> str:
-    """Read-only probe of the target: path, permissions, free space, tools, releases, lock."""
+def preflight_script(path: str, lock_info: str | None = None) -> str:
+    """Probe the target: path, permissions, free space, tools, releases, lock (read-only), and with
+    lock_info also create the layout and take the lock when the path is usable (saves a round trip)."""
     return f"""P={q(path)}
 out() {{ printf '%s=%s\\n' "$1" "$2"; }}
 d="$P"
@@ -143,8 +146,24 @@ if [ -d "$P/.deployer/lock" ]; then out lock "$(head -n 1 -- "$P/.deployer/lock/
 c=$(readlink -- "$P/current" 2>/dev/null) && [ -f "$P/.deployer/manifests/${{c##*/}}.tsv" ] &&
   sed 's/^/m=/' -- "$P/.deployer/manifests/${{c##*/}}.tsv"
 out login "$(id -un)"
-exit 0
+{"exit 0" if lock_info is None else _lock_attempt(lock_info)}
 """
+
+
+def _lock_attempt(lock_info: str) -> str:
+    """Shell text run after the probe: lock only a writable directory whose current is a symlink."""
+    return f"""if [ "$w" = yes ] && {{ [ ! -e "$P" ] || [ -d "$P" ]; }} &&
+  {{ [ ! -e "$P/current" ] || [ -L "$P/current" ]; }}; then
+  mkdir -p -- "$P/releases" "$P/shared" "$P/.deployer/manifests" 2>/dev/null
+  if mkdir -- "$P/.deployer/lock" 2>/dev/null; then
+    printf '%s\\n' {q(lock_info)} > "$P/.deployer/lock/info"
+    rm -rf -- "$P"/releases/.*.partial
+    out locked yes
+  else
+    out lock "$(head -n 1 -- "$P/.deployer/lock/info" 2>/dev/null)"
+  fi
+fi
+exit 0"""
 
 
 def check_ready(state: TargetState, label: str, needed_bytes: int) -> None:
