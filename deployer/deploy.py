@@ -280,13 +280,16 @@ class TargetDeploy:
         self.outcome.seconds = time.monotonic() - self.started
         return self.outcome
 
-    def abort(self, reason: str) -> None:
-        """Discard a staged release that never went live, and unlock."""
+    def abort(self, reason: str, *, was_live: bool = False) -> None:
+        """Discard a staged release (one that never went live, unless was_live), and unlock."""
         if self._lock is None:
             return
         try:
             _discard(self.executor, self.path, self.layout.release_id, self.history, reason)
-            self._say(f"release {self.layout.release_id} discarded; live release unchanged")
+            self._say(
+                f"release {self.layout.release_id} discarded"
+                + ("" if was_live else "; the live release was never touched")
+            )
         finally:
             self._unlock()
         self.outcome.status = "aborted"
@@ -302,7 +305,7 @@ class TargetDeploy:
             self.env,
             self.reporter,
         )
-        self.abort(reason)
+        self.abort(reason, was_live=True)
         self.outcome.status = "reverted"
         return restored
 
