@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -622,10 +623,15 @@ def sandbox(directory: Path, keep_running: bool) -> None:
 # ---------------------------------------------------------------------------- entry point
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: run the CLI, print one-line errors, exit with the documented status."""
     args = list(sys.argv[1:] if argv is None else argv)
     show_traceback = "--traceback" in args or os.environ.get("DEPLOYER_DEBUG", "") not in ("", "0")
+    signal.signal(signal.SIGTERM, _interrupt)  # CI cancels jobs with SIGTERM: clean up like Ctrl-C
     try:
         cli.main(args=args, prog_name="deployer", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -232,6 +233,9 @@ class TargetDeploy:
         except DeployerError as exc:
             self.abort(str(exc))
             raise
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM when CI cancels the job
+            self._undo_quietly(lambda: self.abort("interrupted"))
+            raise
         self.outcome.status = "staged"
 
     def activate(self) -> None:
@@ -249,7 +253,20 @@ class TargetDeploy:
         except HookError as exc:
             restored = self.revert(str(exc))
             raise HookError(f"{exc} — {restored}") from exc
+        except (
+            KeyboardInterrupt
+        ):  # the new release was never confirmed healthy: put the old one back
+            self._undo_quietly(lambda: self.revert("interrupted"))
+            raise
         self.outcome.status = "switched"
+
+    def _undo_quietly(self, undo: Callable[[], object]) -> None:
+        """Best-effort cleanup while being interrupted; a second interrupt or a dead link ends it."""
+        try:
+            undo()
+            self._say("interrupted: cleaned up, the previous release is live")
+        except (DeployerError, KeyboardInterrupt):
+            self._say("interrupted: could not clean up; run `deployer unlock` if the lock stays")
 
     def finish(self) -> Outcome:
         """Record the deploy, prune old releases and release the lock."""

@@ -402,3 +402,25 @@ def test_bad_option_values_are_usage_errors(topology, deployer, tmp_path) -> Non
     )
     assert run.status == ExitCode.USAGE
     assert "is not USER@HOST[:PORT]" in one_error_line(run.stderr)
+
+
+def test_sigterm_during_a_hook_cleans_up(topology, deployed, tmp_path) -> None:
+    import os
+    import signal
+    import sys
+
+    before, kept = live(deployed), releases(deployed)
+    marker = deployed / "shared" / "hook-started"  # a place the login user may write
+    args = [sys.executable, "-m", "deployer", "push", str(make_app(tmp_path, "cancel")), *topology.route,
+            "--path", str(deployed), "--before", f"touch {marker}; sleep 30"]  # fmt: skip
+    proc = subprocess.Popen(args, env={**os.environ, **topology.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), "the hook never started"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    assert "interrupted: cleaned up" in stderr
+    assert_untouched(deployed, before, kept)
