@@ -246,6 +246,7 @@ def _scan_dir(root: Path, label: str) -> list[Entry]:
                     pending.append(rel)
                     entries.append(Entry(rel, "dir", stat.S_IMODE(mode), 0, info.st_mtime))
                 elif stat.S_ISREG(mode):
+                    # opening is the only true test: os.access is blind to root and ACLs
                     os.close(os.open(item.path, _OPEN_FLAGS))
                     entries.append(
                         Entry(rel, "file", stat.S_IMODE(mode), info.st_size, info.st_mtime)
@@ -334,7 +335,7 @@ def _scan_tar(path: Path, label: str) -> tuple[list[Entry], dict[str, _Origin]]:
         elif member.isfile():
             entries.append(Entry(rel, "file", mode or 0o644, member.size, member.mtime))
         else:
-            kind = _TAR_TYPES.get(member.type, f"member of unsupported type {member.type!r}")
+            kind = _TAR_TYPES.get(member.type, f"tar entry of type {member.type.decode()!r}")
             raise _special(label, "member", rel, kind)
         origins[rel] = origin
     return entries, origins
@@ -364,7 +365,8 @@ def _zip_entries(archive: zipfile.ZipFile, label: str) -> tuple[list[Entry], dic
                 f"artifact {label}: member {info.filename!r} is encrypted"
                 " — build the zip without a password"
             )
-        unix = info.external_attr >> 16  # Info-ZIP keeps st_mode here; 0 when the tool did not
+        # unix zip tools keep st_mode in the high half; elsewhere it holds junk (Python: 0600)
+        unix = info.external_attr >> 16 if info.create_system == 3 else 0
         perms = stat.S_IMODE(unix)
         mtime = _zip_mtime(info)
         is_dir = info.filename.replace("\\", "/").endswith("/") or stat.S_ISDIR(unix)
@@ -500,11 +502,11 @@ def _escapes(path: str, links: Mapping[str, str]) -> bool:
     Resolves like the kernel, following the artifact's own symlinks on the way: a lexical check
     alone misses chains such as ``a/up -> ..`` plus ``a/out -> up/..``.
     """
+    if links[path].startswith("/"):
+        return True
     current = path.split("/")[:-1]
     pending = list(reversed(links[path].split("/")))
     hops = 0
-    if links[path].startswith("/"):
-        return True
     while pending:
         part = pending.pop()
         if part in ("", "."):
@@ -815,8 +817,8 @@ def _tar_in_order(
     copied: set[int] = set()  # members whose bytes a hard link elsewhere needs again
     for entry in wanted:
         origin = origins.get(entry.path)
-        if origin is None:
-            continue  # an implied directory: write_tar sends it before its first child
+        if origin is None or entry.kind == "dir":
+            continue  # write_tar sends directories right before their first member
         # a hard link is sent where it was stored; one stored before its target waits for it
         at.setdefault(max(origin.position, origin.content), []).append(entry)
         if entry.kind == "file":
@@ -988,5 +990,8 @@ def write_tar(
                 reader = _Content(content, label, entry, on_progress, owns=False)
                 tar.addfile(_header(entry), cast(IO[bytes], reader))
             sent.add(entry.path)
+        for entry in artifact.entries:
+            if entry.kind == "dir" and entry.path not in sent:
+                tar.addfile(_header(entry))  # empty directories, and those no file went into
     tar.close()
     sink.finish()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO, cast
 
-from deployer.errors import TransferError
+from deployer.errors import DeployerError, TransferError
 from deployer.executor import OutputSink, RunResult
 
 _TAIL = 65536
@@ -77,6 +77,8 @@ class LocalExecutor:
             ) from None
         for reader in readers:
             reader.join(timeout=5)
+        if isinstance(upload_error, DeployerError):
+            raise upload_error
         if upload_error is not None:
             raise TransferError(f"upload on {self.label} failed: {upload_error}") from upload_error
         return RunResult(status, bytes(buffers["stdout"]), bytes(buffers["stderr"]))

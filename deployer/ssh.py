@@ -129,6 +129,8 @@ class Connection:
             channel.close()
         if uploader is not None:
             uploader.join(timeout=10)
+            if isinstance(uploader.error, DeployerError):
+                raise uploader.error  # e.g. the artifact changed while being sent: its own exit code
             if uploader.error is not None and status == 0:
                 raise TransferError(
                     f"upload to {self.label} failed: {_reason(uploader.error)} — run the push again"
