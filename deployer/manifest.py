@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from deployer.artifact import Artifact, open_contents
+from deployer.artifact import Artifact, read_in_order
 
 READ = 1 << 20
 SAMPLE_BYTES = 4 << 20
@@ -37,16 +37,15 @@ def digest_files(
 ) -> dict[str, FileDigest]:
     """sha256, size and mode of every regular file, read in chunks (memory stays flat)."""
     digests: dict[str, FileDigest] = {}
-    with open_contents(artifact) as opener:
-        for entry in artifact.entries:
-            if entry.kind != "file":
+    with read_in_order(artifact) as items:
+        for entry, handle in items:
+            if handle is None:
                 continue
             digest = hashlib.sha256()
-            with opener(entry) as handle:
-                while chunk := handle.read(READ):
-                    digest.update(chunk)
-                    if on_progress is not None:
-                        on_progress(len(chunk))
+            while chunk := handle.read(READ):
+                digest.update(chunk)
+                if on_progress is not None:
+                    on_progress(len(chunk))
             digests[entry.path] = FileDigest(digest.hexdigest(), entry.size, entry.mode)
     return digests
 
@@ -99,24 +98,24 @@ def compressibility(artifact: Artifact, paths: frozenset[str] | None = None) -> 
     if not files:
         return 0.5  # only directories and symlinks: tar headers
     per_file = max(4096, SAMPLE_BYTES // len(files))
-    step = (
-        max(1, len(files) * per_file // SAMPLE_BYTES) if len(files) * per_file > SAMPLE_BYTES else 1
-    )
+    # spread the sample over every step-th file, read in the artifact's own order (cheap for tars)
+    step = max(1, len(files) * per_file // SAMPLE_BYTES)
+    wanted = {entry.path for entry in files[::step]}
     compressor = zlib.compressobj(1)
     original = compressed = 0
-    with open_contents(artifact) as opener:
-        for entry in files[::step]:
-            with opener(entry) as handle:
-                data = handle.read(per_file)
+    with read_in_order(artifact, wanted) as items:
+        for _entry, handle in items:
+            if handle is None:
+                continue
+            data = handle.read(per_file)
             original += len(data)
             compressed += len(compressor.compress(data))
             if original >= SAMPLE_BYTES:
                 break
     compressed += len(compressor.flush())
     if original < 65536:
-        return (
-            0.5  # too little to judge; the stream is then mostly tar headers, which compress well
-        )
+        # too little to judge; the stream is then mostly tar headers, which compress well
+        return 0.5
     return compressed / original
 
 
