@@ -59,7 +59,8 @@ def load_host_key_policy(
         files.append(default)
     for path in files:
         try:
-            known += parse_known_hosts(path.read_text(), str(path))
+            # the user's own ~/.ssh/known_hosts is read the way ssh reads it: bad lines skipped
+            known += parse_known_hosts(path.read_text(), str(path), lenient=path == default)
         except FileNotFoundError:
             raise ConfigError(f"--known-hosts {path} not found — check the path") from None
         except OSError as exc:

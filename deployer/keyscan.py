@@ -11,7 +11,14 @@ from dataclasses import dataclass, replace
 
 import click
 
-from deployer.hostkeys import HostKeyPolicy, Verdict, fingerprint, host_id, known_hosts_line
+from deployer.hostkeys import (
+    HostKeyPolicy,
+    Verdict,
+    fingerprint,
+    host_id,
+    known_hosts_line,
+    stored_key_type,
+)
 from deployer.output import Reporter, emit_json
 from deployer.route import Route
 from deployer.ssh import ConnectOptions, scan_host_keys
@@ -40,7 +47,9 @@ class ScannedKey:
 def hashed_line(host: str, port: int, key_type: str, key_blob: bytes) -> str:
     """A known_hosts line with the host name hashed (|1|salt|hmac), like ssh-keygen -H."""
     salt = os.urandom(20)
-    digest = hmac.new(salt, host_id(host, port).encode(), hashlib.sha1).digest()
+    digest = hmac.new(
+        salt, host_id(host, port).lower().encode(), hashlib.sha1
+    ).digest()  # ssh hashes lowercase
     name = f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
     return f"{name} {key_type} {base64.b64encode(key_blob).decode()}"
 
@@ -60,7 +69,7 @@ def scan(
         if (ident, blob) in seen:
             continue
         seen.add((ident, blob))
-        stored_type = "ssh-rsa" if key_type.startswith("rsa-sha2") else key_type
+        stored_type = stored_key_type(key_type)
         verdict = trusted.verdict(hop.host, hop.port, stored_type, blob)
         status = {Verdict.MATCH: "known", Verdict.UNKNOWN: "new", Verdict.CHANGED: "changed",
                   Verdict.REVOKED: "revoked"}[verdict]  # fmt: skip

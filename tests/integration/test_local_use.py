@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 def local_env(topology, home: Path) -> dict[str, str]:
     """A developer's shell: no CI variables, known hosts in ~/.ssh/known_hosts."""
     (home / ".ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
-    (home / ".ssh" / "known_hosts").write_text(topology.box.known_hosts())
+    # a line ssh itself would skip must not stop deployer from reading the rest
+    (home / ".ssh" / "known_hosts").write_text("garbage-without-a-key\n" + topology.box.known_hosts())
     return {"HOME": str(home), "CI": "", "SSH_PRIVATE_KEY": "", "SSH_KNOWN_HOSTS": ""}
 
 
