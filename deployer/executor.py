@@ -41,5 +41,8 @@ class Executor(Protocol):
         on_output: OutputSink | None = None,
         timeout: float | None = None,
     ) -> RunResult:
-        """Run script with sh; stream stdin from upload(); return status and output."""
+        """Run script with sh; stream stdin from upload(); return status and output.
+
+        Captured output is kept whole; when on_output streams it, only the last 64 KiB are kept.
+        """
         ...

@@ -44,7 +44,8 @@ class LocalExecutor:
                 if on_output is not None:
                     on_output(name, chunk)
                 buffers[name] += chunk
-                del buffers[name][:-_TAIL]
+                if on_output is not None:  # streamed output: keep only a tail for messages
+                    del buffers[name][:-_TAIL]
 
         readers = [
             threading.Thread(target=pump, args=("stdout", proc.stdout), daemon=True),

@@ -185,7 +185,8 @@ def _collect(
                 if on_output is not None:
                     on_output(name, chunk)
                 buffers[name] += chunk
-                del buffers[name][:-_TAIL]
+                if on_output is not None:  # streamed output: keep only a tail for messages
+                    del buffers[name][:-_TAIL]
         if (
             channel.exit_status_ready()
             and not channel.recv_ready()

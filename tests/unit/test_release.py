@@ -173,3 +173,17 @@ def test_history_round_trip_with_hostile_text(tmp_path: Path) -> None:
     lines = (tmp_path / ".deployer" / "history").read_text().splitlines()
     assert json.loads(lines[0])["by"] == "o'brien $(rm -rf /)"
     assert parse_history("garbage\n" + lines[0])[0]["release"] == "20260101T000000Z"
+
+
+def test_a_large_manifest_does_not_hide_the_probe_results(tmp_path: Path) -> None:
+    """Captured output is kept whole: a 3000-file manifest once pushed the probe's keys out of a 64 KiB tail."""
+    path = tmp_path / "app"
+    rid = "20260101T000000Z"
+    (path / "releases" / rid).mkdir(parents=True)
+    (path / ".deployer" / "manifests").mkdir(parents=True)
+    os.symlink(f"releases/{rid}", path / "current")
+    lines = "".join(f"{'0' * 64}\t1\t644\tdir/file-{i:05d}.txt\n" for i in range(3000))
+    (path / ".deployer" / "manifests" / f"{rid}.tsv").write_text(lines)
+    state = probe(path)
+    assert state.writable and state.has_tar and state.current == rid
+    assert len(state.manifest) == 3000
