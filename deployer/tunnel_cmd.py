@@ -375,7 +375,7 @@ def _public_key(
     is_flag=True,
     help="Let the tunnel key reclaim its own stale session (deployer tunnel --reclaim).",
 )
-@click.option("--client-alive-interval", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--client-alive-interval", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--client-alive-count", type=click.IntRange(min=1), default=3, show_default=True)
 def authorized_keys(forwards: tuple[str, ...], tunnel_key: str | None, key_file: Path | None,
                     ci_key: str | None, reclaim: bool, client_alive_interval: int,
