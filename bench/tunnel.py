@@ -1,0 +1,593 @@
+#!/usr/bin/env python3
+"""Benchmark `deployer tunnel`: throughput against plain `ssh -R`, and recovery from faults against autossh.
+
+    sudo python bench/tunnel.py                 # everything (about 15 minutes), prints two tables
+    sudo python bench/tunnel.py throughput      # only the throughput table
+    sudo python bench/tunnel.py faults --quick  # shorter cuts and timeouts
+
+Throughput: bytes sent by a client on the jump host into the tunnel port, through the tunnel, into a
+sink on the intranet side (the forward's target), for plain `ssh -N -R`, `deployer tunnel` and a
+paramiko reverse forward (the engine deployer did not choose), alternating, median of the runs;
+and the CPU time the intranet side spends per GiB (ssh, or deployer + its ssh, or the paramiko
+process). The ssh engines use OpenSSH's default cipher; paramiko its fastest (aes128-gcm).
+
+Faults: the jump host's sshd runs in a network namespace (ClientAliveInterval 5, CountMax 3); each
+engine keeps `-R PORT:127.0.0.1:<target sshd>`; after each fault a client on the jump host
+connects to the tunnel port twice a second until it gets the target's SSH banner. The time is
+counted from the end of the fault (the flow drops are permanent: from the drop). In "idle" rows
+nobody connects to the port until its holder changed, since connections to a stale listener keep
+sshd from ever reaping it. autossh runs with the usual settings: -M 0 -o ServerAliveInterval=30
+-o ServerAliveCountMax=3 -o ExitOnForwardFailure=yes, and AUTOSSH_GATETIME=0 (without it autossh
+exits for good when ssh fails within 30 s of starting).
+
+Needs root (namespaces, nft), OpenSSH's sshd, and autossh (apt-get install -y autossh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
+
+from netns import Netns, available, children, kill_sessions, stop_sshd, tcp_client_ports  # noqa: E402
+
+from deployer.sandbox import SshServer, free_port, write_keypair  # noqa: E402
+from deployer.tunnel import parse_forwards, render_authorized_keys  # noqa: E402
+
+LOGIN = "deployer-test"
+
+
+def login_user() -> str:
+    """Root runs sshd and logs in as an unprivileged user, like the test suite."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        pwd.getpwnam(LOGIN)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--create-home", "--shell", "/bin/sh", LOGIN], check=True
+        )
+    subprocess.run(["usermod", "-p", "*", LOGIN], check=True)
+    return LOGIN
+
+
+# ---------------------------------------------------------------------------- common set-up
+
+
+@dataclass
+class Lab:
+    """A jump sshd (maybe in a namespace), keys, and a target sshd on the intranet side."""
+
+    base: Path
+    user: str
+    jump: SshServer
+    target: SshServer
+    host: str
+    ns: Netns | None
+
+    @property
+    def key(self) -> Path:
+        return self.base / "tunnel"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.user}@{self.host}:{self.jump.port}"
+
+    def known_hosts(self) -> str:
+        return "".join(f"[{self.host}]:{self.jump.port} {k}\n" for k in self.jump.host_keys)
+
+    def known_hosts_file(self) -> Path:
+        path = self.base / "known_hosts"
+        path.write_text(self.known_hosts())
+        return path
+
+    def banner(self, port: int, timeout: float = 2.0) -> bytes:
+        if self.ns is not None:
+            return self.ns.banner(port, timeout)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                return sock.recv(256).split(b"\n")[0].rstrip(b"\r")
+        except OSError:
+            return b""
+
+    def stop(self) -> None:
+        stop_sshd(self.jump)
+        self.target.stop()
+        if self.ns is not None:
+            self.ns.delete()
+
+
+def make_lab(in_namespace: bool) -> Lab:
+    user = login_user()
+    base = Path(tempfile.mkdtemp(prefix="deployer-bench-"))
+    base.chmod(0o755)
+    write_keypair(base / "tunnel", "ed25519", "bench-tunnel")
+    target = SshServer("target", base / "target", user)
+    target.prepare()
+    target.start()
+    jump = SshServer("jump", base / "jump", user)
+    jump.prepare()
+    ns = None
+    try:
+        if in_namespace:
+            ns = Netns.create("a")
+            ns.start_sshd(jump)
+            host = ns.ns_ip
+        else:
+            jump.start()
+            host = "127.0.0.1"
+    except BaseException:
+        target.stop()
+        if ns is not None:
+            ns.delete()
+        raise
+    return Lab(base, user, jump, target, host, ns)
+
+
+# ---------------------------------------------------------------------------- engines
+
+
+class Tunnel:
+    """A running tunnel keeper of some kind."""
+
+    def __init__(self, process: subprocess.Popen[bytes], name: str) -> None:
+        self.process = process
+        self.name = name
+
+    def ssh_pid(self) -> int | None:
+        """The ssh process carrying the tunnel right now."""
+        for pid in children(self.process.pid):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "ssh":
+                    return pid
+            except OSError:
+                continue
+        return None
+
+    def stop(self) -> None:
+        ssh = self.ssh_pid()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if ssh is not None:  # autossh's ssh: stop it by its own id too
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(ssh, signal.SIGTERM)
+
+
+def start_plain_ssh(lab: Lab, spec: str) -> Tunnel:
+    argv = ["ssh", "-N", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+            "-o", f"UserKnownHostsFile={lab.known_hosts_file()}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "IdentitiesOnly=yes", "-i", str(lab.key), "-p", str(lab.jump.port), "-R", spec,
+            f"{lab.user}@{lab.host}"]  # fmt: skip
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    return Tunnel(process, "ssh -R")
+
+
+def start_autossh(lab: Lab, spec: str) -> Tunnel:
+    argv = ["autossh", "-M", "0", "-N", "-F", "/dev/null", "-o", "ServerAliveInterval=30",
+            "-o", "ServerAliveCountMax=3", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={lab.known_hosts_file()}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "IdentitiesOnly=yes", "-i", str(lab.key), "-p", str(lab.jump.port), "-R", spec,
+            f"{lab.user}@{lab.host}"]  # fmt: skip
+    log = (lab.base / "autossh.log").open("ab")
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                               env={**os.environ, "AUTOSSH_LOGFILE": str(lab.base / "autossh.log"),
+                                    # usual for services; by default autossh gives up when ssh fails
+                                    # within 30 s of its first start
+                                    "AUTOSSH_GATETIME": "0"})  # fmt: skip
+    return Tunnel(process, "autossh")
+
+
+def start_deployer(lab: Lab, spec: str, *extra: str) -> Tunnel:
+    argv = [sys.executable, "-m", "deployer", "tunnel", lab.endpoint, "-R", spec, "--key-file", str(lab.key),
+            "--status-file", str(lab.base / f"status-{spec.split(':')[0]}.json"), *extra]  # fmt: skip
+    log = (lab.base / "deployer.log").open("ab")
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                               env={**os.environ, "SSH_KNOWN_HOSTS": lab.known_hosts(), "CI": "true"})  # fmt: skip
+    return Tunnel(process, "deployer" + (" --reclaim" if extra else ""))
+
+
+PARAMIKO_FORWARDER = """
+import select, socket, sys, threading
+import paramiko
+host, user, key = sys.argv[1], sys.argv[3], sys.argv[4]
+port, listen, target = int(sys.argv[2]), int(sys.argv[5]), int(sys.argv[6])
+
+def pump(channel, upstream):
+    try:
+        while True:
+            ready, _, _ = select.select([channel, upstream], [], [], 60)
+            if not ready:
+                break
+            if channel in ready:
+                data = channel.recv(1 << 17)
+                if not data:
+                    upstream.shutdown(socket.SHUT_WR)
+                    break
+                upstream.sendall(data)
+            if upstream in ready:
+                data = upstream.recv(1 << 17)
+                if not data:
+                    break
+                channel.sendall(data)
+    except OSError:
+        pass
+    finally:
+        upstream.close()
+        channel.close()
+
+def handler(channel, origin, server):
+    threading.Thread(target=pump, args=(channel, socket.create_connection(("127.0.0.1", target))), daemon=True).start()
+
+sock = socket.create_connection((host, port))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+transport = paramiko.Transport(sock)
+security = transport.get_security_options()
+# paramiko's fastest cipher (it has no chacha20-poly1305)
+security.ciphers = ["aes128-gcm@openssh.com"] + [c for c in security.ciphers if c != "aes128-gcm@openssh.com"]
+transport.connect(username=user, pkey=paramiko.Ed25519Key.from_private_key_file(key))
+transport.request_port_forward("localhost", listen, handler)
+print(transport.remote_cipher, flush=True)
+transport.join()
+"""
+
+
+def start_paramiko(lab: Lab, port: int, target: int) -> Tunnel:
+    argv = [sys.executable, "-c", PARAMIKO_FORWARDER, lab.host, str(lab.jump.port), lab.user, str(lab.key),
+            str(port), str(target)]  # fmt: skip
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    return Tunnel(process, "paramiko")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------- throughput
+
+SENDER = """
+import socket, sys, time
+port, size = int(sys.argv[1]), int(sys.argv[2])
+buf = b"x" * (1 << 20)
+s = socket.create_connection(("127.0.0.1", port))
+start = time.monotonic()
+sent = 0
+while sent < size:
+    s.sendall(buf)
+    sent += len(buf)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+print(start)
+"""
+
+
+class Sink:
+    """The forward's target: counts bytes per connection and notes when each one ended."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.done: list[tuple[int, float]] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    def _drain(self, conn: socket.socket) -> None:
+        total = 0
+        with conn:
+            while data := conn.recv(1 << 20):
+                total += len(data)
+            if total:  # the keeper's end-to-end checks connect too, and send nothing
+                self.done.append((total, time.monotonic()))
+
+
+def send_through(lab: Lab, sink: Sink, port: int, size: int) -> float:
+    """MB/s for size bytes sent from the jump host's side into the tunnel port."""
+    count = len(sink.done)
+    argv = [sys.executable, "-c", SENDER, str(port), str(size)]
+    if lab.ns is not None:
+        argv = lab.ns.argv(*argv)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
+    start = float(done.stdout.strip())
+    deadline = time.monotonic() + 60
+    while len(sink.done) == count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    received, end = sink.done[-1]
+    if received != size:
+        raise RuntimeError(f"sent {size} bytes, the sink got {received}")
+    return size / (end - start) / 1e6
+
+
+def wait_banner(lab: Lab, port: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lab.banner(port, 1.0):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def wait_listening(lab: Lab, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            probe.settimeout(0.5)
+            if lab.ns is None and probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if lab.ns is not None and lab.ns.listener_pids(port):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on the tunnel port {port}")
+
+
+def throughput(
+    size_mb: int, runs: int, in_namespace: bool, rate: str | None = None
+) -> list[tuple[str, list[float], list[float]]]:
+    """Per engine: MB/s of each run, and intranet-side CPU seconds per GiB of each run."""
+    lab = make_lab(in_namespace)
+    if rate is not None and lab.ns is not None:  # the jump host's uplink towards the intranet side
+        lab.ns.run("tc", "qdisc", "add", "dev", lab.ns.ns_if, "root", "tbf", "rate", rate, "burst", "256kb",
+                   "latency", "50ms")  # fmt: skip
+    sink = Sink()
+    names = ("ssh -R", "deployer tunnel", "paramiko forward")
+    speed: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        size = size_mb * 1024 * 1024
+        spec_port = {name: free_port() for name in names}
+        specs = [f"{port}:127.0.0.1:{sink.port}" for port in spec_port.values()]
+        text = render_authorized_keys(parse_forwards(specs), tunnel_key=(lab.base / "tunnel.pub").read_text().strip(),
+                                      ci_key="x", reclaim=False)  # one key line allowing every port  # fmt: skip
+        lab.jump.authorized_keys.write_text(
+            next(x for x in text.splitlines() if x.startswith("restrict,port")) + "\n"
+        )
+        for run in range(runs):
+            order = names if run % 2 == 0 else tuple(reversed(names))  # no engine always goes first
+            for name in order:
+                port = spec_port[name]
+                spec = f"{port}:127.0.0.1:{sink.port}"
+                if name == "paramiko forward":
+                    engine = start_paramiko(lab, port, sink.port)
+                elif name == "ssh -R":
+                    engine = start_plain_ssh(lab, spec)
+                else:
+                    engine = start_deployer(lab, spec)
+                try:
+                    wait_listening(lab, port)
+                    time.sleep(
+                        3 if name == "deployer tunnel" else 0.5
+                    )  # let its end-to-end check finish
+                    pids = [engine.process.pid, *children(engine.process.pid)]
+                    before = cpu_seconds(pids)
+                    speed[name].append(send_through(lab, sink, port, size))
+                    cpu[name].append((cpu_seconds(pids) - before) / (size / 2**30))
+                finally:
+                    engine.stop()
+                time.sleep(0.5)
+    finally:
+        sink.sock.close()
+        lab.stop()
+    return [(name, speed[name], cpu[name]) for name in names]
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+@dataclass
+class Fault:
+    name: str
+    inject: Callable[[Lab, Tunnel, int], float]  # returns the time the fault ended
+    idle: bool = False  # nobody connects to the port until its holder changed
+
+
+def _kill_session(lab: Lab, tunnel: Tunnel, port: int) -> float:
+    kill_sessions(lab.jump)
+    return time.monotonic()
+
+
+def _restart(lab: Lab, tunnel: Tunnel, port: int) -> float:
+    stop_sshd(lab.jump)
+    time.sleep(2)
+    assert lab.ns is not None
+    lab.ns.start_sshd(lab.jump)
+    return time.monotonic()
+
+
+def _cut(seconds: float) -> Callable[[Lab, Tunnel, int], float]:
+    def inject(lab: Lab, tunnel: Tunnel, port: int) -> float:
+        assert lab.ns is not None
+        lab.ns.cut()
+        time.sleep(seconds)
+        lab.ns.heal()
+        return time.monotonic()
+
+    return inject
+
+
+def _drop_flow(lab: Lab, tunnel: Tunnel, port: int) -> float:
+    assert lab.ns is not None
+    ssh = tunnel.ssh_pid()
+    if ssh is None:
+        raise RuntimeError("no ssh process to drop the flow of")
+    client = tcp_client_ports(ssh, lab.host, lab.jump.port)
+    lab.ns.drop_flow(lab.jump.port, client[0])
+    return time.monotonic()
+
+
+def measure(
+    lab: Lab, fault: Fault, engine: str, timeout: float
+) -> tuple[float | None, float | None]:
+    """(seconds from the fault's end to a working tunnel, seconds until the stale holder left)."""
+    port = free_port()
+    spec = f"{port}:127.0.0.1:{lab.target.port}"
+    text = render_authorized_keys(parse_forwards([spec]), tunnel_key=(lab.base / "tunnel.pub").read_text().strip(),
+                                  ci_key="x", reclaim=True)  # fmt: skip
+    lab.jump.authorized_keys.write_text(
+        next(x for x in text.splitlines() if x.startswith("restrict,port")) + "\n"
+    )
+    starters = {
+        "deployer": lambda: start_deployer(lab, spec),
+        "deployer --reclaim": lambda: start_deployer(lab, spec, "--reclaim"),
+        "autossh": lambda: start_autossh(lab, spec),
+    }
+    tunnel = starters[engine]()
+    assert lab.ns is not None
+    try:
+        if not wait_banner(lab, port, 30):
+            raise RuntimeError(f"{engine} did not come up")
+        time.sleep(1)
+        holder = lab.ns.listener_pids(port)
+        ended = fault.inject(lab, tunnel, port)
+        freed: float | None = None
+        while time.monotonic() - ended < timeout:
+            now_holder = lab.ns.listener_pids(port)
+            if freed is None and now_holder != holder:
+                freed = time.monotonic() - ended
+            if (not fault.idle or now_holder != holder) and lab.banner(port, 1.0).startswith(
+                b"SSH-2.0-"
+            ):
+                return time.monotonic() - ended, freed
+            time.sleep(0.5)
+        return None, freed
+    finally:
+        tunnel.stop()
+        lab.ns.heal()
+        time.sleep(1)
+
+
+def faults(quick: bool, engines: list[str]) -> list[tuple[str, str, float | None, float | None]]:
+    long_cut = 20 if quick else 60
+    timeout = 60 if quick else 150
+    plan = [
+        Fault("kill the jump-side session", _kill_session),
+        Fault("restart the jump's sshd (2 s down)", _restart),
+        Fault("cut the link 5 s", _cut(5)),
+        Fault(f"cut the link {long_cut} s", _cut(long_cut)),
+        Fault("drop the live flow, clients knocking", _drop_flow),
+        Fault("drop the live flow, idle", _drop_flow, idle=True),
+    ]
+    lab = make_lab(True)
+    rows = []
+    try:
+        for fault in plan:
+            for engine in engines:
+                back, freed = measure(lab, fault, engine, timeout)
+                rows.append((fault.name, engine, back, freed))
+                shown = "not back" if back is None else f"{back:.1f} s"
+                print(f"  {fault.name:42} {engine:20} {shown}", file=sys.stderr, flush=True)
+    finally:
+        lab.stop()
+    return rows
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="?", choices=("all", "throughput", "faults"), default="all")
+    parser.add_argument(
+        "--quick", action="store_true", help="20 s instead of 60 s cut; 60 s timeout"
+    )
+    parser.add_argument("--size-mb", type=int, default=512, help="bytes per throughput run (MiB)")
+    parser.add_argument("--runs", type=int, default=3, help="throughput runs per engine")
+    args = parser.parse_args()
+    # stopped with SIGTERM: still run the clean-ups (servers, namespace) on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    problem = available()
+    if problem:
+        sys.exit(f"bench/tunnel.py: {problem}")
+    if args.what in ("all", "throughput"):
+        print(
+            f"\nThroughput through the tunnel ({args.size_mb} MiB per run, median of {args.runs}, same run):"
+        )
+        paths = [("loopback", False, None, args.size_mb), ("veth between namespaces", True, None, args.size_mb),
+                 ("veth capped at 200 Mbit/s (tbf)", True, "200mbit", max(16, args.size_mb // 8))]  # fmt: skip
+        for label, in_ns, rate, size in paths:
+            rows = throughput(size, args.runs, in_ns, rate)
+            plain = rows[0][1]
+            print(f"\n  path: {label}, {size} MiB per run")
+            print(
+                f"  {'engine':18} {'MB/s median':>11} {'vs ssh -R':>9} {'CPU s/GiB':>9}   runs (MB/s)"
+            )
+            for name, values, cpu in rows:
+                median = statistics.median(values)
+                # each run's ratio against ssh -R measured in the same round, then the median
+                ratio = statistics.median(v / p for v, p in zip(values, plain, strict=True))
+                runs = ", ".join(f"{v:.0f}" for v in values)
+                print(
+                    f"  {name:18} {median:11.0f} {ratio:8.2f}x {statistics.median(cpu):9.2f}   {runs}"
+                )
+    if args.what in ("all", "faults"):
+        engines = ["deployer", "deployer --reclaim"]
+        if shutil.which("autossh"):
+            engines.append("autossh")
+        else:
+            print(
+                "(autossh is not installed: apt-get install -y autossh — comparing deployer only)"
+            )
+        timeout = 60 if args.quick else 150
+        print(
+            f"\nRecovery: seconds from the end of the fault to a working tunnel (timeout {timeout} s);"
+        )
+        print("jump host sshd ClientAliveInterval 5, ClientAliveCountMax 3.")
+        rows = faults(args.quick, engines)
+        print(f"\n  {'fault':42} " + " ".join(f"{e:>20}" for e in engines))
+        for fault in dict.fromkeys(r[0] for r in rows):
+            cells = []
+            for engine in engines:
+                back, freed = next((r[2], r[3]) for r in rows if r[0] == fault and r[1] == engine)
+                cell = f">{timeout} (not back)" if back is None else f"{back:.1f}"
+                cells.append(f"{cell:>20}")
+            print(f"  {fault:42} " + " ".join(cells))
+        stale = [
+            r for r in rows if r[0].startswith("drop the live flow, idle") and r[3] is not None
+        ]
+        for _, engine, back, freed in stale:
+            if freed is not None and back is not None:
+                print(
+                    f"  ({engine}: the port changed hands {freed:.1f} s after the drop; working {back:.1f} s)"
+                )
+
+
+if __name__ == "__main__":
+    main()
