@@ -264,28 +264,58 @@ def unlock_script(path: str, token: str | None) -> str:
 """
 
 
-def seed_script(layout: Layout, previous_id: str, hardlink: bool) -> str:
-    """Copy unchanged files from the previous release, then print those that do not match (stdin:
-    sha256sum lines of the files to reuse). A release the app modified in place is caught here."""
+def stage_script(
+    layout: Layout,
+    shared: Sequence[str],
+    *,
+    sections: tuple[int, int],
+    previous_id: str,
+    hardlink: bool,
+    compressed: bool,
+) -> str:
+    """Build the release in one command: manifest, reuse list and tar stream arrive on stdin.
+
+    stdin holds two gzip sections of exactly `sections` bytes (the manifest, and sha256sum lines
+    of the files to copy from the previous release), then the tar stream up to EOF. The tree is
+    verified against the manifest before it is published; files that fail are printed on stdout
+    (one path a line) and the command exits VERIFY_FAILED_STATUS, leaving the partial dir so that
+    a second call can send just those files.
+    """
+    manifest_bytes, reuse_bytes = sections
     how = "-l" if hardlink else "-p --reflink=auto"
-    return f"""T={q(layout.partial_dir)}
-L={q(f"{layout.path}/.deployer/seed.{layout.release_id}")}
-mkdir -p -- "$T" && cat > "$L" || exit 1
-cd -- {q(f"{layout.path}/releases/{previous_id}")} || exit 1
-cut -c67- "$L" | tr '\\n' '\\000' | xargs -0 -r cp {how} --parents -t "$T" -- 2>/dev/null
-cd -- "$T" && sha256sum -c --quiet "$L" 2>/dev/null | sed -n 's/: FAILED.*$//p'
-rm -f -- "$L"
-exit 0
-"""
-
-
-def unpack_script(layout: Layout, compressed: bool) -> str:
-    """Unpack the tar stream from stdin into the partial dir (over what is already there)."""
-    return f"""set -e
-T={q(layout.partial_dir)}
-mkdir -p -- "$T"
-tar -x{"z" if compressed else ""}f - -C "$T"
-"""
+    work = f"{layout.path}/.deployer/stage.{layout.release_id}"
+    lines = [
+        "set -e",
+        f"P={q(layout.path)}",
+        f"T={q(layout.partial_dir)}",
+        f"M={q(f'{layout.path}/.deployer/manifests/{layout.release_id}.tsv')}",
+        f"W={q(work)}",
+        'mkdir -p -- "$P/.deployer/manifests" "$T"',
+        # dd with fullblock reads exactly the section; what follows stays on stdin for tar
+        f'dd bs={manifest_bytes} count=1 iflag=fullblock 2>/dev/null | gzip -dc > "$M.tmp"',
+        f'dd bs={reuse_bytes} count=1 iflag=fullblock 2>/dev/null | gzip -dc > "$W.reuse"',
+        f'tar -x{"z" if compressed else ""}f - -C "$T"',
+    ]
+    if previous_id:
+        lines.append(
+            f'if [ -s "$W.reuse" ]; then (cd -- {q(f"{layout.path}/releases/{previous_id}")} &&'
+            f" cut -c67- \"$W.reuse\" | tr '\\n' '\\000' |"
+            f' xargs -0 -r cp {how} --parents -t "$T" -- 2>/dev/null) || :; fi'
+        )
+    lines += [
+        'rm -f -- "$W.reuse"',
+        'cd -- "$T"',
+        'if [ -s "$M.tmp" ] && ! awk -F \'\t\' \'{print $1 "  " $4}\' "$M.tmp" |'
+        ' sha256sum -c --quiet --strict - >"$W.check" 2>/dev/null; then',
+        '  sed -n \'s/: FAILED.*$//p\' "$W.check"; rm -f -- "$W.check"',
+        f"  exit {VERIFY_FAILED_STATUS}",
+        "fi",
+        'rm -f -- "$W.check"',
+    ]
+    for item in shared:
+        lines.append(_link_shared(item))
+    lines += [f'mv -- "$T" {q(layout.release_dir)}', 'mv -- "$M.tmp" "$M"']
+    return "\n".join(lines) + "\n"
 
 
 def inventory_script(layout: Layout) -> str:
@@ -297,30 +327,6 @@ cd -- "$T" && find . -type f -exec sha256sum -- {{}} +
 
 
 VERIFY_FAILED_STATUS = 5
-
-
-def publish_script(layout: Layout, shared: Sequence[str]) -> str:
-    """Store the manifest (stdin), verify the tree against it, link shared entries, publish the release."""
-    manifest = f"{layout.path}/.deployer/manifests/{layout.release_id}.tsv"
-    lines = [
-        "set -e",
-        f"P={q(layout.path)}",
-        f"T={q(layout.partial_dir)}",
-        f"M={q(manifest)}",
-        'mkdir -p -- "$P/.deployer/manifests"',
-        'cat > "$M.tmp"',
-        'cd -- "$T"',
-        'if [ -s "$M.tmp" ] && ! awk -F \'\t\' \'{print $1 "  " $4}\' "$M.tmp" |'
-        ' sha256sum -c --quiet --strict - >"$M.check" 2>&1; then',
-        f'  echo "verification failed: $(head -n 1 "$M.check")" >&2; rm -f -- "$M.tmp" "$M.check";'
-        f" exit {VERIFY_FAILED_STATUS}",
-        "fi",
-        'rm -f -- "$M.check"',
-    ]
-    for item in shared:
-        lines.append(_link_shared(item))
-    lines += [f'mv -- "$T" {q(layout.release_dir)}', 'mv -- "$M.tmp" "$M"']
-    return "\n".join(lines) + "\n"
 
 
 def _link_shared(item: str) -> str:

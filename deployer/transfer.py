@@ -1,14 +1,17 @@
 """Getting a release onto a target: one tar stream, only what changed, verified, resumable.
 
-Round trips per target: seed (copy unchanged files from the live release, on the target),
-unpack (one tar stream: changed files + directories + symlinks), publish (verify every file's
-sha256 against the manifest, link shared entries, rename the partial dir into place). A dropped
-connection during unpack is retried with backoff; the retry asks the target what already
-arrived intact and sends only the rest.
+One command per target builds the release: it receives the manifest, the list of unchanged
+files and a tar stream of the changed ones, copies the unchanged files from the live release
+(on the target), verifies every file's sha256 against the manifest, links shared entries and
+renames the partial dir into place. Files that fail verification (the app changed its live
+release in place, or a byte went wrong) are sent again in a second command. A dropped
+connection is retried with backoff; the retry asks the target what already arrived intact and
+sends only the rest.
 """
 
 from __future__ import annotations
 
+import gzip
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +21,6 @@ from deployer.artifact import Artifact, write_tar
 from deployer.errors import ConnectError, RemoteError, TransferError
 from deployer.executor import Executor
 from deployer.manifest import (
-    DeltaPlan,
     FileDigest,
     choose_compression,
     compressibility,
@@ -32,10 +34,8 @@ from deployer.release import (
     VERIFY_FAILED_STATUS,
     Layout,
     inventory_script,
-    publish_script,
     remove_partial_script,
-    seed_script,
-    unpack_script,
+    stage_script,
 )
 
 RETRY_DELAYS = (1.0, 3.0, 8.0)  # seconds before each new attempt after a dropped connection
@@ -128,70 +128,61 @@ class Upload:
         self.report = TransferReport()
 
     def run(self, shared: tuple[str, ...]) -> TransferReport:
-        """Seed, unpack (with retries) and publish; raise with the partial dir removed on failure."""
-        label = self.executor.label
+        """Build and publish the release on the target; raise with the partial dir removed on failure."""
         started = time.monotonic()
         plan = plan_delta(self.payload.digests, self.previous_manifest)
-        if plan.reuse:
-            plan = self._seed(plan)
         ratio = compressibility(self.payload.artifact, plan.send)
         level = choose_compression(ratio, self.settings.compresslevel)
         self.report.compression = f"gzip -{level}" if level is not None else "none"
         self.report.files_reused, self.report.files_sent = len(plan.reuse), len(plan.send)
         self.report.bytes_sent = plan.send_bytes
-        self._unpack_with_retries(set(plan.send), level)
-        result = self.executor.run(publish_script(self.layout, shared), upload=self._send_manifest)
-        if result.status != 0:
+        failed = self._stage_with_retries(shared, set(plan.send), plan.reuse, level)
+        if failed:
+            self._explain(failed, set(plan.reuse))
+            self.report.files_reused -= len(failed & set(plan.reuse))
+            self.report.files_sent += len(failed & set(plan.reuse))
+            self.report.bytes_sent += sum(self.payload.digests[p].size for p in failed)
+            failed = self._stage_with_retries(shared, failed, (), level)
+        if failed:
             self.executor.run(remove_partial_script(self.layout))
-            what = (
-                "verifying the uploaded tree"
-                if result.status == VERIFY_FAILED_STATUS
-                else "publishing the release"
-            )
             raise RemoteError(
-                f"{what} on {label} failed: {result.stderr_line or f'exit status {result.status}'}"
+                f"verifying the uploaded tree on {self.executor.label} failed: {len(failed)} file(s)"
+                f" do not match the manifest (e.g. {sorted(failed)[0]})"
                 " — nothing was switched; run the push again"
             )
         elapsed = time.monotonic() - started
         self.reporter.target(
-            label,
+            self.executor.label,
             f"uploaded {self.report.files_sent} of {len(self.payload.digests)} files"
             f" ({human_size(self.report.bytes_sent)}; {self.report.files_reused} unchanged reused on the target)"
             f", {human_size(self.report.wire_bytes)} on the wire [{self.report.compression}] in {elapsed:.1f} s",
         )
         return self.report
 
-    def _send_manifest(self, out: BinaryIO) -> None:
-        out.write(self.payload.manifest.encode())
-
-    def _seed(self, plan: DeltaPlan) -> DeltaPlan:
-        """Copy unchanged files on the target; files that did not copy intact are sent instead."""
-        lines = "".join(f"{self.payload.digests[p].sha256}  {p}\n" for p in plan.reuse).encode()
-        script = seed_script(self.layout, self.previous, self.settings.hardlink)
-        result = self.executor.run(script, upload=lambda out: out.write(lines))
-        if result.status != 0:
-            self.reporter.target(
-                self.executor.label, f"could not reuse files from {self.previous}; sending all"
-            )
-            return plan_delta(self.payload.digests, {})
-        damaged = {line for line in result.stdout.decode(errors="replace").splitlines() if line}
+    def _explain(self, failed: set[str], reused: set[str]) -> None:
+        """Say why files are sent a second time."""
+        damaged = failed & reused
         if damaged:
-            # the app changed files inside its live release: never copy those, send them again
             self.reporter.target(
                 self.executor.label,
-                f"{len(damaged)} file(s) changed in place in release {self.previous} (e.g. {sorted(damaged)[0]});"
-                " sending them instead of reusing",
+                f"{len(damaged)} file(s) changed in place in release {self.previous}"
+                f" (e.g. {sorted(damaged)[0]}); sending them instead of reusing",
             )
-        reuse = tuple(p for p in plan.reuse if p not in damaged)
-        send = plan.send | (set(plan.reuse) - set(reuse))
-        return DeltaPlan(reuse, frozenset(send), sum(self.payload.digests[p].size for p in send))
+        if failed - damaged:
+            self.reporter.target(
+                self.executor.label,
+                f"{len(failed - damaged)} file(s) arrived damaged (e.g. {sorted(failed - damaged)[0]});"
+                " sending them again",
+            )
 
-    def _unpack_with_retries(self, send: set[str], level: int | None) -> None:
+    def _stage_with_retries(
+        self, shared: tuple[str, ...], send: set[str], reuse: tuple[str, ...], level: int | None
+    ) -> set[str]:
+        """Run the stage command, resuming after dropped connections; return the files that failed."""
         attempt = 0
         while True:
             try:
-                self._unpack(send, level)
-                return
+                return self._stage(shared, send, reuse, level)
             except (TransferError, ConnectError) as exc:
                 if self.reconnect is None or attempt >= self.settings.retries:
                     raise
@@ -222,20 +213,45 @@ class Upload:
         )
         return remaining
 
-    def _unpack(self, send: set[str], level: int | None) -> None:
-        total = sum(self.payload.digests[p].size for p in send)
-        advance = self.reporter.progress(self.executor.label, "upload", total)
+    def _stage(
+        self, shared: tuple[str, ...], send: set[str], reuse: tuple[str, ...], level: int | None
+    ) -> set[str]:
+        """One stage command: manifest + reuse list + tar stream; the files that failed verification."""
+        digests = self.payload.digests
+        manifest = gzip.compress(self.payload.manifest.encode(), compresslevel=1)
+        reuse_lines = "".join(f"{digests[p].sha256}  {p}\n" for p in reuse)
+        reused = gzip.compress(reuse_lines.encode(), compresslevel=1)
+        script = stage_script(
+            self.layout,
+            shared,
+            sections=(len(manifest), len(reused)),
+            previous_id=self.previous if reuse else "",
+            hardlink=self.settings.hardlink,
+            compressed=level is not None,
+        )
+        advance = self.reporter.progress(
+            self.executor.label, "upload", sum(digests[p].size for p in send)
+        )
 
         def feed(out: BinaryIO) -> None:
             counting = _Counting(out, self.report)
+            counting.write(manifest)
+            counting.write(reused)
             write_tar(
                 self.payload.artifact, counting, compresslevel=level, on_progress=advance, only=send
             )
 
-        result = self.executor.run(unpack_script(self.layout, level is not None), upload=feed)
+        result = self.executor.run(script, upload=feed)
+        if result.status == VERIFY_FAILED_STATUS:
+            failed = {line for line in result.stdout.decode(errors="replace").splitlines() if line}
+            if failed and failed <= digests.keys():
+                return failed
         if result.status != 0:
             self.executor.run(remove_partial_script(self.layout))
+            what = "verifying" if result.status == VERIFY_FAILED_STATUS else "building"
             raise RemoteError(
-                f"unpacking the release on {self.executor.label} failed:"
+                f"{what} the release on {self.executor.label} failed:"
                 f" {result.stderr_line or f'exit status {result.status}'}"
+                " — nothing was switched; run the push again"
             )
+        return set()

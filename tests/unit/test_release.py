@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import ConfigError, LockError, RemoteError
+from deployer.executor import RunResult
 from deployer.local import LocalExecutor
 from deployer.release import (
     LOCK_HELD_STATUS,
+    VERIFY_FAILED_STATUS,
     HistoryEntry,
     Layout,
     TargetState,
@@ -25,15 +28,57 @@ from deployer.release import (
     plan_prune,
     preflight_script,
     prepare_script,
-    publish_script,
     remove_releases_script,
+    stage_script,
     switch_script,
     unlock_script,
-    unpack_script,
     validate_shared,
 )
 
 sh = LocalExecutor("test")
+
+
+def stage(
+    layout: Layout,
+    shared: list[str],
+    tar: bytes,
+    manifest: bytes,
+    reuse: bytes = b"",
+    previous: str = "",
+) -> RunResult:
+    """Run the stage script with its stdin framed as the upload does: two gzip sections, then tar."""
+    sections = [gzip.compress(manifest), gzip.compress(reuse)]
+    script = stage_script(
+        layout,
+        shared,
+        sections=(len(sections[0]), len(sections[1])),
+        previous_id=previous,
+        hardlink=False,
+        compressed=True,
+    )
+    return sh.run(script, upload=lambda out: out.write(b"".join(sections) + tar))
+
+
+def targz(files: dict[str, bytes]) -> bytes:
+    """A gzip tar of the given files."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def manifest_of(files: dict[str, bytes]) -> bytes:
+    """Manifest lines (sha256, size, mode, path) for the given files."""
+    return "".join(
+        f"{hashlib.sha256(data).hexdigest()}\t{len(data)}\t644\t{name}\n"
+        for name, data in files.items()
+    ).encode()
 
 
 def probe(path: Path) -> TargetState:
@@ -86,35 +131,19 @@ def test_lock_is_exclusive_and_only_its_owner_unlocks(tmp_path: Path) -> None:
     assert probe(Path(path)).lock == ""
 
 
-def test_extract_switch_and_prune(tmp_path: Path) -> None:
-    import io
-    import tarfile
-
+def test_stage_switch_and_prune(tmp_path: Path) -> None:
     path = tmp_path / "app"
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        data = b"hello"
-        info = tarfile.TarInfo("web/index.html")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    files = {"web/index.html": b"hello"}
     assert sh.run(prepare_script(str(path), "x token T")).status == 0
-    digest = hashlib.sha256(b"hello").hexdigest()
-    manifest = f"{digest}\t5\t644\tweb/index.html\n".encode()
     ids = ["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"]
     for rid in ids:
-        layout = Layout(str(path), rid)
-        result = sh.run(
-            unpack_script(layout, compressed=True), upload=lambda out: out.write(buffer.getvalue())
-        )
-        assert result.status == 0, result.stderr
-        result = sh.run(
-            publish_script(layout, ["uploads/"]), upload=lambda out: out.write(manifest)
-        )
+        result = stage(Layout(str(path), rid), ["uploads/"], targz(files), manifest_of(files))
         assert result.status == 0, result.stderr
         assert sh.run(switch_script(str(path), rid)).status == 0
         assert os.readlink(path / "current") == f"releases/{rid}"
     assert (path / "current" / "web" / "index.html").read_bytes() == b"hello"
     assert os.readlink(path / "current" / "uploads") == "../../shared/uploads"
+    assert (path / ".deployer" / "manifests" / f"{ids[0]}.tsv").read_bytes() == manifest_of(files)
     state = probe(path)
     assert state.releases == tuple(ids) and state.current == ids[-1] and state.previous == ids[1]
     doomed = plan_prune(state.releases, state.current, keep=1)
@@ -125,23 +154,40 @@ def test_extract_switch_and_prune(tmp_path: Path) -> None:
     assert not (path / "current").exists()
 
 
+def test_stage_reuses_unchanged_files_and_reports_those_changed_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "app"
+    sh.run(prepare_script(str(path), "x token T"))
+    v1 = {"a.txt": b"same", "b.txt": b"old b", "c.txt": b"same c"}
+    assert stage(Layout(str(path), "20260101T000000Z"), [], targz(v1), manifest_of(v1)).status == 0
+    (path / "releases" / "20260101T000000Z" / "c.txt").write_bytes(b"the app wrote here")
+    v2 = {"a.txt": b"same", "b.txt": b"new b", "c.txt": b"same c"}
+    reuse = "".join(
+        f"{hashlib.sha256(v2[n]).hexdigest()}  {n}\n" for n in ("a.txt", "c.txt")
+    ).encode()
+    layout = Layout(str(path), "20260102T000000Z")
+    result = stage(
+        layout, [], targz({"b.txt": v2["b.txt"]}), manifest_of(v2), reuse, "20260101T000000Z"
+    )
+    # c.txt no longer matches: reported, nothing published, the partial dir kept for a second pass
+    assert result.status == VERIFY_FAILED_STATUS
+    assert result.stdout.decode().split() == ["c.txt"]
+    assert not Path(layout.release_dir).exists() and Path(layout.partial_dir).is_dir()
+    result = stage(layout, [], targz({"c.txt": v2["c.txt"]}), manifest_of(v2))
+    assert result.status == 0, result.stderr
+    for name, data in v2.items():
+        assert (Path(layout.release_dir) / name).read_bytes() == data
+
+
 def test_switch_refuses_a_missing_release(tmp_path: Path) -> None:
     (tmp_path / "releases").mkdir()
     result = sh.run(switch_script(str(tmp_path), "20260101T000000Z"))
     assert result.status != 0 and "does not exist" in result.stderr_line
 
 
-def test_missing_shared_file_stops_the_extract(tmp_path: Path) -> None:
-    import io
-    import tarfile
-
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.addfile(tarfile.TarInfo("empty"), io.BytesIO(b""))
+def test_missing_shared_file_stops_the_stage(tmp_path: Path) -> None:
     layout = Layout(str(tmp_path), "20260101T000000Z")
     sh.run(prepare_script(str(tmp_path), "t"))
-    sh.run(unpack_script(layout, compressed=True), upload=lambda out: out.write(buffer.getvalue()))
-    result = sh.run(publish_script(layout, [".env"]), upload=lambda out: out.write(b""))
+    result = stage(layout, [".env"], targz({"empty": b""}), manifest_of({"empty": b""}))
     assert result.status == 4 and "shared file .env is missing" in result.stderr_line
     assert not (tmp_path / "releases" / "20260101T000000Z").exists()
 
