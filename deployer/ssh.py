@@ -119,7 +119,7 @@ class Connection:
         try:
             channel = self.transport.open_session(timeout=30)
             # our scripts are POSIX sh whatever the login shell is (fish, csh, ...)
-            channel.exec_command(f"/bin/sh -c {shlex.quote(script)}")
+            _exec_without_reply(channel, f"/bin/sh -c {shlex.quote(script)}")
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"lost the connection to {self.label}: {_reason(exc)}") from exc
         uploader = _start_upload(channel, upload) if upload else None
@@ -136,6 +136,21 @@ class Connection:
                     f"upload to {self.label} failed: {_reason(uploader.error)} — run the push again"
                 ) from uploader.error
         return RunResult(status, out, err)
+
+
+def _exec_without_reply(channel: paramiko.Channel, command: str) -> None:
+    """Start a command without waiting for the server's reply, like OpenSSH's client does.
+
+    paramiko's exec_command waits one round trip for the reply; stdin may follow the request at
+    once (the server buffers it). A refused command closes the channel, which _collect reports.
+    """
+    message = paramiko.Message()
+    message.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+    message.add_int(channel.remote_chanid)
+    message.add_string("exec")
+    message.add_boolean(False)
+    message.add_string(command)
+    channel.transport._send_user_message(message)
 
 
 class _Uploader(threading.Thread):
