@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import shlex
 import signal
 import sys
 import traceback
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from deployer.ssh import Connection, ConnectOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 class Lines(click.types.StringParamType):
@@ -53,8 +55,22 @@ def route_options(func: F) -> F:
                      help="Target (repeatable). Resolved from the last jump host, like ssh -J."),
         click.option("--jump", "jump", multiple=True, envvar="DEPLOYER_JUMP", metavar="USER@HOST[:PORT][,...]",
                      help="Jump host(s), first hop first, comma-separated like ssh -J."),
+        click.option("--proxy", envvar="DEPLOYER_PROXY", metavar="URL",
+                     help="Reach the first hop through http://[USER@]HOST:PORT (CONNECT) or socks5h://[USER@]HOST:PORT;"
+                          " password in DEPLOYER_PROXY_PASSWORD."),
+        click.option("--proxy-command", envvar="DEPLOYER_PROXY_COMMAND", metavar="CMD",
+                     help="Reach the first hop through CMD's stdin/stdout, like ssh's ProxyCommand (%h %p %r)."),
+        click.option("--ssh-config", type=click.Path(dir_okay=False, path_type=Path), envvar="DEPLOYER_SSH_CONFIG",
+                     help="ssh_config file for host aliases (default: ~/.ssh/config locally, none in CI)."),
         click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), envvar="DEPLOYER_KEY_FILE",
                      help="Private key file (default: SSH_PRIVATE_KEY, then ssh-agent and ~/.ssh/id_* locally)."),
+        click.option("--jump-key-file", type=click.Path(dir_okay=False, path_type=Path),
+                     envvar="DEPLOYER_JUMP_KEY_FILE",
+                     help="Private key for the jump hosts (default: SSH_JUMP_PRIVATE_KEY, else the target's key)."),
+        click.option("--host-key-alias", envvar="DEPLOYER_HOST_KEY_ALIAS", metavar="NAME",
+                     help="Look the target's host key up under NAME (like ssh's HostKeyAlias)."),
+        click.option("--jump-host-key-alias", envvar="DEPLOYER_JUMP_HOST_KEY_ALIAS", metavar="NAME[,...]",
+                     help="Host key aliases of the jump hosts, first hop first."),
         click.option("--known-hosts", "known_hosts", multiple=True, envvar="DEPLOYER_KNOWN_HOSTS",
                      type=click.Path(dir_okay=False, path_type=Path),
                      help="known_hosts file(s), in addition to SSH_KNOWN_HOSTS."),
@@ -63,8 +79,8 @@ def route_options(func: F) -> F:
                      help="Trust a host key by fingerprint (repeatable)."),
         click.option("--accept-new-host-keys", is_flag=True, envvar="DEPLOYER_ACCEPT_NEW_HOST_KEYS",
                      help="Trust unknown host keys on first use and print them (never a changed key)."),
-        click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-                     envvar="DEPLOYER_CONNECT_TIMEOUT", help="Seconds to wait for each hop."),
+        click.option("--connect-timeout", type=click.FloatRange(min=0.1), envvar="DEPLOYER_CONNECT_TIMEOUT",
+                     help="Seconds to wait for each hop.  [default: ssh_config's ConnectTimeout, else 10]"),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -76,6 +92,7 @@ def route_options(func: F) -> F:
 LAZY_COMMANDS: dict[str, str] = {
     "tunnel": "deployer.tunnel_cmd:tunnel",
     "authorized-keys": "deployer.tunnel_cmd:authorized_keys",
+    "proxy-connect": "deployer.proxy_cmd:proxy_connect",
 }
 
 
@@ -135,14 +152,34 @@ def _reporter(as_json: bool, *, bars: bool = True) -> Reporter:
 
 
 def _routes(to: Sequence[str], jump: Sequence[str]) -> list[Route]:
+    """Routes from --to/--jump and the other route_options of the running command."""
+    from deployer.proxy import parse_proxy, parse_proxy_command
     from deployer.route import build_route
     from deployer.sshconfig import ssh_config_lookup
 
     if not to:
         raise ConfigError("no target given — pass --to USER@HOST[:PORT] (or set DEPLOYER_TO)")
-    # ~/.ssh/config is the developer's: honoured locally, ignored in CI
-    lookup = None if is_ci(_env()) else ssh_config_lookup(Path.home() / ".ssh" / "config")
-    return [build_route(t, jump, default_user=_default_user(), lookup=lookup) for t in _split(to)]
+    params = click.get_current_context().params
+    if params["proxy"] and params["proxy_command"]:
+        raise ConfigError("--proxy and --proxy-command both given — pass one of them")
+    proxy = None
+    if params["proxy"]:
+        proxy = parse_proxy(params["proxy"], _env())
+    elif params["proxy_command"]:
+        proxy = parse_proxy_command(params["proxy_command"])
+    config: Path | None = params["ssh_config"]
+    if config is not None and not config.is_file():
+        raise ConfigError(f"--ssh-config {config} not found — check the path")
+    # ~/.ssh/config is the developer's: honoured locally, ignored in CI unless named
+    if config is None and not is_ci(_env()):
+        config = Path.home() / ".ssh" / "config"
+    lookup = ssh_config_lookup(config) if config is not None else None
+    aliases = _split([params["jump_host_key_alias"] or ""])
+    return [
+        build_route(t, jump, default_user=_default_user(), lookup=lookup, proxy=proxy,
+                    host_key_alias=params["host_key_alias"] or "", jump_host_key_aliases=aliases)
+        for t in _split(to)
+    ]  # fmt: skip
 
 
 def _split(values: Sequence[str]) -> list[str]:
@@ -161,31 +198,38 @@ def _default_user() -> str:
 
 def _keyscan_hint(route: Route) -> str:
     jumps = f" --jump {','.join(str(j) for j in route.jumps)}" if route.jumps else ""
-    return f"deployer keyscan --to {route.target}{jumps}"
+    proxy = ""
+    if route.proxy is not None:
+        command = route.proxy.kind == "command"
+        proxy = f" --proxy{'-command' if command else ''} {shlex.quote(route.proxy.command or str(route.proxy))}"
+    return f"deployer keyscan --to {route.target}{jumps}{proxy}"
 
 
 def _connect_options(
     route: Route,
     *,
     key_file: Path | None,
+    jump_key_file: Path | None,
     known_hosts: Sequence[Path],
     fingerprints: Sequence[str],
     accept_new_host_keys: bool,
-    connect_timeout: float,
+    connect_timeout: float | None,
     reporter: Reporter,
 ) -> ConnectOptions:
-    from deployer.credentials import load_credentials, load_host_key_policy
+    from deployer.credentials import load_credentials, load_hop_credentials, load_host_key_policy
     from deployer.ssh import ConnectOptions
 
     env = _env()
+    credentials = load_credentials(env, key_file, local=not is_ci(env))
     return ConnectOptions(
-        credentials=load_credentials(env, key_file, local=not is_ci(env)),
+        credentials=credentials,
         host_keys=load_host_key_policy(
             env, known_hosts, fingerprints, accept_new_host_keys, local=not is_ci(env)
         ),
         keyscan_hint=_keyscan_hint(route),
-        timeout=connect_timeout,
+        timeout=connect_timeout or route.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
         on_notice=reporter.line,
+        hop_credentials=load_hop_credentials(env, route, credentials, jump_key_file),
     )
 
 
@@ -200,7 +244,8 @@ def _connection(route: Route, reporter: Reporter, **kwargs: Any) -> Iterator[Con
 
 def _route_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pop the connection-related options out of a command's kwargs."""
-    names = ("key_file", "known_hosts", "fingerprints", "accept_new_host_keys", "connect_timeout")
+    names = ("key_file", "jump_key_file", "known_hosts", "fingerprints", "accept_new_host_keys",
+             "connect_timeout")  # fmt: skip
     return {name: kwargs.pop(name) for name in names}
 
 

@@ -100,3 +100,7 @@ class TransferError(DeployerError):
     """The upload stopped before the whole artifact arrived."""
 
     exit_code = ExitCode.TRANSFER
+
+
+class ProxyError(ConnectError):
+    """The proxy or ProxyCommand in front of the first hop failed (a route failure: exit 7)."""

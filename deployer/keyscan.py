@@ -64,16 +64,16 @@ def scan(
     results: list[ScannedKey] = []
     seen: set[tuple[str, bytes]] = set()
     for index, key_type, blob in found:
-        hop = route.hops[index]
-        ident = host_id(hop.host, hop.port)
+        host, port = route.hops[index].known_as  # under its HostKeyAlias when it has one
+        ident = host_id(host, port)
         if (ident, blob) in seen:
             continue
         seen.add((ident, blob))
         stored_type = stored_key_type(key_type)
-        verdict = trusted.verdict(hop.host, hop.port, stored_type, blob)
+        verdict = trusted.verdict(host, port, stored_type, blob)
         status = {Verdict.MATCH: "known", Verdict.UNKNOWN: "new", Verdict.CHANGED: "changed",
                   Verdict.REVOKED: "revoked"}[verdict]  # fmt: skip
-        line = (hashed_line if hashed else known_hosts_line)(hop.host, hop.port, stored_type, blob)
+        line = (hashed_line if hashed else known_hosts_line)(host, port, stored_type, blob)
         results.append(
             ScannedKey(route.describe(index), ident, stored_type, fingerprint(blob), line, status)
         )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from deployer.errors import ConfigError
+from deployer.proxy import ProxySpec, parse_proxy_command
 
 _ENDPOINT = re.compile(
     r"""^(?:(?P<user>[^@\s:/]+)@)?                  # optional user@
@@ -23,6 +24,13 @@ class Endpoint:
     user: str
     host: str
     port: int = 22
+    host_key_alias: str = ""  # the name its host key is known under (HostKeyAlias)
+    identity_files: tuple[str, ...] = ()  # ssh_config IdentityFile: offered first to this hop
+
+    @property
+    def known_as(self) -> tuple[str, int]:
+        """Host and port its key is looked up under: a HostKeyAlias has no port, as in ssh."""
+        return (self.host_key_alias, 22) if self.host_key_alias else (self.host, self.port)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -35,7 +43,8 @@ class Endpoint:
         return f"{host}:{self.port}"
 
 
-# An ssh_config lookup: host alias -> {"hostname", "user", "port", "proxyjump"} (any subset).
+# An ssh_config lookup: host alias -> {"hostname", "user", "port", "proxyjump", "proxycommand",
+# "hostkeyalias", "connecttimeout", "identityfile" (newline-separated paths)} (any subset).
 Lookup = Callable[[str], Mapping[str, str]]
 
 
@@ -54,7 +63,14 @@ def parse_endpoint(
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{option} {text!r}: port {port_text} is out of range (1-65535)")
     user = match["user"] or config.get("user") or default_user
-    return Endpoint(user, config.get("hostname") or host, int(port_text))
+    identities = tuple(path for path in config.get("identityfile", "").split("\n") if path)
+    return Endpoint(
+        user,
+        config.get("hostname") or host,
+        int(port_text),
+        host_key_alias=config.get("hostkeyalias", ""),
+        identity_files=identities,
+    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,8 @@ class Route:
 
     target: Endpoint
     jumps: tuple[Endpoint, ...] = ()
+    proxy: ProxySpec | None = None  # how the first hop is reached, when not directly
+    connect_timeout: float | None = None  # ssh_config ConnectTimeout (a flag wins over it)
 
     @property
     def hops(self) -> tuple[Endpoint, ...]:
@@ -96,13 +114,57 @@ def parse_jumps(
     return tuple(hops)
 
 
+def _alias(text: str) -> str:
+    """The host part of USER@HOST[:PORT] as written (an ssh_config alias, perhaps)."""
+    host = text.strip().rpartition("@")[2]
+    return host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+
+
 def build_route(
-    target: str, jumps: Sequence[str], *, default_user: str, lookup: Lookup | None = None
+    target: str,
+    jumps: Sequence[str],
+    *,
+    default_user: str,
+    lookup: Lookup | None = None,
+    proxy: ProxySpec | None = None,
+    host_key_alias: str = "",
+    jump_host_key_aliases: Sequence[str] = (),
 ) -> Route:
-    """A route from --to and --jump; without --jump, ssh_config's ProxyJump for the target applies."""
+    """A route from --to, --jump and --proxy; ssh_config fills in what the flags leave open.
+
+    Without --jump the target's ProxyJump applies; without --proxy/--proxy-command the first
+    hop's ProxyCommand does. Host key aliases name the target and the jumps in order.
+    """
     endpoint = parse_endpoint(target, default_user=default_user, lookup=lookup)
-    if not jumps and lookup is not None:
-        alias = target.rpartition("@")[2].split(":")[0]
-        proxy_jump = lookup(alias).get("proxyjump", "")
-        jumps = [proxy_jump] if proxy_jump else []
-    return Route(endpoint, parse_jumps(jumps, default_user=default_user, lookup=lookup))
+    settings = lookup(_alias(target)) if lookup is not None else {}
+    if not jumps and settings.get("proxyjump"):
+        jumps = [settings["proxyjump"]]
+    hops = parse_jumps(jumps, default_user=default_user, lookup=lookup)
+    if len(jump_host_key_aliases) > len(hops):
+        raise ConfigError(
+            f"{len(jump_host_key_aliases)} jump host key aliases for {len(hops)} jump host(s)"
+            " — give one per --jump hop, first hop first"
+        )
+    aliases = [*jump_host_key_aliases, *[""] * (len(hops) - len(jump_host_key_aliases))]
+    hops = tuple(
+        replace(hop, host_key_alias=alias) if alias else hop
+        for hop, alias in zip(hops, aliases, strict=True)
+    )
+    if host_key_alias:
+        endpoint = replace(endpoint, host_key_alias=host_key_alias)
+    if proxy is None and lookup is not None:
+        first = _first_alias(jumps) if hops else _alias(target)
+        command = lookup(first).get("proxycommand", "")
+        if command and command.lower() != "none":
+            proxy = parse_proxy_command(command, option=f"ProxyCommand for {first} in ssh_config")
+    timeout = settings.get("connecttimeout", "")
+    if timeout and not (timeout.isdigit() and int(timeout) > 0):
+        raise ConfigError(f"ssh_config ConnectTimeout {timeout!r} is not a number of seconds")
+    return Route(endpoint, hops, proxy, float(timeout) if timeout else None)
+
+
+def _first_alias(jumps: Sequence[str]) -> str:
+    parts = [
+        p for value in jumps for p in value.split(",") if p.strip().lower() not in ("", "none")
+    ]
+    return _alias(parts[0]) if parts else ""

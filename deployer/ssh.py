@@ -24,6 +24,7 @@ import paramiko
 from deployer.errors import AuthError, ConnectError, DeployerError, HostKeyError, TransferError
 from deployer.executor import OutputSink, RunResult
 from deployer.hostkeys import HostKeyPolicy, fingerprint
+from deployer.proxy import open_through
 from deployer.route import Route
 
 # paramiko logs handshake failures with tracebacks; we report them ourselves in one line.
@@ -67,6 +68,13 @@ class ConnectOptions:
     keyscan_hint: str
     timeout: float = 10.0
     on_notice: Callable[[str], None] = field(default=lambda line: None)
+    hop_credentials: tuple[Credentials, ...] = ()  # per hop, first hop first; else credentials
+
+    def credentials_for(self, index: int) -> Credentials:
+        """The keys for hop index (a jump host may need another key than the target)."""
+        if index < len(self.hop_credentials):
+            return self.hop_credentials[index]
+        return self.credentials
 
 
 class _ChannelWriter:
@@ -221,6 +229,10 @@ def _reason(exc: BaseException) -> str:
 def _tcp_socket(route: Route, timeout: float) -> socket.socket:
     first = route.hops[0]
     what = route.describe(0)
+    if route.proxy is not None:
+        return open_through(
+            route.proxy, first.host, first.port, user=first.user, timeout=timeout, hop=what
+        )
     try:
         sock = socket.create_connection((first.host, first.port), timeout=timeout)
     except socket.gaierror as exc:
@@ -282,7 +294,8 @@ def _handshake(sock: Any, route: Route, index: int, options: ConnectOptions) -> 
     security.ciphers = [c for c in PREFERRED_CIPHERS if c in security.ciphers] + [
         c for c in security.ciphers if c not in PREFERRED_CIPHERS
     ]
-    known_algorithms = options.host_keys.algorithms_for(hop.host, hop.port)
+    known_as = hop.known_as  # HostKeyAlias: a tunnel port's key pinned under a stable name
+    known_algorithms = options.host_keys.algorithms_for(*known_as)
     if known_algorithms:
         offered = list(security.key_types)
         security.key_types = [a for a in known_algorithms if a in offered] + [
@@ -302,7 +315,7 @@ def _handshake(sock: Any, route: Route, index: int, options: ConnectOptions) -> 
         ) from exc
     try:
         notice = options.host_keys.check(
-            what, hop.host, hop.port, key.get_name(), key.asbytes(), options.keyscan_hint
+            what, *known_as, key.get_name(), key.asbytes(), options.keyscan_hint
         )
     except HostKeyError:
         transport.close()
@@ -319,11 +332,13 @@ def _authenticate(
 ) -> None:
     hop = route.hops[index]
     what = route.describe(index)
-    candidates = options.credentials.candidates()
+    candidates = options.credentials_for(index).candidates()
     if not candidates:
         transport.close()
+        jump = "SSH_JUMP_PRIVATE_KEY or --jump-key-file, or " if index < len(route.jumps) else ""
         raise AuthError(
-            f"no key to log in to {what} — set SSH_PRIVATE_KEY, pass --key-file, or start ssh-agent"
+            f"no key to log in to {what} — set {jump}SSH_PRIVATE_KEY, pass --key-file,"
+            " or start ssh-agent"
         )
     for key in candidates:
         try:

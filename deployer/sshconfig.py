@@ -1,4 +1,5 @@
-"""~/.ssh/config for local use: Host aliases, HostName, User, Port and ProxyJump."""
+"""ssh_config for local use: Host aliases, HostName, User, Port, IdentityFile, ProxyJump,
+ProxyCommand, HostKeyAlias and ConnectTimeout (paramiko parses; deployer acts on them)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import paramiko
 from deployer.errors import ConfigError
 from deployer.route import Lookup
 
-KEYS = ("hostname", "user", "port", "proxyjump")
+KEYS = ("hostname", "user", "port", "proxyjump", "proxycommand", "hostkeyalias", "connecttimeout")
 
 
 def ssh_config_lookup(path: Path) -> Lookup | None:
@@ -24,7 +25,10 @@ def ssh_config_lookup(path: Path) -> Lookup | None:
 
     def lookup(alias: str) -> Mapping[str, str]:
         found = config.lookup(alias)
-        values = {key: str(found[key]) for key in KEYS if key in found}
+        # ProxyCommand none comes back as None: nothing to run, as in ssh
+        values = {key: str(found[key]) for key in KEYS if found.get(key) is not None}
+        if found.get("identityfile"):
+            values["identityfile"] = "\n".join(found["identityfile"])
         if values.get("hostname") == alias:
             del values["hostname"]
         return values
