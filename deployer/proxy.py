@@ -208,7 +208,7 @@ def _http_connect(sock: socket.socket, proxy: ProxySpec, host: str, port: int, h
     if code == 200:
         return
     said = f"{code} {reason}".strip()
-    if code == 407:
+    if code in (401, 407):  # 407 is the standard; tinyproxy answers 401 to wrong credentials
         fix = (
             f"check the user name and {PASSWORD_ENV}"
             if proxy.username

@@ -52,6 +52,7 @@ from deployer.errors import (
     ExitCode,
     HostKeyError,
 )
+from deployer.proxy import ProxySpec, open_through, proxy_command_line
 from deployer.route import Endpoint
 
 if TYPE_CHECKING:
@@ -239,6 +240,7 @@ class TunnelSettings:
     status_file: Path | None = None
     healthz: tuple[str, int] | None = None
     ssh_binary: str = "ssh"
+    proxy: ProxySpec | None = None  # how the jump host is reached, when not directly
 
     def __post_init__(self) -> None:
         if not self.forwards:
@@ -680,6 +682,9 @@ def common_ssh_options(settings: TunnelSettings, paths: RuntimePaths, key_type: 
         "-o", "ForwardAgent=no",
         "-o", "ForwardX11=no",
         "-o", "PermitLocalCommand=no",
+        # a proxy is run by `deployer proxy-connect` (same code as push) as ssh's ProxyCommand
+        *(["-o", f"ProxyCommand={proxy_command_line(settings.proxy, sys.executable)}"]
+          if settings.proxy else []),
         "-l", jump.user,
         "-p", str(jump.port),
     ]  # fmt: skip
@@ -1290,7 +1295,11 @@ class Keeper:
         try:
             key_type, blob, notice = self._call(
                 lambda: verify_jump_host(
-                    jump, self._keys, self._host_keys, self.settings.connect_timeout
+                    jump,
+                    self._keys,
+                    self._host_keys,
+                    self.settings.connect_timeout,
+                    self.settings.proxy,
                 ),
                 self.settings.connect_timeout * 3 + 5,
             )
@@ -1680,7 +1689,11 @@ def _terminate(process: subprocess.Popen[bytes], grace: float = 3.0) -> None:
 
 
 def verify_jump_host(
-    jump: Endpoint, keys: Sequence[paramiko.PKey], policy: HostKeyPolicy, timeout: float
+    jump: Endpoint,
+    keys: Sequence[paramiko.PKey],
+    policy: HostKeyPolicy,
+    timeout: float,
+    proxy: ProxySpec | None = None,
 ) -> tuple[str, bytes, str | None]:
     """Handshake with the jump host, check its key with the policy, log in; (type, blob, notice)."""
     import paramiko
@@ -1689,12 +1702,17 @@ def verify_jump_host(
 
     what = f"jump host {jump}"
     try:
-        sock = socket.create_connection((jump.host, jump.port), timeout=timeout)
+        sock = (
+            open_through(proxy, jump.host, jump.port, user=jump.user, timeout=timeout, hop=what)
+            if proxy is not None
+            else socket.create_connection((jump.host, jump.port), timeout=timeout)
+        )
     except socket.gaierror as exc:
         raise ConnectError(f"cannot resolve {jump.host} ({what}): {exc.strerror}") from exc
     except OSError as exc:
         raise ConnectError(f"cannot reach {what} on {jump.address}: {exc.strerror or exc}") from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if proxy is None:  # open_through tunes its own sockets (a ProxyCommand's is not TCP)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport = paramiko.Transport(sock)
     try:
         transport.banner_timeout = timeout

@@ -108,10 +108,16 @@ def tunnel() -> None:
               envvar="DEPLOYER_TUNNEL_STATUS_FILE", help="Keep the current state in this JSON file.")  # fmt: skip
 @click.option("--autossh-env", is_flag=True,
               help="Take everything from jnovack/autossh's SSH_REMOTE_*, SSH_TUNNEL_PORT, ... variables.")  # fmt: skip
+@click.option("--proxy", envvar="DEPLOYER_PROXY", metavar="URL",
+              help="Reach the jump host through http://[USER@]HOST:PORT or socks5h://...; password in"
+                   " DEPLOYER_PROXY_PASSWORD.")  # fmt: skip
+@click.option("--proxy-command", envvar="DEPLOYER_PROXY_COMMAND", metavar="CMD",
+              help="Reach the jump host through CMD (ssh's ProxyCommand, %h %p %r).")  # fmt: skip
 @click.pass_context
 def run(ctx: click.Context, /, jump: str | None, forwards: tuple[str, ...], key_file: Path | None,
         known_hosts: tuple[Path, ...], fingerprints: tuple[str, ...], accept_new_host_keys: bool,
-        status_file: Path | None, autossh_env: bool, **options: Any) -> None:  # fmt: skip
+        status_file: Path | None, autossh_env: bool, proxy: str | None, proxy_command: str | None,
+        **options: Any) -> None:  # fmt: skip
     """Keep the -R forwards on USER@JUMP[:PORT] up, verified end to end, until SIGTERM.
 
     \b
@@ -155,6 +161,15 @@ def run(ctx: click.Context, /, jump: str | None, forwards: tuple[str, ...], key_
         )
     endpoint = parse_endpoint(jump, default_user=_default_user(), option="deployer tunnel")
     settings = _settings(endpoint, forwards, status_file=status_file, **options)
+    if proxy and proxy_command:
+        raise ConfigError("--proxy and --proxy-command both given — pass one of them")
+    if proxy or proxy_command:
+        from dataclasses import replace
+
+        from deployer.proxy import parse_proxy, parse_proxy_command
+
+        spec = parse_proxy(proxy, env) if proxy else parse_proxy_command(proxy_command or "")
+        settings = replace(settings, proxy=spec)
     local = not is_ci(env)
     credentials = load_credentials(env, key_file, local=local)
     policy = load_host_key_policy(env, known_hosts, fingerprints, accept_new_host_keys, local=local)
