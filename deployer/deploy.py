@@ -20,6 +20,7 @@ from deployer.hooks import HookRunner, HookSettings, failure_message
 from deployer.manifest import DeltaPlan, parse_manifest, plan_delta
 from deployer.output import Reporter, human_size
 from deployer.release import (
+    FINISH_FAILED_STATUS,
     LOCK_HELD_STATUS,
     HistoryEntry,
     Layout,
@@ -37,6 +38,7 @@ from deployer.release import (
     relock_script,
     remove_releases_script,
     switch_script,
+    switch_then_script,
     unlock_script,
 )
 from deployer.transfer import Payload, Reconnect, TransferSettings, Upload
@@ -238,13 +240,28 @@ class TargetDeploy:
             raise
         self.outcome.status = "staged"
 
-    def activate(self) -> None:
-        """Switch current to the staged release, run after hooks and the healthcheck."""
+    def activate(self, *, last: bool = False) -> None:
+        """Switch current to the staged release, run after hooks and the healthcheck.
+
+        With `last` (no other target can fail after this switch) and nothing to run after it,
+        the deploy is recorded, pruned and unlocked in the same round trip as the switch.
+        """
         if self.settings.dry_run:
             return
-        _checked(
-            self.executor, switch_script(self.path, self.layout.release_id), "switching current"
-        )
+        hooks = self.settings.hooks
+        switch = switch_script(self.path, self.layout.release_id)
+        if last and not hooks.after and not hooks.healthcheck:
+            result = self.executor.run(
+                switch_then_script(switch, self._finish_script()), timeout=120
+            )
+            if result.status not in (0, FINISH_FAILED_STATUS):
+                detail = result.stderr_line or f"exit status {result.status}"
+                raise RemoteError(f"switching current on {self.label} failed: {detail}")
+            self._say(f"switched current -> releases/{self.layout.release_id}")
+            self._finished(result)
+            self.outcome.status = "switched"
+            return
+        _checked(self.executor, switch, "switching current")
         self._say(f"switched current -> releases/{self.layout.release_id}")
         try:
             for command in self.settings.hooks.after:
@@ -269,33 +286,40 @@ class TargetDeploy:
             self._say("interrupted: could not clean up; run `deployer unlock` if the lock stays")
 
     def finish(self) -> Outcome:
-        """Record the deploy, prune old releases and release the lock."""
+        """Record the deploy, prune old releases and release the lock (unless activate did)."""
         if not self.settings.dry_run:
-            assert self._lock is not None
-            # one round trip: record, prune, unlock (the release is live whatever happens here)
-            script = (
-                append_history_script(self.path, self.history)
-                + remove_releases_script(self.path, self.outcome.pruned)
-                + unlock_script(self.path, self._lock.token)
-            )
-            try:
-                result = self.executor.run(script, timeout=120)
-            except DeployerError as exc:
-                self._say(f"warning: could not record the deploy or unlock: {exc}")
-            else:
-                self._lock = None
-                if result.status != 0:
-                    self._say(f"warning: recording or pruning failed: {result.stderr_line}")
-                elif self.outcome.pruned:
-                    self._say(
-                        f"pruned {len(self.outcome.pruned)} old release(s), kept {self.settings.keep}"
-                    )
+            if self._lock is not None:
+                try:
+                    result = self.executor.run(self._finish_script(), timeout=120)
+                except DeployerError as exc:
+                    self._say(f"warning: could not record the deploy or unlock: {exc}")
+                else:
+                    self._finished(result)
             self.outcome.status = "deployed"
             self._say(
                 f"deployed {self.layout.release_id} in {time.monotonic() - self.started:.1f} s"
             )
         self.outcome.seconds = time.monotonic() - self.started
         return self.outcome
+
+    def _finish_script(self) -> str:
+        """Record, prune and unlock (the release is live whatever happens here)."""
+        assert self._lock is not None
+        return (
+            append_history_script(self.path, self.history)
+            + remove_releases_script(self.path, self.outcome.pruned)
+            + unlock_script(self.path, self._lock.token)
+        )
+
+    def _finished(self, result: RunResult) -> None:
+        """Report what the finish script did; the lock is gone either way."""
+        self._lock = None
+        if result.status != 0:
+            self._say(f"warning: recording or pruning failed: {result.stderr_line}")
+        elif self.outcome.pruned:
+            self._say(
+                f"pruned {len(self.outcome.pruned)} old release(s), kept {self.settings.keep}"
+            )
 
     def abort(self, reason: str, *, was_live: bool = False) -> None:
         """Discard a staged release (one that never went live, unless was_live), and unlock."""

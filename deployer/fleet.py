@@ -107,9 +107,10 @@ def push_fleet(
     switched: list[TargetDeploy] = []
     if not failures:
         size = fleet.batch or len(live)
+        last = len(live) == 1  # nothing else can fail once it switched: finish in the same trip
         for begin in range(0, len(live), size):
             batch = list(range(begin, min(begin + size, len(live))))
-            record(_parallel(lambda i: live[i].activate(), batch, fleet.parallel), batch)
+            record(_parallel(lambda i: live[i].activate(last=last), batch, fleet.parallel), batch)
             switched += [live[i] for i in batch if i not in failures]
             if failures:
                 break

@@ -364,6 +364,14 @@ mv -fT -- {q(tmp)} current
 """
 
 
+FINISH_FAILED_STATUS = 98  # switched, but recording, pruning or unlocking failed
+
+
+def switch_then_script(switch: str, then: str) -> str:
+    """Switch, and only if that worked run `then`; a failure there exits FINISH_FAILED_STATUS."""
+    return f"(\n{switch}) || exit $?\n(\n{then}) || exit {FINISH_FAILED_STATUS}\n"
+
+
 def remove_partial_script(layout: Layout) -> str:
     """Remove an upload that did not complete."""
     return f"rm -rf -- {q(layout.partial_dir)}\n"

@@ -15,6 +15,7 @@ from deployer.errors import ConfigError, LockError, RemoteError
 from deployer.executor import RunResult
 from deployer.local import LocalExecutor
 from deployer.release import (
+    FINISH_FAILED_STATUS,
     LOCK_HELD_STATUS,
     VERIFY_FAILED_STATUS,
     HistoryEntry,
@@ -31,6 +32,7 @@ from deployer.release import (
     remove_releases_script,
     stage_script,
     switch_script,
+    switch_then_script,
     unlock_script,
     validate_shared,
 )
@@ -176,6 +178,21 @@ def test_stage_reuses_unchanged_files_and_reports_those_changed_in_place(tmp_pat
     assert result.status == 0, result.stderr
     for name, data in v2.items():
         assert (Path(layout.release_dir) / name).read_bytes() == data
+
+
+def test_switch_then_runs_only_after_a_switch_and_reports_its_own_failure(tmp_path: Path) -> None:
+    (tmp_path / "releases" / "20260101T000000Z").mkdir(parents=True)
+    (tmp_path / ".deployer").mkdir()
+    marker = tmp_path / "finished"
+    switch = switch_script(str(tmp_path), "20260101T000000Z")
+    result = sh.run(switch_then_script(switch, f"touch {marker}; exit 3\n"))
+    assert result.status == FINISH_FAILED_STATUS and marker.exists()
+    assert os.readlink(tmp_path / "current") == "releases/20260101T000000Z"
+    marker.unlink()
+    missing = switch_script(str(tmp_path), "20260202T000000Z")
+    result = sh.run(switch_then_script(missing, f"touch {marker}\n"))
+    assert result.status == 4 and "does not exist" in result.stderr_line and not marker.exists()
+    assert os.readlink(tmp_path / "current") == "releases/20260101T000000Z"
 
 
 def test_switch_refuses_a_missing_release(tmp_path: Path) -> None:
