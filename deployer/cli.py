@@ -29,7 +29,8 @@ from deployer.config import (
     provenance_fields,
     read_config_file,
 )
-from deployer.errors import ConfigError, DeployerError, ExitCode
+from deployer.errors import ConfigError, ConnectError, DeployerError, ExitCode
+from deployer.webhook_client import pop_webhook_options, webhook_options
 
 if TYPE_CHECKING:
     from deployer.deploy import Outcome
@@ -93,6 +94,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "tunnel": "deployer.tunnel_cmd:tunnel",
     "authorized-keys": "deployer.tunnel_cmd:authorized_keys",
     "proxy-connect": "deployer.proxy_cmd:proxy_connect",
+    "serve": "deployer.serve_cmd:serve",
 }
 
 
@@ -432,6 +434,7 @@ def _for_each_target(
     metavar="K/N|auto",
     help="Deploy only every N-th target starting at K (auto: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL).",
 )
+@webhook_options
 def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, as_json: bool,
          before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
          healthcheck_retries: int, healthcheck_interval: float, keep: int, shared: tuple[str, ...],
@@ -445,6 +448,7 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
     from deployer.transfer import TransferSettings, prepare_payload
 
     reporter = _reporter(as_json)
+    webhook = pop_webhook_options(kwargs)
     route_kwargs = _route_kwargs(kwargs)
     settings = PushSettings(
         path=_validate_path(path),
@@ -455,7 +459,21 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
         dry_run=dry_run,
         transfer=TransferSettings(delta=not no_delta, hardlink=link_unchanged, compresslevel=compress_level),
     )  # fmt: skip
+    if webhook.mode != "ssh":
+        from deployer.webhook_client import WebhookPush
+
+        if dry_run:
+            raise ConfigError(
+                f"--dry-run works over SSH only — drop it or use --mode ssh, not {webhook.mode}"
+            )
+        via_webhook = WebhookPush(webhook, artifact, settings.path, _env())
+    if webhook.mode == "webhook":
+        outcomes, error = via_webhook.run(settings, _provenance(), reporter)
+        _finish("push", outcomes, as_json, error)
+        return
     routes = select_shard(_routes(to, jump), parse_shard(shard, _env()))
+    if webhook.mode == "auto" and len(routes) != 1:
+        raise ConfigError("--mode auto deploys to one target (one --to and one --webhook-url)")
     if not routes:
         raise ConfigError(
             f"--shard {shard} selects no target out of {len(_split(to))} — use fewer shards"
@@ -470,19 +488,29 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
         f"deploying {artifact} ({opened.file_count} files) to {', '.join(str(r) for r in routes)}"
         + (" [dry run]" if dry_run else "")
     )
+    established: list[str] = []  # --mode auto falls back only if no connection ever came up
     with contextlib.ExitStack() as connections:
 
         def start(index: int) -> TargetDeploy:
             def connect() -> Connection:
-                return connections.enter_context(
+                connection = connections.enter_context(
                     _connection(routes[index], reporter, **route_kwargs)
                 )
+                established.append(connection.label)
+                return connection
 
             return TargetDeploy(
                 connect(), payload, settings, provenance, reporter, reconnect=connect
             )
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)
+    if webhook.mode == "auto" and isinstance(error, ConnectError) and not established:
+        # nothing ran on the target: deploying through the receiver cannot double anything up
+        reporter.line(
+            f"SSH route to {routes[0]} cannot be established ({error});"
+            f" falling back to the webhook at {webhook.webhook_url}"
+        )
+        outcomes, error = via_webhook.run(settings, provenance, reporter)
     _summarize(reporter, outcomes)
     _finish("push", outcomes, as_json, error)
 

@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     HOOK = 9  # a before/after hook or healthcheck failed; live release untouched or restored
     LOCK = 10  # another deploy holds the lock on the target path
     TRANSFER = 11  # the upload was interrupted or arrived incomplete
+    WEBHOOK = 12  # the webhook receiver refused the request or its status could not be followed
     INTERRUPTED = 130  # Ctrl-C / SIGINT
 
 
@@ -104,3 +105,9 @@ class TransferError(DeployerError):
 
 class ProxyError(ConnectError):
     """The proxy or ProxyCommand in front of the first hop failed (a route failure: exit 7)."""
+
+
+class WebhookError(DeployerError):
+    """The webhook receiver refused a deploy request, or its status could not be followed."""
+
+    exit_code = ExitCode.WEBHOOK

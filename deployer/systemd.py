@@ -39,6 +39,9 @@ class UnitSpec:
     user: str
     key_file: str  # on the host, root-only; loaded with LoadCredential
     runtime_directory: str
+    credential: str = KEY_CREDENTIAL  # key_file's name in $CREDENTIALS_DIRECTORY
+    written_by: str = "`deployer tunnel install-service`; see docs/tunnel.md"
+    extra: Sequence[str] = ()  # more [Service] lines; one naming a setting already set replaces it
 
 
 HARDENING = (
@@ -73,12 +76,12 @@ def render_unit(spec: UnitSpec) -> str:
     """The unit file text."""
     exec_start = " ".join(quote_word(word) for word in spec.argv)
     lines = [
-        "# Written by `deployer tunnel install-service`; see docs/tunnel.md.",
+        f"# Written by {spec.written_by}.",
         "[Unit]",
         f"Description={spec.description}",
         "Wants=network-online.target",
         "After=network-online.target",
-        "# never give up: the keeper itself backs off between attempts",
+        "# never give up: deployer itself backs off between attempts",
         "StartLimitIntervalSec=0",
         "",
         "[Service]",
@@ -88,19 +91,21 @@ def render_unit(spec: UnitSpec) -> str:
         f"ExecStart={exec_start}",
         "Restart=always",
         "RestartSec=5",
-        "# SIGTERM to deployer only: it stops ssh (which releases the jump host's port) and exits",
+        "# SIGTERM to deployer only: it cleans up (stops ssh, or lets a running deploy end) and exits",
         "KillMode=mixed",
         "TimeoutStopSec=15",
-        "# the private key: read by systemd from a root-only file, visible to this service only",
-        f"LoadCredential={KEY_CREDENTIAL}:{spec.key_file}",
+        "# the secret: read by systemd from a root-only file, visible to this service only",
+        f"LoadCredential={spec.credential}:{spec.key_file}",
         f"RuntimeDirectory={spec.runtime_directory}",
         "RuntimeDirectoryMode=0755",
         "Environment=PYTHONUNBUFFERED=1",
         *HARDENING,
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
     ]
+    replaced = {
+        line.partition("=")[0] for line in spec.extra if not line.startswith("LoadCredential=")
+    }
+    lines = [line for line in lines if line.partition("=")[0] not in replaced]
+    lines += [*spec.extra, "", "[Install]", "WantedBy=multi-user.target"]
     return "\n".join(lines) + "\n"
 
 
