@@ -14,15 +14,16 @@ bare ``ssh``/autossh lacks for a keeper that must never sit broken:
   seconds; retries use bounded, jittered backoff short enough to be back soon after the jump
   host reaps a stale session, and --reclaim removes our own stale session at once.
 
-Pure parts (forward parsing, states, failure classification, backoff, ssh command lines, the
-jump host's forced command, status documents, autossh variables) are plain functions.
+The pure parts live in their own modules: forwards (-R parsing), tunnel_policy (states, failure
+classification, backoff), authorized_keys (the jump host's lines and forced command), tunnel_check
+(end-to-end checks), tunnel_status (status file, /healthz), autossh_env (autossh's variables).
+This module holds the settings, the ssh command lines and the Keeper that supervises ssh.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import queue
 import random
@@ -37,14 +38,20 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from deployer.authorized_keys import (
+    HOLD_COMMAND,
+    HOLDING_LINE,
+    NOTHING_LINE,
+    RECLAIM_COMMAND,
+    RECLAIMED_PREFIX,
+    RECORDED_PREFIX,
+)
 from deployer.errors import (
     AuthError,
     ConfigError,
@@ -52,174 +59,34 @@ from deployer.errors import (
     ExitCode,
     HostKeyError,
 )
+from deployer.forwards import Forward, bracket
 from deployer.proxy import ProxySpec, open_through, proxy_command_line
 from deployer.route import Endpoint
+from deployer.tunnel_check import QUIET_WINDOW, Expectation, check_through, read_expectation
+from deployer.tunnel_policy import (
+    DEFAULT_MAX_BACKOFF,
+    FORWARD_REFUSED,
+    STABLE_SECONDS,
+    Backoff,
+    Failure,
+    FailureKind,
+    Plan,
+    State,
+    classify_ssh_exit,
+    plan_after_failure,
+)
+from deployer.tunnel_status import StatusBoard
 
 if TYPE_CHECKING:
     import paramiko
 
     from deployer.hostkeys import HostKeyPolicy
 
-# ---------------------------------------------------------------------------- forwards
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-_LOOPBACK_BINDS = ("localhost", "127.0.0.1", "::1")
-_WILDCARD_BINDS = ("", "*")
-
-
-@dataclass(frozen=True)
-class Forward:
-    """One remote forward: the jump host listens on [bind:]port, we connect to host:host_port."""
-
-    port: int
-    host: str
-    host_port: int
-    bind: str | None = None  # None: not given (sshd listens on loopback); "" or "*": everywhere
-
-    @property
-    def spec(self) -> str:
-        """The OpenSSH -R text."""
-        bind = "" if self.bind is None else f"{_bracket(self.bind)}:"
-        return f"{bind}{self.port}:{_bracket(self.host)}:{self.host_port}"
-
-    @property
-    def listen_host(self) -> str:
-        """The listen address as sshd's permitlisten matches it ('localhost' when none given)."""
-        if self.bind is None:
-            return "localhost"
-        return "*" if self.bind in _WILDCARD_BINDS else self.bind
-
-    @property
-    def probe_host(self) -> str:
-        """Where, on the jump host, a connection reaches this forward's listener."""
-        if self.bind in (None, "localhost", "127.0.0.1", "0.0.0.0", *_WILDCARD_BINDS):
-            return "127.0.0.1"
-        if self.bind in ("::", "::1"):
-            return "::1"
-        return str(self.bind)
-
-    @property
-    def needs_gateway_ports(self) -> bool:
-        """Whether the listener is meant to be reachable from other hosts (GatewayPorts)."""
-        return self.bind is not None and self.bind not in _LOOPBACK_BINDS
-
-    def permitlisten(self) -> str:
-        """The authorized_keys permitlisten value allowing this forward."""
-        return f"{_bracket(self.listen_host)}:{self.port}"
-
-    def permitopen(self) -> str:
-        """The permitopen value for the tunnel key's own end-to-end check of this forward."""
-        return f"{_bracket(self.probe_host)}:{self.port}"
-
-    def __str__(self) -> str:
-        return self.spec
-
-
-def _split_fields(text: str) -> list[str]:
-    """Split on ':' outside [brackets] (OpenSSH's forward syntax, IPv6 in brackets)."""
-    fields: list[str] = []
-    current = ""
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char == "[":
-            end = text.find("]", i)
-            if end < 0:
-                raise ValueError("an opening [ has no closing ]")
-            current += text[i : end + 1]
-            i = end + 1
-            continue
-        if char == ":":
-            fields.append(current)
-            current = ""
-        else:
-            current += char
-        i += 1
-    fields.append(current)
-    return fields
-
-
-def _unbracket(value: str) -> str:
-    return value[1:-1] if value.startswith("[") and value.endswith("]") else value
-
-
-def _port(text: str, what: str, spec: str) -> int:
-    if not text.isdigit():
-        raise ConfigError(f"-R {spec!r}: {what} {text!r} is not a number")
-    port = int(text)
-    if port == 0 and what == "port":
-        raise ConfigError(
-            f"-R {spec!r}: port 0 asks the jump host for a random port — a tunnel needs a fixed"
-            " one that CI can reach, e.g. -R 22022:localhost:22"
-        )
-    if not 0 < port < 65536:
-        raise ConfigError(f"-R {spec!r}: {what} {port} is out of range (1-65535)")
-    return port
-
-
-def parse_forward(text: str) -> Forward:
-    """Parse OpenSSH's -R syntax: [BIND:]PORT:HOST:HOSTPORT (IPv6 addresses in [brackets])."""
-    spec = text.strip()
-    usage = "use [BIND:]PORT:HOST:HOSTPORT, e.g. -R 22022:localhost:22"
-    try:
-        fields = _split_fields(spec)
-    except ValueError as exc:
-        raise ConfigError(f"-R {spec!r}: {exc} — {usage}") from None
-    if any(f.startswith("/") for f in fields):
-        raise ConfigError(f"-R {spec!r}: Unix socket forwarding is not supported — {usage}")
-    if len(fields) in (1, 2) and fields[-1].isdigit():
-        raise ConfigError(
-            f"-R {spec!r}: reverse dynamic (SOCKS) forwarding is not supported — {usage}"
-        )
-    if len(fields) == 3:
-        bind: str | None = None
-        port_text, host, host_port_text = fields
-    elif len(fields) == 4:
-        bind = _unbracket(fields[0])
-        port_text, host, host_port_text = fields[1:]
-    else:
-        raise ConfigError(f"-R {spec!r} is not a remote forward — {usage}")
-    host = _unbracket(host)
-    if not host or any(c.isspace() for c in host):
-        raise ConfigError(f"-R {spec!r}: the host to connect to is missing — {usage}")
-    if bind is not None and any(c.isspace() for c in bind):
-        raise ConfigError(f"-R {spec!r}: the bind address contains spaces — {usage}")
-    port = _port(port_text, "port", spec)
-    host_port = _port(host_port_text, "host port", spec)
-    return Forward(port=port, host=host, host_port=host_port, bind=bind)
-
-
-def parse_forwards(values: Sequence[str]) -> tuple[Forward, ...]:
-    """Parse every -R (whitespace- or comma-separated values too); refuse duplicate listeners."""
-    forwards: list[Forward] = []
-    for value in values:
-        for item in value.replace(",", " ").split():
-            forward = parse_forward(item)
-            for other in forwards:
-                if other.port == forward.port and other.listen_host == forward.listen_host:
-                    raise ConfigError(f"-R {forward} and -R {other} listen on the same port")
-            forwards.append(forward)
-    return tuple(forwards)
-
-
-def forwards_key(forwards: Sequence[Forward]) -> str:
-    """A stable name for a set of forwards (the jump host's record of the session holding them)."""
-    return "-".join(str(p) for p in sorted({f.port for f in forwards}))
-
-
 # ---------------------------------------------------------------------------- settings
 
 DEFAULT_ALIVE_INTERVAL = 2  # ServerAliveInterval: a dead flow is found after 3 silent intervals
 DEFAULT_ALIVE_COUNT = 2
 DEFAULT_CHECK_INTERVAL = 30.0  # end-to-end check of a running tunnel
-DEFAULT_MAX_BACKOFF = 8.0  # < 10 s: back soon after the jump host frees the port
-STABLE_SECONDS = 30.0  # up this long: the next failure starts the backoff from the beginning
-SLOW_BACKOFF = 60.0  # authentication refused after having worked: do not hammer the jump host
-REFUSED_BACKOFF = 4.0  # the jump host answers but a stale session holds the port: poll it closely
 RECLAIM_COOLDOWN = 10.0
 GUARD_BANNER_WAIT = 2.0  # after logging in: a live holder's target answers well within this
 
@@ -260,372 +127,8 @@ class TunnelSettings:
         return self.alive_interval * (self.alive_count + 1)
 
 
-def parse_listen_address(text: str, option: str = "--healthz") -> tuple[str, int]:
-    """[HOST:]PORT for the local health endpoint (default host 127.0.0.1)."""
-    host, _, port = text.rpartition(":")
-    host = _unbracket(host) or "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{option} {text!r}: expected [HOST:]PORT, e.g. {option} 127.0.0.1:8022")
-    return host, int(port)
-
-
-# ---------------------------------------------------------------------------- states
-
-
-class State(str, Enum):
-    """What the keeper is doing; every change is logged and written to the status file."""
-
-    STARTING = "starting"
-    CONNECTING = (
-        "connecting"  # checking the jump host's key, starting ssh, waiting for the forwards
-    )
-    VERIFYING = "verifying"  # forwards granted: checking them end to end through the jump host
-    UP = "up"  # verified end to end
-    DEGRADED = (
-        "degraded"  # forwards up, but the target does not answer here (not the tunnel's fault)
-    )
-    BACKOFF = "backoff"  # waiting before the next attempt
-    RECLAIMING = "reclaiming"  # removing our own stale session that still holds the port
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-TRANSITIONS: Mapping[State, frozenset[State]] = {
-    State.STARTING: frozenset({State.CONNECTING, State.STOPPING}),
-    State.CONNECTING: frozenset({State.VERIFYING, State.BACKOFF, State.RECLAIMING, State.STOPPING}),
-    State.VERIFYING: frozenset({State.UP, State.DEGRADED, State.BACKOFF, State.STOPPING}),
-    State.UP: frozenset({State.DEGRADED, State.BACKOFF, State.STOPPING}),
-    State.DEGRADED: frozenset({State.UP, State.BACKOFF, State.STOPPING}),
-    State.BACKOFF: frozenset({State.CONNECTING, State.STOPPING}),
-    State.RECLAIMING: frozenset({State.CONNECTING, State.BACKOFF, State.STOPPING}),
-    State.STOPPING: frozenset({State.STOPPED}),
-    State.STOPPED: frozenset(),
-}
-
-
-def transition(current: State, new: State) -> State:
-    """Return new if the state machine allows current -> new, else raise ValueError."""
-    if new not in TRANSITIONS[current]:
-        raise ValueError(f"tunnel state cannot go from {current.value} to {new.value}")
-    return new
-
-
-# ---------------------------------------------------------------------------- failures
-
-
-class FailureKind(str, Enum):
-    """Why an attempt or a running tunnel ended."""
-
-    UNREACHABLE = "unreachable"  # TCP, DNS or handshake: the jump host was not reached
-    HOST_KEY = "host-key"
-    AUTH = "auth"
-    REFUSED = "refused"  # the jump host refused a -R: port held, or not permitted
-    LOST = "lost"  # an established connection ended (dead flow, session killed, sshd restart)
-    BROKEN = "broken"  # connected and granted, but nothing came through end to end
-    SETUP = "setup"  # --reclaim's forced command is not installed for the tunnel key
-
-
-@dataclass(frozen=True)
-class Failure:
-    """One failure, with the line the log and the status file show."""
-
-    kind: FailureKind
-    message: str
-
-
-_REFUSED = re.compile(
-    r"remote port forwarding failed for listen port (\d+)|remote forward failure for: listen (?:.*:)?(\d+),"
-)
-_HOST_KEY = re.compile(
-    r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|No \S+ host key is known"
-    r"|host key for \S+ has changed"
-)
-_AUTH = re.compile(r"Permission denied \(|Too many authentication failures|no mutual signature")
-_DEAD = re.compile(r"Timeout, server \S+ not responding")
-_UNREACHABLE = re.compile(
-    r"Could not resolve hostname|Connection refused|Connection timed out|Network is unreachable"
-    r"|No route to host|Operation timed out|kex_exchange_identification|banner exchange"
-    r"|Connection closed by \S+ port \d+|Connection reset by \S+ port \d+"
-)
-_LOCAL_FORWARD = re.compile(r"Could not request local forwarding|local forwarding failed")
-
-
-_NOISE = ("debug", "OpenSSH_", "Authenticated to ", "Transferred: ", "Bytes per second: ")
-
-
-def _last_message(lines: Sequence[str]) -> str:
-    """The last line ssh printed that is not debug output or statistics, as a short reason."""
-    for line in reversed(lines):
-        if line.strip() and not line.startswith(_NOISE):
-            return line.strip().rstrip(".").removeprefix("ssh: ")
-    return ""
-
-
-def classify_ssh_exit(
-    lines: Sequence[str],
-    *,
-    jump: Endpoint,
-    authenticated: bool,
-    granted: bool,
-    hold: bool,
-    holding: bool,
-    settings: TunnelSettings,
-) -> Failure:
-    """Turn ssh's output (with -v) into a Failure with a one-line explanation."""
-    text = "\n".join(lines)
-    if _HOST_KEY.search(text):
-        return Failure(
-            FailureKind.HOST_KEY,
-            f"the jump host {jump} presented a host key other than the verified one — refusing to"
-            " connect; if it was reinstalled, verify the new key and update the known hosts",
-        )
-    if _AUTH.search(text) and not authenticated:
-        return Failure(
-            FailureKind.AUTH,
-            f"the jump host {jump} refused the key for user '{jump.user}' — add the tunnel key to"
-            f" ~{jump.user}/.ssh/authorized_keys there (`deployer authorized-keys` prints the line)",
-        )
-    refused = sorted({int(a or b) for a, b in _REFUSED.findall(text)})
-    if refused:
-        held = ", ".join(f.permitlisten() for f in settings.forwards if f.port in refused)
-        return Failure(
-            FailureKind.REFUSED,
-            f"the jump host refused to listen on {held}: still held by a stale session of ours"
-            " (until the jump host's ClientAlive timeout reaps it"
-            + ("" if settings.reclaim else "; --reclaim frees it at once")
-            + "), by another program, or not allowed by the key's permitlisten",
-        )
-    if hold and authenticated and not holding:
-        said = _last_message(lines)
-        return Failure(
-            FailureKind.SETUP,
-            "--reclaim needs the tunnel key's command= from `deployer authorized-keys --reclaim` on"
-            " the jump host (and a login shell and writable home for its user)"
-            + (f"; the jump host said: {said}" if said else ""),
-        )
-    if _DEAD.search(text):
-        return Failure(
-            FailureKind.LOST,
-            f"the connection to {jump} stopped answering (no reply for {settings.dead_after} s):"
-            " the flow is dead",
-        )
-    if _LOCAL_FORWARD.search(text):
-        return Failure(
-            FailureKind.LOST, f"ssh could not open its check socket: {_last_message(lines)}"
-        )
-    reason = _last_message(lines) or "ssh exited"
-    if not authenticated and (_UNREACHABLE.search(text) or not granted):
-        return Failure(FailureKind.UNREACHABLE, f"cannot reach the jump host {jump}: {reason}")
-    return Failure(FailureKind.LOST, f"the connection to {jump} ended: {reason}")
-
-
-# ---------------------------------------------------------------------------- backoff
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with "equal jitter": attempt n waits in [d/2, d], d = min(cap, base*2^(n-1))."""
-
-    base: float = 0.5
-    cap: float = DEFAULT_MAX_BACKOFF
-    slow_cap: float = SLOW_BACKOFF
-    refused_cap: float = REFUSED_BACKOFF
-    rng: random.Random = field(default_factory=random.Random)
-    failures: int = 0
-
-    def ceiling(self, failures: int, *, slow: bool = False, refused: bool = False) -> float:
-        """The upper bound of the delay after this many consecutive failures."""
-        cap = max(self.cap, self.slow_cap) if slow else self.cap
-        if refused:
-            cap = min(cap, self.refused_cap)
-        return min(cap, self.base * 2.0 ** min(max(failures, 1) - 1, 30))
-
-    def next_delay(self, *, slow: bool = False, refused: bool = False) -> float:
-        """Count one more failure and return how long to wait before the next attempt."""
-        self.failures += 1
-        ceiling = self.ceiling(self.failures, slow=slow, refused=refused)
-        return self.rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        """The tunnel was stable: start again from the shortest delay."""
-        self.failures = 0
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to do after a failure."""
-
-    action: Literal["retry", "reclaim", "exit"]
-    delay: float = 0.0
-    exit_code: ExitCode | None = None
-
-
-def plan_after_failure(
-    failure: Failure, backoff: Backoff, *, reclaim_available: bool, ever_up: bool
-) -> Plan:
-    """Retry what waiting can fix; exit on what needs a human (host key; auth before first success)."""
-    if failure.kind is FailureKind.HOST_KEY:
-        return Plan("exit", exit_code=ExitCode.HOST_KEY)
-    if failure.kind is FailureKind.AUTH:
-        if not ever_up:
-            return Plan("exit", exit_code=ExitCode.AUTH)
-        return Plan("retry", backoff.next_delay(slow=True))
-    if failure.kind is FailureKind.REFUSED and reclaim_available:
-        return Plan("reclaim")
-    if failure.kind is FailureKind.SETUP:
-        return Plan("retry", 0.2)  # again at once, without reclaim
-    if failure.kind is FailureKind.REFUSED:
-        # reachable, only the port is still held: take it over soon after the jump host frees it
-        return Plan("retry", backoff.next_delay(refused=True))
-    return Plan("retry", backoff.next_delay())
-
-
-# ---------------------------------------------------------------------------- the jump host's side
-
-HOLD_COMMAND = "hold"
-RECLAIM_COMMAND = "reclaim"
-HOLDING_LINE = "deployer-tunnel: holding"
-RECORDED_PREFIX = "deployer-tunnel: recorded"
-RECLAIMED_PREFIX = "deployer-tunnel: reclaimed"
-NOTHING_LINE = "deployer-tunnel: nothing to reclaim"
-
-
-def reclaim_forced_command(forwards: Sequence[Forward]) -> str:
-    """The POSIX sh forced command that lets the tunnel key reclaim its own stale session.
-
-    ``hold`` (the keeper's session): once the keeper says "up", record "pid start-time" of this
-    session's sshd process (the one holding the listeners) in ~/.deployer-tunnel/<ports> and
-    tell the keeper; then wait until the keeper's stdin closes. ``reclaim [PID START]``: kill
-    the recorded process if it still is that same process (pid and start time), is not this
-    session, and (when given) is the one the keeper names. The client's command only selects
-    between the two; nothing else runs.
-    """
-    record = f"$HOME/.deployer-tunnel/{forwards_key(forwards)}"
-    return (
-        f'f="{record}"; case "$SSH_ORIGINAL_COMMAND" in '
-        f'{HOLD_COMMAND}) mkdir -p "${{f%/*}}" || exit 1; echo {HOLDING_LINE}; '
-        'read -r l && [ "$l" = up ] && s="$PPID $(cut -d\' \' -f22 /proc/$PPID/stat)"'
-        f' && echo "$s" >"$f.new" && mv -f "$f.new" "$f" && echo "{RECORDED_PREFIX} $s"; '
-        "exec cat >/dev/null;; "
-        f'{RECLAIM_COMMAND}|"{RECLAIM_COMMAND} "*) read -r p t <"$f" 2>/dev/null; '
-        f'w="${{SSH_ORIGINAL_COMMAND#{RECLAIM_COMMAND}}}"; '
-        'if [ -n "$p" ] && [ "$p" != "$PPID" ] && { [ -z "$w" ] || [ "$w" = " $p $t" ]; }'
-        ' && [ "$(cut -d\' \' -f22 /proc/$p/stat 2>/dev/null)" = "$t" ] && kill "$p" 2>/dev/null;'
-        f' then echo "{RECLAIMED_PREFIX} $p"; else echo {NOTHING_LINE}; fi;; '
-        "*) echo 'deployer-tunnel: only hold and reclaim are allowed' >&2; exit 1;; esac"
-    )
-
-
-def _options(options: Sequence[str]) -> str:
-    return ",".join(options)
-
-
-def _quote_option(value: str) -> str:
-    """An authorized_keys option value: double quotes, inner double quotes escaped."""
-    return '"' + value.replace('"', '\\"') + '"'
-
-
-def tunnel_key_options(forwards: Sequence[Forward], *, reclaim: bool) -> str:
-    """authorized_keys options for the tunnel key on the jump host."""
-    options = ["restrict", "port-forwarding"]
-    options += [f'permitlisten="{f.permitlisten()}"' for f in forwards]
-    options += [f'permitopen="{p}"' for p in dict.fromkeys(f.permitopen() for f in forwards)]
-    command = reclaim_forced_command(forwards) if reclaim else "/bin/false"
-    options.append(f"command={_quote_option(command)}")
-    return _options(options)
-
-
-def ci_jump_key_options(forwards: Sequence[Forward]) -> str:
-    """authorized_keys options for the CI key on the jump host: reach the tunnel ports, nothing else."""
-    opens: list[str] = []
-    for forward in forwards:
-        hosts = ["localhost", "127.0.0.1"]
-        if forward.bind not in (None, "localhost", "127.0.0.1", *_WILDCARD_BINDS, "0.0.0.0"):
-            hosts = [forward.probe_host]
-        opens += [f"{_bracket(h)}:{forward.port}" for h in hosts]
-    options = ["restrict", "port-forwarding"]
-    options += [f'permitopen="{p}"' for p in dict.fromkeys(opens)]
-    options.append('command="/bin/false"')
-    return _options(options)
-
-
-def ci_target_key_options(forwards: Sequence[Forward]) -> str:
-    """authorized_keys options for the CI key on the target (deploys run commands, no forwarding)."""
-    local_only = all(f.host in ("localhost", "127.0.0.1", "::1") for f in forwards)
-    return 'restrict,from="127.0.0.1,::1"' if local_only else "restrict"
-
-
-def render_authorized_keys(
-    forwards: Sequence[Forward],
-    *,
-    tunnel_key: str,
-    ci_key: str,
-    reclaim: bool,
-    client_alive_interval: int = 5,
-    client_alive_count: int = 3,
-) -> str:
-    """The authorized_keys lines per role and the jump host's sshd_config lines, with comments."""
-    specs = " ".join(f"-R {f}" for f in forwards)
-    ports = ", ".join(f.permitlisten() for f in forwards)
-    gateway = [f for f in forwards if f.needs_gateway_ports]
-    nominal = client_alive_interval * (client_alive_count + 1)
-    lines = [
-        f"# deployer authorized-keys for: deployer tunnel JUMP {specs}",
-        "",
-        "# 1. Jump host, ~/.ssh/authorized_keys of the tunnel's (dedicated) user — the tunnel key.",
-        f"#    It may listen on {ports} and connect to those ports to check them; nothing else.",
-    ]
-    if reclaim:
-        lines += [
-            "#    With --reclaim its forced command records the session holding the ports and can kill",
-            "#    only that session (needs a login shell such as /bin/sh and a writable home).",
-        ]
-    else:
-        lines += ["#    Runs no command (add --reclaim to allow reclaiming a stale session)."]
-    lines += [
-        f"{tunnel_key_options(forwards, reclaim=reclaim)} {tunnel_key}",
-        "",
-        "# 2. Jump host, authorized_keys of the user CI logs in as — the CI key (deployer push --jump).",
-        "#    It may only reach the tunnel port(s); it runs no command.",
-        f"{ci_jump_key_options(forwards)} {ci_key}",
-        "",
-        "# 3. Target (this intranet server), ~/.ssh/authorized_keys of the deploy user — the CI key.",
-    ]
-    if ci_target_key_options(forwards).startswith('restrict,from="127.0.0.1'):
-        lines += [
-            "#    Deploys run commands; connections arrive through the tunnel, from loopback only."
-        ]
-    else:
-        lines += [
-            '#    Deploys run commands (add from="<this server\'s address>" to pin the source).'
-        ]
-    lines += [
-        f"{ci_target_key_options(forwards)} {ci_key}",
-        "",
-        "# 4. Jump host, /etc/ssh/sshd_config (check with `sshd -t`, then reload sshd).",
-        f"#    sshd reaps a dead tunnel session after {nominal}-{2 * nominal} s (OpenSSH 9.2 measured:",
-        "#    ~2 x interval x (count+1)) and holds its port until then; deployer retries a refused",
-        "#    port at least every 4 s, so it is back within that + 5 s. While clients keep",
-        "#    connecting to the stale port, sshd does not reap the session at all: use --reclaim.",
-        f"ClientAliveInterval {client_alive_interval}",
-        f"ClientAliveCountMax {client_alive_count}",
-        "AllowTcpForwarding yes",
-    ]
-    if gateway:
-        binds = ", ".join(f.permitlisten() for f in gateway)
-        lines += [
-            f"#    {binds} should listen beyond loopback: let the client choose the address.",
-            "GatewayPorts clientspecified",
-        ]
-    else:
-        lines += [
-            "#    GatewayPorts stays at its default (no): tunnel ports listen on loopback only and CI",
-            "#    reaches them through sshd (permitopen above).",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------------------- ssh command lines
+
 
 HOST_KEY_ALIAS = "deployer-jump"
 _ALGORITHMS = {"ssh-rsa": "rsa-sha2-512,rsa-sha2-256"}
@@ -706,7 +209,7 @@ def tunnel_argv(
     for forward in settings.forwards:
         argv += ["-R", forward.spec]
     for index, forward in enumerate(settings.forwards):
-        argv += ["-L", f"{paths.check_socket(index)}:{_bracket(forward.probe_host)}:{forward.port}"]
+        argv += ["-L", f"{paths.check_socket(index)}:{bracket(forward.probe_host)}:{forward.port}"]
     if hold:
         return [*argv, settings.jump.host, HOLD_COMMAND]
     return [*argv, "-N", settings.jump.host]
@@ -734,285 +237,6 @@ def reclaim_argv(
     argv = common_ssh_options(settings, paths, key_type)
     command = RECLAIM_COMMAND + ("" if holder is None else f" {holder[0]} {holder[1]}")
     return [*argv, "-o", "LogLevel=ERROR", "-T", settings.jump.host, command]
-
-
-# ---------------------------------------------------------------------------- end-to-end checks
-
-
-@dataclass(frozen=True)
-class Expectation:
-    """What a connection to the target sends first (its banner line), or None for a silent service."""
-
-    banner: bytes | None
-
-    def describe(self) -> str:
-        """For log lines: the banner, or 'accepts connections'."""
-        if self.banner is None:
-            return "accepts connections"
-        return self.banner.decode("ascii", "replace")[:80]
-
-
-def _read_line(sock: socket.socket, deadline: float) -> bytes | None:
-    """Read up to the first newline (at most 256 bytes); None on EOF, b'' on timeout."""
-    data = b""
-    while b"\n" not in data and len(data) < 256:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return data.split(b"\n")[0].rstrip(b"\r") if data else b""
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(256)
-        except TimeoutError:
-            continue
-        if not chunk:
-            return data.rstrip(b"\r") if data else None
-        data += chunk
-    return data.split(b"\n")[0].rstrip(b"\r")
-
-
-def read_expectation(host: str, port: int, timeout: float = 2.0) -> Expectation:
-    """Connect to the target directly (from here) and note its first line; OSError if it is down."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        line = _read_line(sock, time.monotonic() + min(timeout, 1.5))
-    return Expectation(line or None)
-
-
-QUIET_WINDOW = 1.0  # a silent service: the connection must stay open this long through the tunnel
-
-
-def check_through(path: Path, expect: Expectation, timeout: float) -> str | None:
-    """Connect through the tunnel's -L socket; None when the target answered as expected, else why."""
-    deadline = time.monotonic() + timeout
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-            if expect.banner is None:
-                line = _read_line(sock, min(deadline, time.monotonic() + QUIET_WINDOW))
-                if line is None:
-                    return "the jump host closed the connection: nothing reachable behind the port"
-                return None
-            line = _read_line(sock, deadline)
-    except OSError as exc:
-        return f"the check socket failed: {exc.strerror or exc}"
-    if line is None:
-        return "the jump host closed the connection: nothing reachable behind the port"
-    if not line:
-        return f"no answer through the tunnel within {timeout:g} s"
-    if line != expect.banner:
-        return f"a different service answered: {line[:60].decode('ascii', 'replace')!r}"
-    return None
-
-
-# ---------------------------------------------------------------------------- status
-
-
-def _utc(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class Status:
-    """The keeper's state as monitoring sees it."""
-
-    state: State = State.STARTING
-    since: float = field(default_factory=time.time)
-    reason: str = ""
-    attempt: int = 0
-    connects: int = 0
-    verified_at: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
-    next_attempt_at: float | None = None
-
-    def document(self, settings: TunnelSettings, now: float) -> dict[str, Any]:
-        """The JSON document of the status file and /healthz."""
-        return {
-            "state": self.state.value,
-            "healthy": self.state is State.UP,
-            "since": _utc(self.since),
-            "seconds_in_state": round(now - self.since, 1),
-            "reason": self.reason,
-            "jump": str(settings.jump),
-            "forwards": [f.spec for f in settings.forwards],
-            "attempt": self.attempt,
-            "connects": self.connects,
-            "verified_at": _utc(self.verified_at),
-            "last_error": self.last_error,
-            "last_error_at": _utc(self.last_error_at),
-            "next_attempt_at": _utc(self.next_attempt_at),
-            "pid": os.getpid(),
-            "updated_at": _utc(now),
-        }
-
-
-class StatusBoard:
-    """Holds the status; logs every state change; writes the status file; serves /healthz."""
-
-    def __init__(self, settings: TunnelSettings, log: Callable[[str], None]) -> None:
-        self.settings = settings
-        self.status = Status()
-        self._log = log
-        self._lock = threading.Lock()
-        self._server: Any = None
-
-    def set(self, state: State, reason: str = "") -> None:
-        """Change state (validated against TRANSITIONS), log it, write the status file."""
-        with self._lock:
-            if state is not self.status.state:
-                transition(self.status.state, state)
-                self.status.state = state
-                self.status.since = time.time()
-            self.status.reason = reason
-            if state is not State.BACKOFF:
-                self.status.next_attempt_at = None
-        self._log(f"tunnel: {state.value}" + (f" — {reason}" if reason else ""))
-        self.write()
-
-    def update(self, **changes: Any) -> None:
-        """Change fields other than the state (no log line)."""
-        with self._lock:
-            for name, value in changes.items():
-                setattr(self.status, name, value)
-        self.write()
-
-    def document(self) -> dict[str, Any]:
-        """A consistent snapshot."""
-        with self._lock:
-            return self.status.document(self.settings, time.time())
-
-    def write(self) -> None:
-        """Atomically replace the status file (when one was asked for)."""
-        path = self.settings.status_file
-        if path is None:
-            return
-        text = json.dumps(self.document(), indent=2, sort_keys=True) + "\n"
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            temporary.write_text(text)
-            temporary.chmod(0o644)  # not secret; monitoring may run as another user
-            os.replace(temporary, path)
-        except OSError as exc:
-            self._log(f"tunnel: cannot write the status file {path}: {exc.strerror or exc}")
-
-    def serve(self) -> None:
-        """Start the /healthz endpoint (200 when up, 503 otherwise) if one was asked for."""
-        if self.settings.healthz is None:
-            return
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        board = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/healthz", "/status"):
-                    self.send_error(404)
-                    return
-                document = board.document()
-                body = (json.dumps(document, sort_keys=True) + "\n").encode()
-                self.send_response(200 if document["healthy"] else 503)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # monitoring polls; do not fill the log
-
-        host, port = self.settings.healthz
-        try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as exc:
-            raise ConfigError(
-                f"--healthz {host}:{port}: cannot listen there ({exc.strerror or exc})"
-            ) from exc
-        self._server.daemon_threads = True
-        threading.Thread(
-            target=self._server.serve_forever, name="deployer-healthz", daemon=True
-        ).start()
-
-    def close(self) -> None:
-        """Stop serving /healthz."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
-# ---------------------------------------------------------------------------- autossh compatibility
-
-AUTOSSH_VARIABLES = (
-    "SSH_REMOTE_USER", "SSH_REMOTE_HOST", "SSH_REMOTE_PORT", "SSH_TUNNEL_PORT", "SSH_TARGET_HOST",
-    "SSH_TARGET_PORT", "SSH_BIND_IP", "SSH_SERVER_ALIVE_INTERVAL", "SSH_SERVER_ALIVE_COUNT_MAX",
-    "SSH_KEY_FILE", "SSH_KNOWN_HOSTS_FILE",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class AutosshConfig:
-    """jnovack/autossh's environment, translated."""
-
-    jump: str
-    forward: str
-    key_file: Path | None
-    known_hosts_file: Path | None
-    key_text: str | None
-    alive_interval: int | None
-    alive_count: int | None
-
-
-def _env_int(env: Mapping[str, str], name: str) -> int | None:
-    value = env.get(name, "").strip()
-    if not value:
-        return None
-    if not value.isdigit():
-        raise ConfigError(f"{name}={value!r} is not a whole number")
-    return int(value)
-
-
-def autossh_config(env: Mapping[str, str], exists: Callable[[str], bool]) -> AutosshConfig:
-    """Map jnovack/autossh's variables (same defaults where they are safe) to deployer's options."""
-    if env.get("SSH_MODE", "-R").strip() not in ("", "-R"):
-        raise ConfigError(
-            f"SSH_MODE={env['SSH_MODE']} is not supported — deployer tunnel keeps remote (-R) forwards"
-        )
-    host = env.get("SSH_REMOTE_HOST", "").strip()
-    if not host:
-        raise ConfigError("SSH_REMOTE_HOST is not set — name the jump host (autossh's 'remote')")
-    tunnel_port = env.get("SSH_TUNNEL_PORT", "").strip()
-    if not tunnel_port:
-        raise ConfigError(
-            "SSH_TUNNEL_PORT is not set — autossh picks a random port, but CI needs a fixed one"
-        )
-    user = env.get("SSH_REMOTE_USER", "").strip() or "root"
-    port = env.get("SSH_REMOTE_PORT", "").strip() or "22"
-    bind = env.get("SSH_BIND_IP", "").strip() or "127.0.0.1"
-    target = env.get("SSH_TARGET_HOST", "").strip() or "localhost"
-    target_port = env.get("SSH_TARGET_PORT", "").strip() or "22"
-    forward = f"{_bracket(bind)}:{tunnel_port}:{_bracket(target)}:{target_port}"
-    parse_forward(forward)  # validate now, naming the variables' values
-    key_file_text = env.get("SSH_KEY_FILE", "").strip()
-    key_text = env.get("SSH_KEY", "").strip() or None
-    key_file: Path | None = None
-    if key_file_text:
-        key_file = Path(key_file_text)
-    elif key_text is None and exists("/id_rsa"):
-        key_file = Path("/id_rsa")  # the image's documented mount point
-    known = env.get("SSH_KNOWN_HOSTS_FILE", "").strip() or "/known_hosts"
-    known_hosts_file = Path(known) if exists(known) else None
-    if env.get("SSH_KNOWN_HOSTS_FILE", "").strip() and known_hosts_file is None:
-        raise ConfigError(f"SSH_KNOWN_HOSTS_FILE={known} does not exist")
-    return AutosshConfig(
-        jump=f"{user}@{_bracket(host)}:{port}",
-        forward=forward,
-        key_file=key_file,
-        known_hosts_file=known_hosts_file,
-        key_text=key_text,
-        alive_interval=_env_int(env, "SSH_SERVER_ALIVE_INTERVAL"),
-        alive_count=_env_int(env, "SSH_SERVER_ALIVE_COUNT_MAX"),
-    )
 
 
 # ---------------------------------------------------------------------------- the keeper
@@ -1223,7 +447,7 @@ class Keeper:
                 session.granted.add(int(match.group(1)))
             elif _ALL_GRANTED.search(line):
                 session.all_granted = True
-            elif _REFUSED.search(line):
+            elif FORWARD_REFUSED.search(line):
                 session.refused = True
         elif kind == "stdout":
             line = str(payload).strip()
@@ -1420,7 +644,7 @@ class Keeper:
             if expect is None or refresh:
                 expect = self._expectation(index, forward)
             if expect is None:
-                down.append(f"{_bracket(forward.host)}:{forward.host_port}")
+                down.append(f"{bracket(forward.host)}:{forward.host_port}")
                 continue
             problem = check_through(
                 self._paths.check_socket(index), expect, self.settings.check_timeout
@@ -1429,7 +653,7 @@ class Keeper:
                 # the target may have changed (restart, upgrade): look again before blaming the tunnel
                 fresh = self._expectation(index, forward)
                 if fresh is None:
-                    down.append(f"{_bracket(forward.host)}:{forward.host_port}")
+                    down.append(f"{bracket(forward.host)}:{forward.host_port}")
                     continue
                 problem = check_through(
                     self._paths.check_socket(index), fresh, self.settings.check_timeout
@@ -1492,7 +716,7 @@ class Keeper:
             return
         if self.board.status.state is not State.UP:
             what = "; ".join(
-                f"{f.permitlisten()} -> {_bracket(f.host)}:{f.host_port} ({self._expect[i].describe()})"
+                f"{f.permitlisten()} -> {bracket(f.host)}:{f.host_port} ({self._expect[i].describe()})"
                 for i, f in enumerate(self.settings.forwards)
                 if i in self._expect
             )

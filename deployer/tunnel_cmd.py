@@ -18,18 +18,18 @@ from typing import Any, TypeVar
 
 import click
 
+from deployer.authorized_keys import render_authorized_keys
+from deployer.autossh_env import autossh_config
 from deployer.errors import ConfigError, ExitCode
+from deployer.forwards import parse_forwards
 from deployer.tunnel import (
     DEFAULT_ALIVE_COUNT,
     DEFAULT_ALIVE_INTERVAL,
     DEFAULT_CHECK_INTERVAL,
-    DEFAULT_MAX_BACKOFF,
     TunnelSettings,
-    autossh_config,
-    parse_forwards,
-    parse_listen_address,
-    render_authorized_keys,
 )
+from deployer.tunnel_policy import DEFAULT_MAX_BACKOFF
+from deployer.tunnel_status import parse_listen_address
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -34,8 +34,9 @@ from netns import (
     tcp_client_ports,
 )
 
+from deployer.authorized_keys import render_authorized_keys
+from deployer.forwards import parse_forwards
 from deployer.sandbox import SshServer, free_port, write_keypair
-from deployer.tunnel import parse_forwards, render_authorized_keys
 
 pytestmark = pytest.mark.integration
 

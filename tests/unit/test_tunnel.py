@@ -15,42 +15,36 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deployer.errors import ConfigError, ExitCode
-from deployer.route import Endpoint
-from deployer.sandbox import write_keypair
-from deployer.systemd import HARDENING, Specifier, quote_word
-from deployer.tunnel import (
+from deployer.authorized_keys import (
     HOLDING_LINE,
     NOTHING_LINE,
     RECLAIMED_PREFIX,
     RECORDED_PREFIX,
+    ci_jump_key_options,
+    ci_target_key_options,
+    reclaim_forced_command,
+    render_authorized_keys,
+    tunnel_key_options,
+)
+from deployer.autossh_env import AutosshConfig, autossh_config
+from deployer.errors import ConfigError, ExitCode
+from deployer.forwards import Forward, forwards_key, parse_forward, parse_forwards
+from deployer.route import Endpoint
+from deployer.sandbox import write_keypair
+from deployer.systemd import HARDENING, Specifier, quote_word
+from deployer.tunnel import RuntimePaths, TunnelSettings, reclaim_argv, tunnel_argv
+from deployer.tunnel_cmd import authorized_keys, tunnel
+from deployer.tunnel_policy import (
     TRANSITIONS,
-    AutosshConfig,
     Backoff,
     Failure,
     FailureKind,
-    Forward,
-    RuntimePaths,
     State,
-    StatusBoard,
-    TunnelSettings,
-    autossh_config,
-    ci_jump_key_options,
-    ci_target_key_options,
     classify_ssh_exit,
-    forwards_key,
-    parse_forward,
-    parse_forwards,
-    parse_listen_address,
     plan_after_failure,
-    reclaim_argv,
-    reclaim_forced_command,
-    render_authorized_keys,
     transition,
-    tunnel_argv,
-    tunnel_key_options,
 )
-from deployer.tunnel_cmd import authorized_keys, tunnel
+from deployer.tunnel_status import StatusBoard, parse_listen_address
 
 JUMP = Endpoint("jump", "jump.example.com", 2222)
 
