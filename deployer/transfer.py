@@ -11,7 +11,9 @@ sends only the rest.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,22 +43,43 @@ from deployer.release import (
 RETRY_DELAYS = (1.0, 3.0, 8.0)  # seconds before each new attempt after a dropped connection
 
 
-@dataclass(frozen=True)
 class Payload:
-    """An artifact with its file digests, computed once for every target."""
+    """An artifact with its file digests, computed once for every target.
 
-    artifact: Artifact
-    digests: dict[str, FileDigest]
+    Hashing starts at once in a background thread, so that reading the artifact overlaps
+    connecting and probing the targets; `digests` waits for it (and raises what it raised).
+    """
+
+    def __init__(self, artifact: Artifact) -> None:
+        self.artifact = artifact
+        self._digests: dict[str, FileDigest] | BaseException | None = None
+        self._hashing = threading.Thread(target=self._hash, name="deployer-hash", daemon=True)
+        self._hashing.start()
+
+    def _hash(self) -> None:
+        try:
+            self._digests = digest_files(self.artifact)
+        except BaseException as exc:  # re-raised by the caller of `digests`
+            self._digests = exc
 
     @property
+    def digests(self) -> dict[str, FileDigest]:
+        """sha256, size and mode of every regular file."""
+        self._hashing.join()
+        if isinstance(self._digests, BaseException):
+            raise self._digests
+        assert self._digests is not None
+        return self._digests
+
+    @functools.cached_property
     def manifest(self) -> str:
         """The manifest stored with each release."""
         return manifest_text(self.digests)
 
 
 def prepare_payload(artifact: Artifact) -> Payload:
-    """Hash every file of the artifact (streamed)."""
-    return Payload(artifact, digest_files(artifact))
+    """Start hashing every file of the artifact (streamed, in the background)."""
+    return Payload(artifact)
 
 
 @dataclass(frozen=True)
