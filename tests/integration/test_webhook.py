@@ -6,6 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -458,10 +462,6 @@ def test_auto_does_not_fall_back_after_a_hook_failed(
 
 
 def test_serve_command_warns_without_tls_and_stops_on_sigterm(tmp_path: Path) -> None:
-    import signal
-    import subprocess
-    import sys
-
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "deployer", "serve", "--path", str(tmp_path / "app"), "--listen", f"0.0.0.0:{port}"],
@@ -483,3 +483,19 @@ def test_serve_command_warns_without_tls_and_stops_on_sigterm(tmp_path: Path) ->
             proc.wait()
     assert proc.returncode == ExitCode.INTERRUPTED and "stopped" in rest
     assert SECRET.decode() not in seen + rest
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+def test_install_service_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "deployer", "serve", "install-service", "--path", str(tmp_path),
+                           "--gitlab-token-file", "/etc/deployer/gitlab.token",
+                           "--deployer", shutil.which("true") or "/bin/true", "--unit-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {tmp_path}/deployer-serve.service" in done.stderr
+    verify = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "deployer-serve.service")],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
+    assert "deployer-serve.service" not in verify.stderr
