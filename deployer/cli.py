@@ -30,7 +30,7 @@ from deployer.config import (
     read_config_file,
 )
 from deployer.errors import ConfigError, ConnectError, DeployerError, ExitCode
-from deployer.webhook_client import pop_webhook_options, webhook_options
+from deployer.push_modes import pop_webhook_options, webhook_options
 
 if TYPE_CHECKING:
     from deployer.deploy import Outcome

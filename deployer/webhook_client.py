@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import http.client
 import json
 import ssl
 import time
@@ -18,68 +19,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, TypeVar
-
-import click
+from typing import IO, Any
 
 from deployer import __version__
 from deployer.errors import ConfigError, ConnectError, DeployerError, ExitCode, WebhookError
+from deployer.push_modes import WebhookOptions
 
-F = TypeVar("F", bound=Callable[..., Any])
-MODES = ("ssh", "webhook", "auto")
 READ_TIMEOUT = 60.0  # the receiver sends a heartbeat line every 15 s while a deploy is quiet
 FOLLOW_RETRIES = 5  # reconnects in a row without progress before giving up on the status
-
-
-def webhook_options(func: F) -> F:
-    """push's --mode, --webhook-url and where the receiver fetches the artifact from."""
-    options = [
-        click.option("--mode", type=click.Choice(MODES), default="ssh", show_default=True, envvar="DEPLOYER_MODE",
-                     help="ssh; webhook (a signed request to `deployer serve`); auto (webhook only when the"
-                          " SSH route cannot be established)."),
-        click.option("--webhook-url", envvar="DEPLOYER_WEBHOOK_URL", metavar="URL",
-                     help="Base URL of `deployer serve` (secret: DEPLOYER_WEBHOOK_SECRET)."),
-        click.option("--webhook-ca-bundle", type=click.Path(dir_okay=False, path_type=Path),
-                     envvar="DEPLOYER_WEBHOOK_CA_BUNDLE", help="CA certificates to trust for --webhook-url."),
-        click.option("--webhook-timeout", type=click.FloatRange(min=1), default=3600.0, show_default=True,
-                     envvar="DEPLOYER_WEBHOOK_TIMEOUT", help="Seconds to follow a webhook deploy."),
-        click.option("--artifact-url", envvar="DEPLOYER_ARTIFACT_URL", metavar="URL",
-                     help="Webhook: the receiver downloads ARTIFACT from this https:// URL."),
-        click.option("--gitlab-job", type=click.IntRange(min=1), envvar="DEPLOYER_GITLAB_JOB", metavar="ID",
-                     help="Webhook: the receiver fetches ARTIFACT from this job's artifacts."),
-        click.option("--gitlab-ref", envvar="DEPLOYER_GITLAB_REF",
-                     help="Webhook: ... or from the latest successful --gitlab-job-name job on this ref."),
-        click.option("--gitlab-job-name", envvar="DEPLOYER_GITLAB_JOB_NAME"),
-        click.option("--gitlab-project", envvar="DEPLOYER_GITLAB_PROJECT",
-                     help="Webhook: project id or path (default: CI_PROJECT_ID)."),
-    ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-@dataclass(frozen=True)
-class WebhookOptions:
-    """The values of webhook_options."""
-
-    mode: str = "ssh"
-    webhook_url: str | None = None
-    webhook_ca_bundle: Path | None = None
-    webhook_timeout: float = 3600.0
-    artifact_url: str | None = None
-    gitlab_job: int | None = None
-    gitlab_ref: str | None = None
-    gitlab_job_name: str | None = None
-    gitlab_project: str | None = None
-
-
-def pop_webhook_options(kwargs: dict[str, Any]) -> WebhookOptions:
-    """Take webhook_options' values out of a command's kwargs."""
-    return WebhookOptions(
-        **{f.name: kwargs.pop(f.name) for f in dataclasses.fields(WebhookOptions)}
-    )
 
 
 class WebhookClient:
@@ -89,8 +37,8 @@ class WebhookClient:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"--webhook-url {url!r} must be an http:// or https:// URL")
+        # a path in the URL is a proxy's prefix: the receiver sees (and verifies) what follows it
         self.base = url.rstrip("/")
-        self.prefix = parts.path.rstrip("/")  # signed paths include it (a receiver behind a proxy)
         self.host = parts.netloc
         self.secret = secret
         context = None
@@ -104,9 +52,8 @@ class WebhookClient:
     def _open(self, method: str, path: str, body: bytes | None, timeout: float) -> IO[bytes]:
         from deployer.signing import sign_headers
 
-        signed = self.prefix + path
         headers = {"User-Agent": f"deployer/{__version__}", **sign_headers(
-            self.secret, method, signed, body or b"", time.time())}  # fmt: skip
+            self.secret, method, path, body or b"", time.time())}  # fmt: skip
         if body is not None:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(
@@ -159,7 +106,7 @@ class WebhookClient:
                             seen, failures = seen + 1, 0
                         elif "state" in item:
                             return item
-            except (ConnectError, OSError, ValueError) as exc:
+            except (ConnectError, OSError, ValueError, http.client.HTTPException) as exc:
                 failures += 1
                 if failures > FOLLOW_RETRIES or time.monotonic() > deadline:
                     raise WebhookError(
