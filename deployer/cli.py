@@ -94,6 +94,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "tunnel": "deployer.tunnel_cmd:tunnel",
     "authorized-keys": "deployer.tunnel_cmd:authorized_keys",
     "proxy-connect": "deployer.proxy_cmd:proxy_connect",
+    "setup": "deployer.gitlab_setup:setup",
     "serve": "deployer.serve_cmd:serve",
 }
 

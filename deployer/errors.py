@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     LOCK = 10  # another deploy holds the lock on the target path
     TRANSFER = 11  # the upload was interrupted or arrived incomplete
     WEBHOOK = 12  # the webhook receiver refused the request or its status could not be followed
+    GITLAB = 13  # the GitLab API refused a request (token, permission, project) or was unreachable
     INTERRUPTED = 130  # Ctrl-C / SIGINT
 
 
@@ -111,3 +112,9 @@ class WebhookError(DeployerError):
     """The webhook receiver refused a deploy request, or its status could not be followed."""
 
     exit_code = ExitCode.WEBHOOK
+
+
+class GitLabError(DeployerError):
+    """The GitLab API refused a request (token, role, project) or could not be reached."""
+
+    exit_code = ExitCode.GITLAB
