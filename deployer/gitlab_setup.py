@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,9 +25,11 @@ from deployer.cli import _connect_options, _route_kwargs, _routes, route_options
 from deployer.errors import ConfigError, GitLabError, PrivateKeyError
 from deployer.forwards import Forward, parse_forwards
 from deployer.hostkeys import HostKeyPolicy, fingerprint, parse_known_hosts
-from deployer.keyscan import ScannedKey, scan
 from deployer.output import Reporter, emit_json
 from deployer.route import Route
+
+if TYPE_CHECKING:  # keyscan brings paramiko: imported only when a route is scanned
+    from deployer.keyscan import ScannedKey
 
 PRIVATE_KEY = "SSH_PRIVATE_KEY"
 KNOWN_HOSTS = "SSH_KNOWN_HOSTS"
@@ -364,6 +366,8 @@ def _plan_known_hosts(
     existing: Sequence[Variable], environment: str, routes: Sequence[Route], options: Any
 ) -> tuple[Change, list[ScannedKey]]:
     """Scan every hop (statuses relative to the project's SSH_KNOWN_HOSTS) and plan the merged value."""
+    from deployer.keyscan import scan
+
     current = find(existing, KNOWN_HOSTS, environment)
     text = (current.value or "") if current is not None else ""
     trusted = HostKeyPolicy(known=tuple(parse_known_hosts(text, KNOWN_HOSTS, lenient=True)))
