@@ -88,6 +88,7 @@ DEFAULT_ALIVE_INTERVAL = 2  # ServerAliveInterval: a dead flow is found after 3 
 DEFAULT_ALIVE_COUNT = 2
 DEFAULT_CHECK_INTERVAL = 30.0  # end-to-end check of a running tunnel
 RECLAIM_COOLDOWN = 10.0
+SSH_ERROR = 255  # ssh's own failures (connect, auth, host key); a remote command's status otherwise
 GUARD_BANNER_WAIT = 2.0  # after logging in: a live holder's target answers well within this
 
 
@@ -391,6 +392,7 @@ class Keeper:
                     reclaim_available=self._reclaim_ok
                     and time.monotonic() - self._last_reclaim > RECLAIM_COOLDOWN,
                     ever_up=self._ever_up,
+                    holder_known=self._own_holder is not None,
                 )
                 if failure.kind is FailureKind.SETUP:
                     self._reclaim_ok = False
@@ -400,7 +402,7 @@ class Keeper:
                     raise error(failure.message)
                 if plan.action == "reclaim":
                     self.board.set(State.RECLAIMING, failure.message)
-                    if self._reclaim():
+                    if self._reclaim(refused=failure.kind is FailureKind.REFUSED):
                         continue
                     plan = Plan("retry", self.backoff.next_delay(refused=True))
                 self.board.update(next_attempt_at=time.time() + plan.delay)
@@ -756,18 +758,23 @@ class Keeper:
 
     # -- reclaim
 
-    def _reclaim(self) -> bool:
-        """Kill our own stale session on the jump host; True if it was killed.
+    def _reclaim(self, *, refused: bool) -> bool:
+        """Kill our own stale session on the jump host; True: connect again at once.
 
         If our last session recorded itself (pid, start time) the jump host kills exactly that
-        one. Otherwise (e.g. after a keeper restart) the recorded holder is killed only if a
-        connection to the port gets no answer from the target: a live holder is left alone.
+        one: after a refused -R, and right after a dead flow, before the next -R runs into it.
+        Otherwise (e.g. after a keeper restart) the recorded holder of a refused port is killed
+        only if a connection to the port gets no answer from the target: a live holder is left
+        alone. When the jump host cannot be asked (unreachable), reclaim stays on for next time.
         """
         assert self._paths is not None and self._pinned is not None
         self._last_reclaim = time.monotonic()
         if self._own_holder is not None:
-            holder, self._own_holder = self._own_holder, None
-            output = self._reclaim_call(holder)
+            holder = self._own_holder
+            asked, output = self._reclaim_call(holder)
+            if not asked:
+                return False
+            self._own_holder = None
             if RECLAIMED_PREFIX in output:
                 self._log(
                     f"tunnel: reclaimed the port from our stale session (sshd pid {holder[0]} on the jump host)"
@@ -775,9 +782,13 @@ class Keeper:
                 return True
             if NOTHING_LINE not in output:
                 return self._reclaim_unavailable(output)
+        if not refused:
+            return True  # after a dead flow: its session is gone already, the port is free
         if not self._holder_silent():
             return False
-        output = self._reclaim_call(None)
+        asked, output = self._reclaim_call(None)
+        if not asked:
+            return False
         if RECLAIMED_PREFIX in output:
             pid = output.split(RECLAIMED_PREFIX, 1)[1].split()[:1]
             self._log(
@@ -792,15 +803,21 @@ class Keeper:
             return False
         return self._reclaim_unavailable(output)
 
-    def _reclaim_call(self, holder: tuple[int, int] | None) -> str:
+    def _reclaim_call(self, holder: tuple[int, int] | None) -> tuple[bool, str]:
+        """Run the forced command's reclaim; (whether the jump host answered, what it said)."""
         assert self._paths is not None and self._pinned is not None
         argv = reclaim_argv(self.settings, self._paths, self._pinned[0], holder)
         try:
-            return str(
-                self._call(lambda: self._helper_output(argv), self.settings.connect_timeout + 15)
+            code, output = self._call(
+                lambda: self._helper_output(argv), self.settings.connect_timeout + 15
             )
         except TimeoutError:
-            return "timed out"
+            code, output = None, "timed out"
+        if code is None or code == SSH_ERROR:
+            said = output.strip().splitlines()[-1:] or ["no answer"]
+            self._log(f"tunnel: could not ask the jump host to reclaim the port: {said[0][:120]}")
+            return False, output
+        return True, str(output)
 
     def _holder_silent(self) -> bool:
         """Guard for an unknown holder: False if the port answers like our target (a live tunnel)."""
@@ -874,16 +891,18 @@ class Keeper:
             _terminate(process)
             self._helpers.discard(process)
 
-    def _helper_output(self, argv: list[str]) -> str:
+    def _helper_output(self, argv: list[str]) -> tuple[int | None, str]:
+        """Run a helper ssh to its end; (exit status or None on timeout, stdout and stderr)."""
         process = self._spawn_helper(argv, subprocess.DEVNULL)
         try:
             out, err = process.communicate(timeout=self.settings.connect_timeout + 10)
+            code: int | None = process.returncode
         except subprocess.TimeoutExpired:
-            out, err = b"", b"timed out"
+            out, err, code = b"", b"timed out", None
         finally:
             _terminate(process)
             self._helpers.discard(process)
-        return (out + b"\n" + err).decode("utf-8", "replace")
+        return code, (out + b"\n" + err).decode("utf-8", "replace")
 
     def _kill_everything(self) -> None:
         if self._session is not None:

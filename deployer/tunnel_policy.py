@@ -43,9 +43,12 @@ class State(str, Enum):
 TRANSITIONS: Mapping[State, frozenset[State]] = {
     State.STARTING: frozenset({State.CONNECTING, State.STOPPING}),
     State.CONNECTING: frozenset({State.VERIFYING, State.BACKOFF, State.RECLAIMING, State.STOPPING}),
-    State.VERIFYING: frozenset({State.UP, State.DEGRADED, State.BACKOFF, State.STOPPING}),
-    State.UP: frozenset({State.DEGRADED, State.BACKOFF, State.STOPPING}),
-    State.DEGRADED: frozenset({State.UP, State.BACKOFF, State.STOPPING}),
+    # a dead flow (from verifying, up or degraded) may go straight to reclaiming our old session
+    State.VERIFYING: frozenset(
+        {State.UP, State.DEGRADED, State.BACKOFF, State.RECLAIMING, State.STOPPING}
+    ),
+    State.UP: frozenset({State.DEGRADED, State.BACKOFF, State.RECLAIMING, State.STOPPING}),
+    State.DEGRADED: frozenset({State.UP, State.BACKOFF, State.RECLAIMING, State.STOPPING}),
     State.BACKOFF: frozenset({State.CONNECTING, State.STOPPING}),
     State.RECLAIMING: frozenset({State.CONNECTING, State.BACKOFF, State.STOPPING}),
     State.STOPPING: frozenset({State.STOPPED}),
@@ -67,7 +70,8 @@ class FailureKind(str, Enum):
     HOST_KEY = "host-key"
     AUTH = "auth"
     REFUSED = "refused"  # the jump host refused a -R: port held, or not permitted
-    LOST = "lost"  # an established connection ended (dead flow, session killed, sshd restart)
+    LOST = "lost"  # an established connection ended (session killed, sshd restart)
+    DEAD = "dead"  # the connection stopped answering: the jump host may still hold our session
     BROKEN = "broken"  # connected and granted, but nothing came through end to end
     SETUP = "setup"  # --reclaim's forced command is not installed for the tunnel key
 
@@ -152,7 +156,7 @@ def classify_ssh_exit(
         )
     if _DEAD.search(text):
         return Failure(
-            FailureKind.LOST,
+            FailureKind.DEAD,
             f"the connection to {jump} stopped answering (no reply for {settings.dead_after} s):"
             " the flow is dead",
         )
@@ -205,9 +209,18 @@ class Plan:
 
 
 def plan_after_failure(
-    failure: Failure, backoff: Backoff, *, reclaim_available: bool, ever_up: bool
+    failure: Failure,
+    backoff: Backoff,
+    *,
+    reclaim_available: bool,
+    ever_up: bool,
+    holder_known: bool = False,
 ) -> Plan:
-    """Retry what waiting can fix; exit on what needs a human (host key; auth before first success)."""
+    """Retry what waiting can fix; exit on what needs a human (host key; auth before first success).
+
+    holder_known: our last session told us its pid on the jump host, so after a dead flow it can
+    be reclaimed before the next -R runs into it.
+    """
     if failure.kind is FailureKind.HOST_KEY:
         return Plan("exit", exit_code=ExitCode.HOST_KEY)
     if failure.kind is FailureKind.AUTH:
@@ -215,6 +228,9 @@ def plan_after_failure(
             return Plan("exit", exit_code=ExitCode.AUTH)
         return Plan("retry", backoff.next_delay(slow=True))
     if failure.kind is FailureKind.REFUSED and reclaim_available:
+        return Plan("reclaim")
+    if failure.kind is FailureKind.DEAD and reclaim_available and holder_known:
+        # the dead flow's session most likely still holds the port (until ClientAlive reaps it)
         return Plan("reclaim")
     if failure.kind is FailureKind.SETUP:
         return Plan("retry", 0.2)  # again at once, without reclaim

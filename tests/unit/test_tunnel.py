@@ -196,6 +196,7 @@ def test_transitions() -> None:
     assert transition(State.RECLAIMING, State.CONNECTING) is State.CONNECTING
     assert transition(State.UP, State.DEGRADED) is State.DEGRADED
     assert transition(State.DEGRADED, State.UP) is State.UP
+    assert transition(State.UP, State.RECLAIMING) is State.RECLAIMING  # a dead flow, holder known
     for current, new in [
         (State.CONNECTING, State.UP),  # never up without the end-to-end check
         (State.BACKOFF, State.UP),
@@ -295,7 +296,7 @@ def classify(text: str, **flags: bool) -> Failure:
         ("debug1: remote forward failure for: listen 22022, connect localhost:22",
          {"authenticated": True}, FailureKind.REFUSED, "stale session"),
         ("Timeout, server jump.example.com not responding.", {"authenticated": True, "granted": True},
-         FailureKind.LOST, "flow is dead"),
+         FailureKind.DEAD, "flow is dead"),
         ("ssh: connect to host jump.example.com port 2222: Connection refused", {}, FailureKind.UNREACHABLE,
          "Connection refused"),
         ("ssh: connect to host jump.example.com port 2222: Connection timed out", {}, FailureKind.UNREACHABLE,
@@ -341,11 +342,34 @@ def test_plan_after_failure() -> None:
     backoff.failures = 20
     plan = plan_after_failure(refused, backoff, reclaim_available=False, ever_up=True)
     assert plan.action == "retry" and 2.0 <= plan.delay <= 4.0  # the port is polled closely
-    for kind in (FailureKind.UNREACHABLE, FailureKind.LOST, FailureKind.BROKEN):
+    for kind in (FailureKind.UNREACHABLE, FailureKind.LOST, FailureKind.DEAD, FailureKind.BROKEN):
         plan = plan_after_failure(
             Failure(kind, "x"), backoff, reclaim_available=True, ever_up=False
         )
         assert plan.action == "retry" and plan.delay <= 8.0
+
+
+def test_dead_flow_reclaims_our_recorded_session_before_reconnecting() -> None:
+    """The jump host still holds a dead flow's session: reclaim it first instead of running
+    into a refused -R; only when the session recorded itself and reclaim is on."""
+    backoff = Backoff(rng=random.Random(0))
+    dead = Failure(FailureKind.DEAD, "x")
+    plan = plan_after_failure(
+        dead, backoff, reclaim_available=True, ever_up=True, holder_known=True
+    )
+    assert plan.action == "reclaim" and backoff.failures == 0
+    for available, known in ((True, False), (False, True)):
+        plan = plan_after_failure(
+            dead, backoff, reclaim_available=available, ever_up=True, holder_known=known
+        )
+        assert plan.action == "retry"
+    lost = Failure(
+        FailureKind.LOST, "x"
+    )  # session killed, sshd restarted: the port is free already
+    plan = plan_after_failure(
+        lost, backoff, reclaim_available=True, ever_up=True, holder_known=True
+    )
+    assert plan.action == "retry"
     assert plan_after_failure(Failure(FailureKind.SETUP, "x"), backoff, reclaim_available=True,
                               ever_up=False).delay < 1  # fmt: skip
 
