@@ -35,6 +35,7 @@ from netns import (
 )
 
 from deployer.authorized_keys import render_authorized_keys
+from deployer.errors import ExitCode
 from deployer.forwards import parse_forwards
 from deployer.sandbox import SshServer, free_port, write_keypair
 
@@ -190,7 +191,7 @@ def keepers(tmp_path: Path) -> Iterator[Callable[..., Keeper]]:
     started: list[Keeper] = []
 
     def start(jump: Jump, specs: list[str], *args: str, env: dict[str, str] | None = None,
-              key: str = "tunnel", positional: bool = True) -> Keeper:  # fmt: skip
+              key: str = "tunnel", positional: bool = True, container: bool = False) -> Keeper:  # fmt: skip
         n = len(started)
         status_file, log_file = tmp_path / f"status-{n}.json", tmp_path / f"keeper-{n}.log"
         argv = [sys.executable, "-m", "deployer", "tunnel"]
@@ -202,6 +203,8 @@ def keepers(tmp_path: Path) -> Iterator[Callable[..., Keeper]]:
                 str(jump.keys / key),
             ]
         argv += ["--status-file", str(status_file), *args]
+        if container:  # exactly the image's ENTRYPOINT, with its status file moved here
+            argv = container_command("ENTRYPOINT", status_file)
         full_env = {
             **os.environ,
             "CI": "true",
@@ -484,6 +487,56 @@ def test_autossh_environment(
     assert jump.banner(port).startswith(b"SSH-2.0-OpenSSH")
 
 
+DOCKERFILE = Path(__file__).resolve().parents[2] / "Dockerfile.tunnel"
+CONTAINER_STATUS = "/tmp/deployer-tunnel.json"  # the image's status file (its /tmp is its own)
+
+
+def container_command(instruction: str, status_file: Path) -> list[str]:
+    """The Dockerfile's ENTRYPOINT (or HEALTHCHECK CMD) as run here: this checkout's deployer."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if x.startswith(instruction))
+    argv = json.loads(line[line.index("[") :])
+    if instruction == "ENTRYPOINT":
+        assert argv[:2] == ["/usr/bin/tini", "--"], (
+            argv
+        )  # PID 1 passes SIGTERM on and reaps orphans
+        argv = argv[2:]
+    assert argv[0] == "deployer" and argv[argv.index("--status-file") + 1] == CONTAINER_STATUS, argv
+    local = [str(status_file) if a == CONTAINER_STATUS else a for a in argv[1:]]
+    return [sys.executable, "-m", "deployer", *local]
+
+
+def test_container_entrypoint_takes_autossh_variables_and_health_check_follows(
+    jump: Jump, keepers: Callable[..., Keeper], target_port: int, tmp_path: Path
+) -> None:
+    """Dockerfile.tunnel's own ENTRYPOINT and HEALTHCHECK, with jnovack/autossh's variables."""
+    port = free_port()
+    jump.authorize([f"127.0.0.1:{port}:127.0.0.1:{target_port}"])
+    known = tmp_path / "known_hosts"
+    known.write_text(jump.known_hosts())
+    env = {
+        "SSH_KNOWN_HOSTS": "", "SSH_REMOTE_USER": jump.user, "SSH_REMOTE_HOST": jump.host,
+        "SSH_REMOTE_PORT": str(jump.server.port), "SSH_TUNNEL_PORT": str(port), "SSH_TARGET_HOST": "127.0.0.1",
+        "SSH_TARGET_PORT": str(target_port), "SSH_KEY_FILE": str(jump.keys / "tunnel"),
+        "SSH_KNOWN_HOSTS_FILE": str(known),
+    }  # fmt: skip
+    keeper = keepers(jump, [], env=env, container=True)
+    health = container_command("HEALTHCHECK", keeper.status_file)
+
+    def healthy() -> int:
+        return subprocess.run(health, capture_output=True, timeout=30).returncode
+
+    keeper.wait_up()
+    assert healthy() == 0
+    assert jump.banner(port).startswith(b"SSH-2.0-OpenSSH")
+    assert keeper.terminate(timeout=5) == 0  # docker stop: SIGTERM
+    deadline = time.monotonic() + 3
+    while jump.listening(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not jump.listening(port)
+    assert healthy() == int(ExitCode.CONNECT)
+
+
 def test_forward_specs_mean_the_same_to_openssh() -> None:
     """Our -R spec text is what OpenSSH's own parser reads from it."""
     for text in ("22022:localhost:22", "127.0.0.1:22022:localhost:22", "*:8080:10.0.0.5:80",
@@ -585,19 +638,22 @@ def test_brief_link_cut(healed: Jump, keepers: Callable[..., Keeper], target_por
 def test_link_cut_longer_than_dead_detection(
     healed: Jump, keepers: Callable[..., Keeper], target_port: int
 ) -> None:
+    """The dead flow is noticed during the cut; --reclaim then cannot reach the jump host to free
+    the old session's port: that must not switch reclaim off, and the tunnel is back after the cut."""
     jump, port = healed, free_port()
     spec = f"{port}:127.0.0.1:{target_port}"
-    jump.authorize([spec])
-    keeper = keepers(jump, [spec])
+    jump.authorize([spec], reclaim=True)
+    keeper = keepers(jump, [spec], "--reclaim")
     keeper.wait_up()
     assert jump.ns is not None
     jump.ns.cut()
-    keeper.wait_for(
-        lambda s: s["state"] != "up", timeout=10
-    )  # the dead flow is noticed during the cut
-    time.sleep(12)
+    keeper.wait_for(lambda s: s["state"] != "up", timeout=10)
+    time.sleep(12)  # longer than ssh's ConnectTimeout (10 s): the reclaim attempt fails meanwhile
     jump.ns.heal()
     assert _back(jump, keeper, port, time.monotonic(), 10, connects=2) < 10
+    log = keeper.log()
+    assert "could not ask the jump host to reclaim the port" in log, log
+    assert "reclaim is not set up" not in log, log
 
 
 @needs_netns
@@ -630,7 +686,11 @@ def test_dropped_flow_with_clients_knocking_is_reclaimed(healed: Jump, keepers: 
     finally:
         knocks.set()
         knocker.join(timeout=5)
-    assert "reclaimed the port from our stale session" in keeper.log()
+    log = keeper.log()
+    assert "reclaimed the port from our stale session" in log
+    assert (
+        "refused to listen" not in log
+    )  # reclaimed right after the dead flow, not after a refusal
 
 
 @needs_netns
