@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -412,12 +413,42 @@ def throughput(
 
 # ---------------------------------------------------------------------------- faults
 
+CLIENT_ALIVE = (5, 3)  # the jump host's ClientAliveInterval, ClientAliveCountMax (sandbox defaults)
+BACK_GOAL = 10.0  # back within this many seconds once the port is free (or with --reclaim)
+SIGTERM_GOAL = 5.0  # "exit within a few seconds and release the port"
+
 
 @dataclass
 class Fault:
     name: str
     inject: Callable[[Lab, Tunnel, int], float]  # returns the time the fault ended
     idle: bool = False  # nobody connects to the port until its holder changed
+
+
+@dataclass
+class Result:
+    """One measurement. For SIGTERM: back = seconds to exit, freed = seconds until the port was released."""
+
+    fault: str
+    engine: str
+    run: int
+    back: (
+        float | None
+    )  # seconds from the end of the fault to a working tunnel; None: not within the timeout
+    freed: float | None  # seconds from the end of the fault until the old holder left the port
+    goal: (
+        float | None
+    )  # the limit this row must meet; None: no keeper can (the port is never freed)
+    note: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.goal is None:
+            return None
+        if self.fault == SIGTERM:
+            return self.back is not None and self.back <= self.goal and self.freed is not None \
+                and self.freed <= self.goal  # fmt: skip
+        return self.back is not None and self.back <= self.goal
 
 
 def _kill_session(lab: Lab, tunnel: Tunnel, port: int) -> float:
@@ -450,27 +481,47 @@ def _drop_flow(lab: Lab, tunnel: Tunnel, port: int) -> float:
     if ssh is None:
         raise RuntimeError("no ssh process to drop the flow of")
     client = tcp_client_ports(ssh, lab.host, lab.jump.port)
+    if len(client) != 1:
+        raise RuntimeError(f"expected one connection of ssh {ssh} to the jump host, found {client}")
     lab.ns.drop_flow(lab.jump.port, client[0])
     return time.monotonic()
 
 
-def measure(
-    lab: Lab, fault: Fault, engine: str, timeout: float
-) -> tuple[float | None, float | None]:
-    """(seconds from the fault's end to a working tunnel, seconds until the stale holder left)."""
-    port = free_port()
-    spec = f"{port}:127.0.0.1:{lab.target.port}"
+SIGTERM = "SIGTERM: exit / port released"
+
+
+def goal_for(fault: str, engine: str, freed: float | None, back: float | None) -> float | None:
+    """The issue's goal for this row (in seconds from the end of the fault)."""
+    if fault == SIGTERM:
+        return SIGTERM_GOAL
+    if engine.endswith("--reclaim"):
+        return BACK_GOAL
+    if freed is None:
+        # the old holder never left: fine if the tunnel survived, hopeless for any keeper otherwise
+        return BACK_GOAL if back is not None else None
+    return freed + BACK_GOAL  # the stale-port case: ClientAlive reaping (as measured) + 10 s
+
+
+def authorize(lab: Lab, spec: str) -> None:
     text = render_authorized_keys(parse_forwards([spec]), tunnel_key=(lab.base / "tunnel.pub").read_text().strip(),
                                   ci_key="x", reclaim=True)  # fmt: skip
     lab.jump.authorized_keys.write_text(
         next(x for x in text.splitlines() if x.startswith("restrict,port")) + "\n"
     )
-    starters = {
-        "deployer": lambda: start_deployer(lab, spec),
-        "deployer --reclaim": lambda: start_deployer(lab, spec, "--reclaim"),
-        "autossh": lambda: start_autossh(lab, spec),
-    }
-    tunnel = starters[engine]()
+
+
+def start_engine(lab: Lab, engine: str, spec: str) -> Tunnel:
+    if engine == "autossh":
+        return start_autossh(lab, spec)
+    return start_deployer(lab, spec, *engine.split()[1:])
+
+
+def measure(lab: Lab, fault: Fault, engine: str, timeout: float, run: int) -> Result:
+    """Start engine, let it come up, inject the fault, time the recovery."""
+    port = free_port()
+    spec = f"{port}:127.0.0.1:{lab.target.port}"
+    authorize(lab, spec)
+    tunnel = start_engine(lab, engine, spec)
     assert lab.ns is not None
     try:
         if not wait_banner(lab, port, 30):
@@ -479,6 +530,7 @@ def measure(
         holder = lab.ns.listener_pids(port)
         ended = fault.inject(lab, tunnel, port)
         freed: float | None = None
+        back: float | None = None
         while time.monotonic() - ended < timeout:
             now_holder = lab.ns.listener_pids(port)
             if freed is None and now_holder != holder:
@@ -486,63 +538,214 @@ def measure(
             if (not fault.idle or now_holder != holder) and lab.banner(port, 1.0).startswith(
                 b"SSH-2.0-"
             ):
-                return time.monotonic() - ended, freed
-            time.sleep(0.5)
-        return None, freed
+                back = time.monotonic() - ended
+                break
+            time.sleep(0.2)
+        return Result(
+            fault.name, engine, run, back, freed, goal_for(fault.name, engine, freed, back)
+        )
     finally:
         tunnel.stop()
         lab.ns.heal()
+        kill_sessions(lab.jump)  # no stale session of this row outlives it
         time.sleep(1)
 
 
-def faults(quick: bool, engines: list[str]) -> list[tuple[str, str, float | None, float | None]]:
+def measure_sigterm(lab: Lab, engine: str, run: int) -> Result:
+    """SIGTERM to the keeper: seconds until it exited, and until the jump host stopped listening."""
+    port = free_port()
+    spec = f"{port}:127.0.0.1:{lab.target.port}"
+    authorize(lab, spec)
+    tunnel = start_engine(lab, engine, spec)
+    assert lab.ns is not None
+    try:
+        if not wait_banner(lab, port, 30):
+            raise RuntimeError(f"{engine} did not come up")
+        time.sleep(1)
+        ssh = tunnel.ssh_pid()
+        sent = time.monotonic()
+        tunnel.process.send_signal(signal.SIGTERM)
+        exited: float | None = None
+        released: float | None = None
+        while time.monotonic() - sent < 20 and (exited is None or released is None):
+            if exited is None and tunnel.process.poll() is not None:
+                exited = time.monotonic() - sent
+            if released is None and not lab.ns.listener_pids(port):
+                released = time.monotonic() - sent
+            time.sleep(0.02)
+        orphan = ssh is not None and Path(f"/proc/{ssh}").exists() and \
+            "zombie" not in Path(f"/proc/{ssh}/status").read_text()  # fmt: skip
+        note = f"exit code {tunnel.process.returncode}" + (
+            "; its ssh kept running" if orphan else ""
+        )
+        return Result(SIGTERM, engine, run, exited, released, SIGTERM_GOAL, note)
+    finally:
+        tunnel.stop()
+        kill_sessions(lab.jump)
+        time.sleep(1)
+
+
+def fault_plan(quick: bool) -> list[Fault]:
     long_cut = 20 if quick else 60
-    timeout = 60 if quick else 150
-    plan = [
+    return [
         Fault("kill the jump-side session", _kill_session),
         Fault("restart the jump's sshd (2 s down)", _restart),
         Fault("cut the link 5 s", _cut(5)),
         Fault(f"cut the link {long_cut} s", _cut(long_cut)),
         Fault("drop the live flow, clients knocking", _drop_flow),
-        Fault("drop the live flow, idle", _drop_flow, idle=True),
+        Fault("stale port: drop the live flow, idle", _drop_flow, idle=True),
     ]
+
+
+def faults(
+    quick: bool, engines: list[str], repeat: int, timeout: float, only: str | None = None
+) -> list[Result]:
+    """Every fault against every engine, repeat times (a row that did not come back is not repeated)."""
     lab = make_lab(True)
-    rows = []
+    results: list[Result] = []
     try:
+        plan: list[Fault | None] = [*fault_plan(quick), None]  # None: SIGTERM
         for fault in plan:
+            if only and only not in (SIGTERM if fault is None else fault.name):
+                continue
             for engine in engines:
-                back, freed = measure(lab, fault, engine, timeout)
-                rows.append((fault.name, engine, back, freed))
-                shown = "not back" if back is None else f"{back:.1f} s"
-                print(f"  {fault.name:42} {engine:20} {shown}", file=sys.stderr, flush=True)
+                for run in range(1, repeat + 1):
+                    if fault is None:
+                        result = measure_sigterm(lab, engine, run)
+                    else:
+                        result = measure(lab, fault, engine, timeout, run)
+                    results.append(result)
+                    print(
+                        f"  {result.fault:42} {engine:20} #{run} {cell(result)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if result.back is None:
+                        break  # not back within the timeout: once is enough
     finally:
         lab.stop()
-    return rows
+    return results
+
+
+def cell(result: Result) -> str:
+    if result.fault == SIGTERM:
+        exited = "not exited" if result.back is None else f"{result.back:.2f}"
+        released = "held" if result.freed is None else f"{result.freed:.2f}"
+        return f"{exited} / {released}"
+    return "not back" if result.back is None else f"{result.back:.1f}"
+
+
+def fault_table(results: list[Result], engines: list[str], timeout: float) -> list[str]:
+    """Markdown table: per fault and engine, every run's seconds; then whether the goal was met every time."""
+    head = ["fault", *engines]
+    rows = []
+    for fault in dict.fromkeys(r.fault for r in results):
+        row = [fault]
+        for engine in engines:
+            runs = [r for r in results if r.fault == fault and r.engine == engine]
+            text = ", ".join(
+                cell(r) if r.back is not None or r.fault == SIGTERM else f">{timeout:g}"
+                for r in runs
+            )
+            freed = [r.freed for r in runs if r.freed is not None and r.fault != SIGTERM]
+            if fault.startswith("stale port") and freed:
+                text += f" (port freed after {', '.join(f'{f:.0f}' for f in freed)})"
+            row.append(text)
+        rows.append(row)
+    widths = [max(len(x) for x in column) for column in zip(head, *rows, strict=True)]
+    lines = ["| " + " | ".join(x.ljust(w) for x, w in zip(head, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]  # fmt: skip
+    lines += [
+        "| " + " | ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) + " |"
+        for row in rows
+    ]
+    return lines
+
+
+def goal_lines(results: list[Result]) -> list[str]:
+    """One line per deployer fault and engine: the goal, and in how many runs it was met."""
+    lines = []
+    for fault in dict.fromkeys(r.fault for r in results):
+        for engine in dict.fromkeys(r.engine for r in results):
+            runs = [r for r in results if r.fault == fault and r.engine == engine]
+            if not runs or not engine.startswith("deployer"):
+                continue
+            verdicts = [r.met for r in runs]
+            if all(v is None for v in verdicts):
+                lines.append(
+                    f"- {fault}, {engine}: no goal applies — the jump host never frees the port"
+                    " (only --reclaim can)"
+                )
+                continue
+            if fault == SIGTERM:
+                wanted = f"exit and port released within {SIGTERM_GOAL:g} s"
+            elif engine.endswith("--reclaim"):
+                wanted = f"back within {BACK_GOAL:g} s"
+            else:
+                wanted = f"back within {BACK_GOAL:g} s of the port being free"
+            met = sum(v is True for v in verdicts)
+            verdict = "PASS" if met == len(runs) else "FAIL"
+            lines.append(f"- {fault}, {engine}: {wanted} — {verdict} ({met} of {len(runs)} runs)")
+    return lines
 
 
 # ---------------------------------------------------------------------------- main
+
+
+def versions() -> dict[str, str]:
+    """The software the figures depend on."""
+    found = {"ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()}
+    if shutil.which("autossh"):
+        found["autossh"] = subprocess.run(
+            ["autossh", "-V"], capture_output=True, text=True
+        ).stdout.strip()
+    found["cpus"] = str(os.cpu_count())
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", choices=("all", "throughput", "faults"), default="all")
     parser.add_argument(
-        "--quick", action="store_true", help="20 s instead of 60 s cut; 60 s timeout"
+        "--quick", action="store_true", help="20 s instead of 60 s cut; 60 s timeout; one run"
     )
     parser.add_argument("--size-mb", type=int, default=512, help="bytes per throughput run (MiB)")
     parser.add_argument("--runs", type=int, default=3, help="throughput runs per engine")
+    parser.add_argument(
+        "--repeat", type=int, help="runs of every fault per engine (default 3; --quick 1)"
+    )
+    parser.add_argument("--only", metavar="TEXT", help="only the faults whose name contains TEXT")
+    parser.add_argument(
+        "--engines", help="comma-separated (default: deployer,deployer --reclaim,autossh)"
+    )
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--markdown", type=Path, help="write the tables and the goals here")
     args = parser.parse_args()
     # stopped with SIGTERM: still run the clean-ups (servers, namespace) on the way out
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     problem = available()
     if problem:
         sys.exit(f"bench/tunnel.py: {problem}")
+    command = "sudo python bench/tunnel.py " + " ".join(sys.argv[1:])
+    report: dict[str, object] = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d"),
+        "versions": versions(),
+    }
+    markdown = [
+        f"# deployer tunnel benchmark\n\nCommand: `{command}` ({report['date']}; {report['versions']})\n"
+    ]
     if args.what in ("all", "throughput"):
-        print(
-            f"\nThroughput through the tunnel ({args.size_mb} MiB per run, median of {args.runs}, same run):"
-        )
+        title = f"Throughput through the tunnel ({args.size_mb} MiB per run, median of {args.runs}, same run)"
+        print(f"\n{title}:")
+        markdown.append(f"## {title}\n")
         paths = [("loopback", False, None, args.size_mb), ("veth between namespaces", True, None, args.size_mb),
                  ("veth capped at 200 Mbit/s (tbf)", True, "200mbit", max(16, args.size_mb // 8))]  # fmt: skip
+        table = [
+            "| path | engine | MB/s (median) | vs ssh -R | CPU s/GiB | runs (MB/s) |",
+            "|---|---|---|---|---|---|",
+        ]
+        measured = []
         for label, in_ns, rate, size in paths:
             rows = throughput(size, args.runs, in_ns, rate)
             plain = rows[0][1]
@@ -558,36 +761,48 @@ def main() -> None:
                 print(
                     f"  {name:18} {median:11.0f} {ratio:8.2f}x {statistics.median(cpu):9.2f}   {runs}"
                 )
+                table.append(f"| {label} ({size} MiB) | {name} | {median:.0f} | {ratio:.2f}x |"
+                             f" {statistics.median(cpu):.2f} | {runs} |")  # fmt: skip
+                measured.append({"path": label, "size_mib": size, "engine": name, "mb_per_s": values,
+                                 "cpu_s_per_gib": cpu, "ratio_vs_ssh_r": ratio})  # fmt: skip
+        report["throughput"] = measured
+        markdown += [*table, ""]
     if args.what in ("all", "faults"):
         engines = ["deployer", "deployer --reclaim"]
-        if shutil.which("autossh"):
+        if args.engines:
+            engines = [e.strip() for e in args.engines.split(",")]
+        elif shutil.which("autossh"):
             engines.append("autossh")
         else:
             print(
                 "(autossh is not installed: apt-get install -y autossh — comparing deployer only)"
             )
-        timeout = 60 if args.quick else 150
-        print(
-            f"\nRecovery: seconds from the end of the fault to a working tunnel (timeout {timeout} s);"
-        )
-        print("jump host sshd ClientAliveInterval 5, ClientAliveCountMax 3.")
-        rows = faults(args.quick, engines)
-        print(f"\n  {'fault':42} " + " ".join(f"{e:>20}" for e in engines))
-        for fault in dict.fromkeys(r[0] for r in rows):
-            cells = []
-            for engine in engines:
-                back, freed = next((r[2], r[3]) for r in rows if r[0] == fault and r[1] == engine)
-                cell = f">{timeout} (not back)" if back is None else f"{back:.1f}"
-                cells.append(f"{cell:>20}")
-            print(f"  {fault:42} " + " ".join(cells))
-        stale = [
-            r for r in rows if r[0].startswith("drop the live flow, idle") and r[3] is not None
+        timeout = 60.0 if args.quick else 150.0
+        repeat = args.repeat or (1 if args.quick else 3)
+        title = "Recovery: seconds from the end of the fault to a working tunnel"
+        print(f"\n{title} (timeout {timeout:g} s); jump host sshd ClientAliveInterval"
+              f" {CLIENT_ALIVE[0]}, ClientAliveCountMax {CLIENT_ALIVE[1]}.")  # fmt: skip
+        results = faults(args.quick, engines, repeat, timeout, args.only)
+        table = fault_table(results, engines, timeout)
+        goals = goal_lines(results)
+        print("", *table, "", *goals, sep="\n")
+        report["faults"] = [vars(r) | {"met": r.met} for r in results]
+        report["client_alive"] = CLIENT_ALIVE
+        markdown += [
+            f"## {title}\n",
+            f"Jump host sshd: ClientAliveInterval {CLIENT_ALIVE[0]}, ClientAliveCountMax {CLIENT_ALIVE[1]};"
+            f" timeout {timeout:g} s; {repeat} run(s) per cell, comma-separated (a cell that did not come"
+            " back is not repeated). SIGTERM: seconds to exit / seconds until the jump host stopped listening.\n",
+            *table,
+            "",
+            "Goals (deployer):\n",
+            *goals,
+            "",
         ]
-        for _, engine, back, freed in stale:
-            if freed is not None and back is not None:
-                print(
-                    f"  ({engine}: the port changed hands {freed:.1f} s after the drop; working {back:.1f} s)"
-                )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text("\n".join(markdown))
 
 
 if __name__ == "__main__":
