@@ -161,7 +161,7 @@ def render_ci_key_lines(routes: Sequence[Route], given: Sequence[str], public: s
         lines += [f"# Target {route.target}, ~/.ssh/authorized_keys of the deploy user.",
                   f"{ci_target_key_options(forwards)} {public}"]  # fmt: skip
         blocks.append("\n".join(lines) + "\n")
-    return "\n".join(dict.fromkeys(blocks))  # several targets behind one jump share its line
+    return "\n".join(dict.fromkeys(blocks))  # a target given twice is printed once
 
 
 # ---------------------------------------------------------------------------- the GitLab API

@@ -288,3 +288,14 @@ def test_bad_project_path(monkeypatch, capsys) -> None:
     assert capsys.readouterr().err == (
         "deployer: error: --project 'no-group' is not a project path — pass GROUP/NAME (or its numeric id)\n"
     )
+
+
+def test_json_plan(topology, api: Api, monkeypatch, capsys) -> None:
+    run = setup_gitlab(monkeypatch, capsys, topology.env, *_route(topology), "--dry-run", "--json")
+    assert run.status == 0, run.output
+    document = json.loads(run.stdout)
+    assert document["changes"] == [
+        {"key": "SSH_PRIVATE_KEY", "action": "create", "reason": "not set yet"},
+        {"key": "SSH_KNOWN_HOSTS", "action": "create", "reason": "not set yet"}]  # fmt: skip
+    assert {key["status"] for key in document["host_keys"]} == {"new"}
+    assert document["public_key"] == "" and "CI-PUBLIC-KEY" in document["authorized_keys"]
