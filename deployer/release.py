@@ -378,14 +378,25 @@ def remove_partial_script(layout: Layout) -> str:
 
 
 def remove_releases_script(path: str, release_ids: Sequence[str]) -> str:
-    """Delete whole release directories (ids are validated: no path can sneak in)."""
+    """Delete whole release directories (ids are validated: no path can sneak in).
+
+    The releases are renamed into DIR/.deployer/trash at once (they vanish atomically) and deleted
+    by a detached process, so that a deploy does not wait for thousands of unlinks.
+    """
     for rid in release_ids:
         if not RELEASE_ID.match(rid):
             raise ValueError(f"not a release id: {rid!r}")
-    targets = " ".join(
-        f'"$P/releases/"{q(rid)} "$P/.deployer/manifests/"{q(rid)}.tsv' for rid in release_ids
-    )
-    return f"P={q(path)}\nrm -rf -- {targets}\n" if release_ids else "true\n"
+    if not release_ids:
+        return "true\n"
+    lines = [f"P={q(path)}", 'mkdir -p -- "$P/.deployer/trash"']
+    for rid in release_ids:
+        lines.append(
+            f'[ ! -e "$P/releases/"{q(rid)} ] || mv -- "$P/releases/"{q(rid)} "$P/.deployer/trash/"{q(rid)}.$$'
+        )
+        lines.append(f'rm -f -- "$P/.deployer/manifests/"{q(rid)}.tsv')
+    # fds closed: the SSH session ends without waiting for the deletion
+    lines.append('(rm -rf -- "$P/.deployer/trash/"* </dev/null >/dev/null 2>&1 &)')
+    return "\n".join(lines) + "\n"
 
 
 def plan_prune(releases: Sequence[str], current: str, keep: int) -> list[str]:

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -151,7 +152,13 @@ def test_stage_switch_and_prune(tmp_path: Path) -> None:
     doomed = plan_prune(state.releases, state.current, keep=1)
     assert doomed == ids[:2]
     assert sh.run(remove_releases_script(str(path), doomed)).status == 0
-    assert probe(path).releases == (ids[-1],)
+    assert probe(path).releases == (ids[-1],)  # gone at once; deleted in the background
+    assert not (path / ".deployer" / "manifests" / f"{ids[0]}.tsv").exists()
+    trash = path / ".deployer" / "trash"
+    deadline = time.monotonic() + 10
+    while any(trash.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(trash.iterdir())
     assert sh.run(switch_script(str(path), None)).status == 0
     assert not (path / "current").exists()
 
