@@ -378,6 +378,7 @@ class Keeper:
         )
         try:
             while True:
+                started = time.monotonic()
                 failure = self._attempt()
                 if (
                     self._up_since is not None
@@ -393,6 +394,7 @@ class Keeper:
                     and time.monotonic() - self._last_reclaim > RECLAIM_COOLDOWN,
                     ever_up=self._ever_up,
                     holder_known=self._own_holder is not None,
+                    elapsed=time.monotonic() - started,
                 )
                 if failure.kind is FailureKind.SETUP:
                     self._reclaim_ok = False

@@ -215,12 +215,24 @@ def plan_after_failure(
     reclaim_available: bool,
     ever_up: bool,
     holder_known: bool = False,
+    elapsed: float = 0.0,
 ) -> Plan:
     """Retry what waiting can fix; exit on what needs a human (host key; auth before first success).
 
     holder_known: our last session told us its pid on the jump host, so after a dead flow it can
-    be reclaimed before the next -R runs into it.
+    be reclaimed before the next -R runs into it. elapsed: how long the failed attempt took;
+    attempts start at least the backoff delay apart, so an attempt that already waited out a
+    connect timeout is followed at once by the next (back soon after a long cut heals).
     """
+    plan = _plan(failure, backoff, reclaim_available, ever_up, holder_known)
+    if plan.action == "retry" and elapsed > 0:
+        return Plan("retry", max(0.0, plan.delay - elapsed))
+    return plan
+
+
+def _plan(
+    failure: Failure, backoff: Backoff, reclaim_available: bool, ever_up: bool, holder_known: bool
+) -> Plan:
     if failure.kind is FailureKind.HOST_KEY:
         return Plan("exit", exit_code=ExitCode.HOST_KEY)
     if failure.kind is FailureKind.AUTH:

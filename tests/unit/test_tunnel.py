@@ -39,6 +39,7 @@ from deployer.tunnel_policy import (
     Backoff,
     Failure,
     FailureKind,
+    Plan,
     State,
     classify_ssh_exit,
     plan_after_failure,
@@ -347,6 +348,23 @@ def test_plan_after_failure() -> None:
             Failure(kind, "x"), backoff, reclaim_available=True, ever_up=False
         )
         assert plan.action == "retry" and plan.delay <= 8.0
+
+
+def test_backoff_counts_from_the_start_of_the_failed_attempt() -> None:
+    """A connect timeout already waited 10 s: the next attempt starts at once, not up to 8 s later."""
+    timed_out = Failure(FailureKind.UNREACHABLE, "connect timed out")
+    backoff = Backoff(rng=random.Random(0), failures=10)
+    plan = plan_after_failure(
+        timed_out, backoff, reclaim_available=False, ever_up=True, elapsed=10.0
+    )
+    assert plan == Plan("retry", 0.0) and backoff.failures == 11
+    quick = plan_after_failure(
+        timed_out, backoff, reclaim_available=False, ever_up=True, elapsed=1.0
+    )
+    assert 3.0 <= quick.delay <= 7.0  # 4-8 s from the attempt's start, 1 s of it already gone
+    auth = plan_after_failure(Failure(FailureKind.AUTH, "x"), backoff, reclaim_available=False,
+                              ever_up=False, elapsed=60.0)  # fmt: skip
+    assert auth.action == "exit"
 
 
 def test_dead_flow_reclaims_our_recorded_session_before_reconnecting() -> None:
