@@ -9,9 +9,7 @@ GitLab token, the TLS key) come from the environment or from files systemd hands
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from deployer.errors import ConfigError
+from deployer.systemd import install_options
 from deployer.tunnel_cmd import TunnelGroup
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -194,37 +193,30 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
               help="Root-only file with a read_api GitLab token (for GitLab artifact sources).")  # fmt: skip
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path),
               help="Root-only file with the TLS key; systemd passes it to the service.")  # fmt: skip
-@click.option(
-    "--name", default="deployer-serve", show_default=True, help="Unit name (without .service)."
-)
-@click.option("--user", "service_user", default="deployer", show_default=True,
-              help="The user deploys run as (owns the deploy directories; runs the hooks).")  # fmt: skip
-@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("/etc/systemd/system"), show_default=True)  # fmt: skip
-@click.option(
-    "--deployer",
-    "deployer_path",
-    help="Absolute path of the deployer executable (default: this one).",
-)
-@click.option(
-    "--print", "print_only", is_flag=True, help="Print the unit on stdout instead of writing it."
+@install_options(
+    "deployer-serve",
+    "deployer",
+    "The user deploys run as (owns the deploy directories; runs the hooks).",
 )
 def install_service(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: Path | None,
                     gitlab_url: str, max_artifact_size: int, max_body: int, window: float, secret_file: Path,
                     gitlab_token_file: Path | None, tls_key: Path | None, name: str, service_user: str,
                     unit_dir: Path, deployer_path: str | None, print_only: bool) -> None:  # fmt: skip
     """Write a hardened systemd unit running `deployer serve` and print how to enable it."""
-    from deployer.systemd import UNIT_NAME, Specifier, UnitSpec, render_unit
+    from deployer.systemd import (
+        Specifier,
+        UnitSpec,
+        check_name,
+        deployer_argv,
+        install_unit,
+        render_unit,
+    )
     from deployer.webhook import exposure_warning
 
-    if not UNIT_NAME.match(name):
-        raise ConfigError(f"--name {name!r}: use letters, digits and - _ . @ only")
+    check_name(name)
     served = _paths(paths)
     host, port = _listen_address(listen)
-    executable = deployer_path or shutil.which("deployer")
-    argv: list[str] = [executable] if executable else [sys.executable, "-m", "deployer"]
-    if not os.path.isabs(argv[0]):
-        raise ConfigError(f"--deployer {argv[0]!r} must be an absolute path")
+    argv = deployer_argv(deployer_path)
     argv += ["serve", "--listen", f"{host}:{port}"]
     for path in served:
         argv += ["--path", path]
@@ -260,17 +252,7 @@ def install_service(paths: tuple[str, ...], listen: str, tls_cert: Path | None, 
             extra=extra,
         )
     )
-    if print_only:
-        click.echo(unit, nl=False)
-    else:
-        target = unit_dir / f"{name}.service"
-        try:
-            target.write_text(unit)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write {target}: {exc.strerror or exc} — run as root, or use --print"
-            ) from exc
-        click.echo(f"wrote {target}", err=True)
+    install_unit(unit, unit_dir, name, print_only)
     warning = exposure_warning(host, tls_cert is not None)
     for line in [
         *([warning] if warning else []),

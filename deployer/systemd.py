@@ -1,4 +1,5 @@
-"""A hardened systemd unit for ``deployer tunnel`` (pure text; ``tunnel install-service`` writes it).
+"""Hardened systemd units for ``deployer tunnel`` and ``deployer serve``, and the options and
+steps their ``install-service`` commands share.
 
 The private key never appears in the unit: systemd reads it (as root) from a root-only file and
 hands it to the service through ``LoadCredential=`` — a private, unswappable copy in
@@ -9,9 +10,20 @@ home directories and a private /tmp.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+import shutil
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from deployer.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]+$")
 KEY_CREDENTIAL = "tunnel-key"
@@ -112,3 +124,55 @@ def render_unit(spec: UnitSpec) -> str:
 def credential_path() -> Specifier:
     """The key's path inside the service (%d is systemd's $CREDENTIALS_DIRECTORY)."""
     return Specifier(f"%d/{KEY_CREDENTIAL}")
+
+
+def install_options(name: str, user: str, user_help: str) -> Callable[[F], F]:
+    """The options every ``install-service`` command takes (where the unit goes, who runs it)."""
+    options = [
+        click.option("--name", default=name, show_default=True,
+                     help="Unit name (without .service)."),
+        click.option("--user", "service_user", default=user, show_default=True, help=user_help),
+        click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=Path("/etc/systemd/system"), show_default=True),
+        click.option("--deployer", "deployer_path",
+                     help="Absolute path of the deployer executable (default: this one)."),
+        click.option("--print", "print_only", is_flag=True,
+                     help="Print the unit on stdout instead of writing it."),
+    ]  # fmt: skip
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def check_name(name: str) -> None:
+    """Refuse a unit name systemd would not take."""
+    if not UNIT_NAME.match(name):
+        raise ConfigError(f"--name {name!r}: use letters, digits and - _ . @ only")
+
+
+def deployer_argv(deployer_path: str | None) -> list[str]:
+    """How the service starts deployer: --deployer, the one on PATH, or this Python's module."""
+    executable = deployer_path or shutil.which("deployer")
+    argv: list[str] = [executable] if executable else [sys.executable, "-m", "deployer"]
+    if not os.path.isabs(argv[0]):
+        raise ConfigError(f"--deployer {argv[0]!r} must be an absolute path")
+    return argv
+
+
+def install_unit(unit: str, unit_dir: Path, name: str, print_only: bool) -> None:
+    """Print the unit (--print) or write it into unit_dir, saying where."""
+    if print_only:
+        click.echo(unit, nl=False)
+        return
+    path = unit_dir / f"{name}.service"
+    try:
+        path.write_text(unit)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path}: {exc.strerror or exc} — run as root, or use --print"
+        ) from exc
+    click.echo(f"wrote {path}", err=True)

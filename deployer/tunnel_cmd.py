@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from deployer.authorized_keys import render_authorized_keys
 from deployer.autossh_env import autossh_config
 from deployer.errors import ConfigError, ExitCode
 from deployer.forwards import parse_forwards
+from deployer.systemd import install_options
 from deployer.tunnel import (
     DEFAULT_ALIVE_COUNT,
     DEFAULT_ALIVE_INTERVAL,
@@ -234,31 +234,23 @@ def _alive(pid: int) -> bool:
               help="known_hosts file with the jump host's key (readable by the service user).")  # fmt: skip
 @click.option("--host-key-fingerprint", "fingerprints", multiple=True, metavar="[HOST=]SHA256:...",
               help="Trust the jump host's key by fingerprint.")  # fmt: skip
-@click.option(
-    "--name", default="deployer-tunnel", show_default=True, help="Unit name (without .service)."
-)
-@click.option("--user", "service_user", default="deployer-tunnel", show_default=True,
-              help="Dedicated system user the service runs as.")  # fmt: skip
-@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("/etc/systemd/system"), show_default=True)  # fmt: skip
-@click.option(
-    "--deployer",
-    "deployer_path",
-    help="Absolute path of the deployer executable (default: this one).",
-)
-@click.option(
-    "--print", "print_only", is_flag=True, help="Print the unit on stdout instead of writing it."
-)
+@install_options("deployer-tunnel", "deployer-tunnel", "Dedicated system user the service runs as.")
 def install_service(jump: str, forwards: tuple[str, ...], key_file: Path, known_hosts: tuple[Path, ...],
                     fingerprints: tuple[str, ...], name: str, service_user: str, unit_dir: Path,
                     deployer_path: str | None, print_only: bool, **options: Any) -> None:  # fmt: skip
     """Write a hardened systemd unit running `deployer tunnel` and print how to enable it."""
     from deployer.hostkeys import parse_pins
     from deployer.route import parse_endpoint
-    from deployer.systemd import UNIT_NAME, UnitSpec, credential_path, render_unit
+    from deployer.systemd import (
+        UnitSpec,
+        check_name,
+        credential_path,
+        deployer_argv,
+        install_unit,
+        render_unit,
+    )
 
-    if not UNIT_NAME.match(name):
-        raise ConfigError(f"--name {name!r}: use letters, digits and - _ . @ only")
+    check_name(name)
     endpoint = parse_endpoint(jump, default_user=_default_user(), option="install-service")
     runtime = name.replace("@", "-")
     settings = _settings(
@@ -270,10 +262,7 @@ def install_service(jump: str, forwards: tuple[str, ...], key_file: Path, known_
             f" SHA256:... (get them with `deployer keyscan --to {endpoint}`)"
         )
     pins = parse_pins(fingerprints)
-    executable = deployer_path or shutil.which("deployer")
-    argv: list[str] = [executable] if executable else [sys.executable, "-m", "deployer"]
-    if not os.path.isabs(argv[0]):
-        raise ConfigError(f"--deployer {argv[0]!r} must be an absolute path")
+    argv = deployer_argv(deployer_path)
     argv += ["tunnel", str(endpoint)]
     for forward in settings.forwards:
         argv += ["-R", forward.spec]
@@ -305,17 +294,9 @@ def install_service(jump: str, forwards: tuple[str, ...], key_file: Path, known_
             runtime_directory=runtime,
         )
     )
+    install_unit(unit, unit_dir, name, print_only)
     if print_only:
-        click.echo(unit, nl=False)
         return
-    path = unit_dir / f"{name}.service"
-    try:
-        path.write_text(unit)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write {path}: {exc.strerror or exc} — run as root, or use --print"
-        ) from exc
-    click.echo(f"wrote {path}", err=True)
     for line in _next_steps(name, service_user, key_file, settings.status_file, argv[0]):
         click.echo(line, err=True)
 
