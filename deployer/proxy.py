@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from deployer.errors import ConfigError, ProxyError
+from deployer.errors import ConfigError, DeployerError, ProxyError
 
 ProxyKind = Literal["http", "socks5", "socks5h", "command"]
 
@@ -136,7 +136,10 @@ def open_through(
     """A connected stream to host:port through the proxy, ready for SSH (ProxyError otherwise)."""
     if proxy.kind == "command":
         return _spawn(proxy, expand_command(proxy.command, host, port, user), timeout, hop)
-    sock = _dial_proxy(proxy, timeout, hop)
+    sock = dial(
+        proxy.host, proxy.port, timeout, f"the proxy {proxy} (for {hop})",
+        "is it running on that port?", ProxyError,
+    )  # fmt: skip
     try:
         if proxy.kind == "http":
             _http_connect(sock, proxy, host, port, hop)
@@ -158,28 +161,28 @@ def open_through(
     return sock
 
 
-def _dial_proxy(proxy: ProxySpec, timeout: float, hop: str) -> socket.socket:
-    address = f"[{proxy.host}]:{proxy.port}" if ":" in proxy.host else f"{proxy.host}:{proxy.port}"
+def dial(
+    host: str, port: int, timeout: float, what: str, hint: str, error: type[DeployerError]
+) -> socket.socket:
+    """A TCP connection tuned for SSH, or error with a one-line reason; what names the peer,
+    hint says what to check when it refuses."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout)
     except socket.gaierror as exc:
-        raise ProxyError(
-            f"cannot resolve the proxy host {proxy.host} ({proxy}, for {hop}): {exc.strerror}"
+        raise error(
+            f"cannot resolve {host} ({what}): {exc.strerror} — check the host name"
         ) from exc
     except ConnectionRefusedError as exc:
-        raise ProxyError(
-            f"the proxy {proxy} refused the connection on {address} (for {hop}) — is it running"
-            " on that port?"
-        ) from exc
+        raise error(f"{what} refused the connection on {address} — {hint}") from exc
     except TimeoutError as exc:
-        raise ProxyError(
-            f"the proxy {proxy} did not answer within {timeout:g} s on {address} (for {hop})"
+        raise error(
+            f"{what} did not answer within {timeout:g} s on {address}"
+            " — check the address, the port and any firewall in between"
         ) from exc
     except OSError as exc:
-        raise ProxyError(
-            f"cannot reach the proxy {proxy} (for {hop}): {exc.strerror or exc}"
-        ) from exc
-    # the proxy only relays: once connected, latency matters as on a direct socket
+        raise error(f"cannot reach {what} on {address}: {exc.strerror or exc}") from exc
+    # no socket options by default; Nagle + delayed ACK would cost ~40 ms per exchange
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     return sock

@@ -24,7 +24,7 @@ import paramiko
 from deployer.errors import AuthError, ConnectError, DeployerError, HostKeyError, TransferError
 from deployer.executor import OutputSink, RunResult
 from deployer.hostkeys import HostKeyPolicy, fingerprint
-from deployer.proxy import open_through
+from deployer.proxy import dial, open_through
 from deployer.route import Route
 
 # paramiko logs handshake failures with tracebacks; we report them ourselves in one line.
@@ -233,29 +233,9 @@ def _tcp_socket(route: Route, timeout: float) -> socket.socket:
         return open_through(
             route.proxy, first.host, first.port, user=first.user, timeout=timeout, hop=what
         )
-    try:
-        sock = socket.create_connection((first.host, first.port), timeout=timeout)
-    except socket.gaierror as exc:
-        raise ConnectError(
-            f"cannot resolve {first.host} ({what}): {exc.strerror} — check the host name"
-        ) from exc
-    except ConnectionRefusedError as exc:
-        raise ConnectError(
-            f"{what} refused the connection on {first.address} — is sshd listening on that port?"
-        ) from exc
-    except TimeoutError as exc:
-        raise ConnectError(
-            f"{what} did not answer within {timeout:g} s on {first.address}"
-            " — check the address, the port and any firewall in between"
-        ) from exc
-    except OSError as exc:
-        raise ConnectError(
-            f"cannot reach {what} on {first.address}: {exc.strerror or exc}"
-        ) from exc
-    # paramiko sets no socket options; Nagle + delayed ACK would cost ~40 ms per exchange.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    return sock
+    return dial(
+        first.host, first.port, timeout, what, "is sshd listening on that port?", ConnectError
+    )
 
 
 def _open_hop_channel(

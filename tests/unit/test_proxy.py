@@ -9,10 +9,11 @@ from collections.abc import Mapping
 
 import pytest
 
-from deployer.errors import ConfigError
+from deployer.errors import ConfigError, ProxyError
 from deployer.proxy import (
     PASSWORD_ENV,
     ProxySpec,
+    dial,
     expand_command,
     parse_proxy,
     parse_proxy_command,
@@ -160,3 +161,24 @@ def test_more_jump_aliases_than_jumps() -> None:
 def test_bad_connect_timeout_in_ssh_config() -> None:
     with pytest.raises(ConfigError, match="ConnectTimeout 'soon'"):
         build_route("x", [], default_user="me", lookup=lookup({"x": {"connecttimeout": "soon"}}))
+
+
+def test_dial_refused_names_the_peer_and_the_hint() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(ProxyError) as caught:
+        dial("127.0.0.1", port, 2, "the proxy P", "is it running?", ProxyError)
+    assert (
+        str(caught.value)
+        == f"the proxy P refused the connection on 127.0.0.1:{port} — is it running?"
+    )
+
+
+def test_dial_tunes_the_socket_for_ssh() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        with dial("127.0.0.1", server.getsockname()[1], 2, "x", "y", ProxyError) as sock:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
