@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,6 +30,7 @@ from deployer.config import (
     read_config_file,
 )
 from deployer.errors import ConfigError, ConnectError, DeployerError, ExitCode
+from deployer.options import F, apply
 from deployer.push_modes import pop_webhook_options, webhook_options
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from deployer.route import Route
     from deployer.ssh import Connection, ConnectOptions
 
-F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
@@ -84,9 +84,7 @@ def route_options(func: F) -> F:
                      help="Seconds to wait for each hop.  [default: ssh_config's ConnectTimeout, else 10]"),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout."),
     ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return apply(func, options)
 
 
 # Commands that live in their own modules, imported only when used (keeps --help fast).

@@ -7,14 +7,14 @@ Kept apart from the webhook client so that the command line imports only click h
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
+from deployer.options import F, apply
+
 MODES = ("ssh", "webhook", "auto")
 
 
@@ -40,9 +40,7 @@ def webhook_options(func: F) -> F:
         click.option("--gitlab-project", envvar="DEPLOYER_GITLAB_PROJECT",
                      help="Webhook: project id or path (default: CI_PROJECT_ID)."),
     ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return apply(func, options)
 
 
 @dataclass(frozen=True)

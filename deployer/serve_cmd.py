@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from deployer.errors import ConfigError
+from deployer.options import F, apply
 from deployer.systemd import install_options
 from deployer.tunnel_cmd import TunnelGroup
 
-F = TypeVar("F", bound=Callable[..., Any])
 SECRET_CREDENTIAL = "webhook-secret"
 TOKEN_CREDENTIAL = "gitlab-token"
 TLS_KEY_CREDENTIAL = "tls-key"
@@ -47,9 +46,7 @@ def receiver_options(func: F) -> F:
                      envvar="DEPLOYER_WEBHOOK_WINDOW", metavar="SECONDS",
                      help="Accepted clock difference; request ids are remembered for this long."),
     ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return apply(func, options)
 
 
 class ServeGroup(TunnelGroup):

@@ -17,13 +17,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from deployer.errors import ConfigError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from deployer.options import F, apply
 
 UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]+$")
 KEY_CREDENTIAL = "tunnel-key"
@@ -140,12 +138,7 @@ def install_options(name: str, user: str, user_help: str) -> Callable[[F], F]:
                      help="Print the unit on stdout instead of writing it."),
     ]  # fmt: skip
 
-    def decorate(command: F) -> F:
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return decorate
+    return lambda command: apply(command, options)
 
 
 def check_name(name: str) -> None:

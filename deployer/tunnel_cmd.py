@@ -11,9 +11,9 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -21,6 +21,7 @@ from deployer.authorized_keys import render_authorized_keys
 from deployer.autossh_env import autossh_config
 from deployer.errors import ConfigError, ExitCode
 from deployer.forwards import parse_forwards
+from deployer.options import F, apply
 from deployer.systemd import install_options
 from deployer.tunnel import (
     DEFAULT_ALIVE_COUNT,
@@ -30,8 +31,6 @@ from deployer.tunnel import (
 )
 from deployer.tunnel_policy import DEFAULT_MAX_BACKOFF
 from deployer.tunnel_status import parse_listen_address
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _default_user() -> str:
@@ -67,9 +66,7 @@ def keeper_options(func: F) -> F:
         click.option("--healthz", metavar="[HOST:]PORT", envvar="DEPLOYER_TUNNEL_HEALTHZ",
                      help="Serve GET /healthz (200 when up, 503 otherwise) on this local address."),
     ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return apply(func, options)
 
 
 class TunnelGroup(click.Group):
