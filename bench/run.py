@@ -1485,6 +1485,7 @@ def inner(args: argparse.Namespace, net: dict[str, str] | None) -> int:
     text, goals = report(state, results, corpus_map, args)
     env = state["environment"]
     notes = (
+        f"Command: `{state['command']}` (as root). "
         f"Environment: {env['cpus']} CPUs, kernel {env['kernel']}, {env['openssh']}, {env['rsync']}, "
         f"paramiko {env['paramiko']}, Python {env['python']}; load average at start "
         f"{env['loadavg_start'][0]:.2f}, at end {env['loadavg_end'][0]:.2f}; {state['elapsed_minutes']} min. "
