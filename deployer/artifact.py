@@ -135,6 +135,11 @@ def _clean(name: str, *, dos: bool = False) -> str:
     """A member name as a normalized relative path ('' for the release directory itself)."""
     if "\0" in name:
         raise _BadName("contains a NUL byte", "rebuild the archive")
+    if any(char in name for char in "\n\r\t"):
+        raise _BadName(
+            "has a line break or tab in its name",
+            "rename it (release manifests and checksums on the target are one line per file)",
+        )
     if dos:
         # zip tools on Windows write backslashes and drive letters; unzip treats them as such
         name = name.replace("\\", "/")
@@ -235,7 +240,7 @@ def _scan_dir(root: Path, label: str) -> list[Entry]:
                 " — check the directory"
             ) from exc
         for item in listing:
-            rel = f"{folder}/{item.name}" if folder else item.name
+            rel = _member(label, f"{folder}/{item.name}" if folder else item.name)
             try:
                 info = item.stat(follow_symlinks=False)
                 mode = info.st_mode

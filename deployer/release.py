@@ -277,45 +277,100 @@ def stage_script(
 
     stdin holds two gzip sections of exactly `sections` bytes (the manifest, and sha256sum lines
     of the files to copy from the previous release), then the tar stream up to EOF. The tree is
-    verified against the manifest before it is published; files that fail are printed on stdout
+    verified against the manifest before it is published: every file sent is hashed, and so is
+    every copied file unless its source still has the inode, size and times recorded in the
+    previous release's stat snapshot (`snapshot_path`). Files that fail are printed on stdout
     (one path a line) and the command exits VERIFY_FAILED_STATUS, leaving the partial dir so that
-    a second call can send just those files.
+    a second call can send just those files. On success it prints ``trusted=N``: the copies that
+    the snapshot vouched for.
     """
     manifest_bytes, reuse_bytes = sections
     how = "-l" if hardlink else "-p --reflink=auto"
     work = f"{layout.path}/.deployer/stage.{layout.release_id}"
     lines = [
         "set -e",
+        "export TZ=UTC0",  # stat's times compare as text
         f"P={q(layout.path)}",
         f"T={q(layout.partial_dir)}",
-        f"M={q(f'{layout.path}/.deployer/manifests/{layout.release_id}.tsv')}",
+        f"M={q(manifest_path(layout.path, layout.release_id))}",
+        f"S={q(snapshot_path(layout.path, layout.release_id))}",
         f"W={q(work)}",
         'mkdir -p -- "$P/.deployer/manifests" "$T"',
         # dd with fullblock reads exactly the section; what follows stays on stdin for tar
         f'dd bs={manifest_bytes} count=1 iflag=fullblock 2>/dev/null | gzip -dc > "$M.tmp"',
         f'dd bs={reuse_bytes} count=1 iflag=fullblock 2>/dev/null | gzip -dc > "$W.reuse"',
         f'tar -x{"z" if compressed else ""}f - -C "$T"',
+        ': > "$W.trusted"',
     ]
     if previous_id:
+        before = q(f"{layout.path}/releases/{previous_id}")
+        names = "cut -c67- \"$W.reuse\" | tr '\\n' '\\000' | xargs -0 -r"
+        # the stat is read after the copy: a change during the copy shows, one after it is not in it
         lines.append(
-            f'if [ -s "$W.reuse" ]; then (cd -- {q(f"{layout.path}/releases/{previous_id}")} &&'
-            f" cut -c67- \"$W.reuse\" | tr '\\n' '\\000' |"
-            f' xargs -0 -r cp {how} --parents -t "$T" -- 2>/dev/null) || :; fi'
+            f'if [ -s "$W.reuse" ] && (cd -- {before} && {names} cp {how} --parents -t "$T" --)'
+            f" 2>/dev/null && [ -s {q(snapshot_path(layout.path, previous_id))} ]; then"
+            f' (cd -- {before} && {names} stat -c {q(STAT_FORMAT)} --) >"$W.now" 2>/dev/null &&'
+            f" awk -v link={int(hardlink)} {q(_TRUSTED_AWK)}"
+            f' {q(snapshot_path(layout.path, previous_id))} "$W.now" >"$W.trusted" ||'
+            ' : > "$W.trusted"; fi'
         )
     lines += [
-        'rm -f -- "$W.reuse"',
         'cd -- "$T"',
-        'if [ -s "$M.tmp" ] && ! awk -F \'\t\' \'{print $1 "  " $4}\' "$M.tmp" |'
-        ' sha256sum -c --quiet --strict - >"$W.check" 2>/dev/null; then',
-        '  sed -n \'s/: FAILED.*$//p\' "$W.check"; rm -f -- "$W.check"',
+        "awk -F '\t' 'FILENAME == ARGV[1] { trusted[$0]; next } !($4 in trusted) { print $1 \"  \" $4 }'"
+        ' "$W.trusted" "$M.tmp" >"$W.verify"',
+        'if [ -s "$W.verify" ] && ! sha256sum -c --quiet --strict "$W.verify" >"$W.check" 2>/dev/null; then',
+        '  sed -n \'s/: FAILED.*$//p\' "$W.check"; rm -f -- "$W".*',
         f"  exit {VERIFY_FAILED_STATUS}",
         "fi",
-        'rm -f -- "$W.check"',
     ]
     for item in shared:
         lines.append(_link_shared(item))
-    lines += [f'mv -- "$T" {q(layout.release_dir)}', 'mv -- "$M.tmp" "$M"']
+    lines += [
+        # the stat snapshot lets the next deploy trust unchanged files without hashing them.
+        # File times have the kernel's tick (up to 10 ms): wait one, so that every file written
+        # above is older than the marker, and only later writers can make entries racy
+        "sleep 0.02",
+        ': > "$W.mark"',
+        '{ printf \'#%s\\n\' "$(stat -c %z -- "$W.mark")" &&'
+        f' find . -type f -exec stat -c {q(STAT_FORMAT)} -- {{}} +; }} >"$S.tmp" 2>/dev/null ||'
+        ' rm -f -- "$S.tmp"',
+        'printf \'trusted=%s\\n\' "$(wc -l < "$W.trusted")"',
+        'rm -f -- "$W".*',
+        f'mv -- "$T" {q(layout.release_dir)}',
+        'mv -- "$M.tmp" "$M"',
+        '[ ! -f "$S.tmp" ] || mv -- "$S.tmp" "$S"',
+    ]
     return "\n".join(lines) + "\n"
+
+
+def manifest_path(path: str, release_id: str) -> str:
+    """DIR/.deployer/manifests/<id>.tsv: sha256, size, mode and path of every file."""
+    return f"{path}/.deployer/manifests/{release_id}.tsv"
+
+
+def snapshot_path(path: str, release_id: str) -> str:
+    """DIR/.deployer/manifests/<id>.stat: every file's inode, size, mtime and ctime at publish."""
+    return f"{path}/.deployer/manifests/{release_id}.stat"
+
+
+STAT_FORMAT = "%i|%s|%y|%z|%n"
+
+# Prints the reused files (read from stat lines of the previous release, taken after the copy)
+# whose inode, size, mtime and ctime are those of the snapshot taken when that release was
+# published, so their copies need no hashing. Any write sets ctime, and no one can set it back.
+# Hard links (link=1) change the ctime of the shared inode, and so do other releases' links and
+# prunes: there, ctime is not compared, and mtime (which writes set too) must do. Entries whose
+# compared time is not older than the snapshot's marker are left out (racy: a write in the same
+# clock tick would not show, as in git's index).
+_TRUSTED_AWK = r"""
+BEGIN { FS = "|" }
+function name(  n) { n = substr($0, length($1 FS $2 FS $3 FS $4) + 2); sub(/^\.\//, "", n); return n }
+function key() { return link ? $1 FS $2 FS $3 : $1 FS $2 FS $3 FS $4 }
+FILENAME == ARGV[1] && FNR == 1 { mark = substr($0, 2); next }
+NF < 5 || $1 !~ /^[0-9]+$/ { next }
+FILENAME == ARGV[1] { if ((link ? $3 : $4) < mark) snap[name()] = key(); next }
+(name() in snap) && snap[name()] == key() { print name() }
+"""
 
 
 def inventory_script(layout: Layout) -> str:
@@ -393,7 +448,9 @@ def remove_releases_script(path: str, release_ids: Sequence[str]) -> str:
         lines.append(
             f'[ ! -e "$P/releases/"{q(rid)} ] || mv -- "$P/releases/"{q(rid)} "$P/.deployer/trash/"{q(rid)}.$$'
         )
-        lines.append(f'rm -f -- "$P/.deployer/manifests/"{q(rid)}.tsv')
+        lines.append(
+            f'rm -f -- "$P/.deployer/manifests/"{q(rid)}.tsv "$P/.deployer/manifests/"{q(rid)}.stat'
+        )
     # fds closed: the SSH session ends without waiting for the deletion
     lines.append('(rm -rf -- "$P/.deployer/trash/"* </dev/null >/dev/null 2>&1 &)')
     return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_redeploy_sends_only_changed_files(topology, deployer, tmp_path: Path) -
     second = push_json(deployer, topology, app, target)
     transfer = second["details"]["transfer"]
     assert (transfer["files_sent"], transfer["files_reused"]) == (2, 53)
+    assert transfer["files_trusted"] == 53  # untouched since published: copied, not hashed again
     assert transfer["bytes_sent"] == len("changed\n") + len("new\n")
     assert second["uploaded_bytes"] < first["uploaded_bytes"]
     current = target / "current"
@@ -50,7 +52,11 @@ def test_redeploy_sends_only_changed_files(topology, deployer, tmp_path: Path) -
     old = target / "releases" / first["release"] / "public" / "asset-8.js"
     assert old.stat().st_ino != (current / "public" / "asset-8.js").stat().st_ino
     manifests = sorted(p.name for p in (target / ".deployer" / "manifests").iterdir())
-    assert manifests == sorted([f"{first['release']}.tsv", f"{second['release']}.tsv"])
+    assert manifests == sorted(
+        f"{release}.{kind}"
+        for release in (first["release"], second["release"])
+        for kind in ("tsv", "stat")
+    )
 
 
 def test_a_release_changed_in_place_is_not_reused(topology, deployer, tmp_path: Path) -> None:
@@ -74,6 +80,10 @@ def test_link_unchanged_shares_inodes(topology, deployer, tmp_path: Path) -> Non
     old = target / "releases" / first["release"] / "VERSION"
     new = target / "releases" / second["release"] / "VERSION"
     assert old.stat().st_ino == new.stat().st_ino
+    shutil.rmtree(old.parent)  # as a prune does: the shared inodes' link count and ctime change
+    # hard links are compared by inode, size and mtime: still unchanged since published
+    third = push_json(deployer, topology, app, target, "--link-unchanged")
+    assert third["details"]["transfer"]["files_trusted"] == 4
 
 
 def test_no_delta_sends_everything(topology, deployer, tmp_path: Path) -> None:

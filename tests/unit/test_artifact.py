@@ -704,6 +704,19 @@ def test_nul_byte_in_a_member_name_is_refused(tmp_path: Path) -> None:
     )
 
 
+def test_line_breaks_and_tabs_in_names_are_refused(tmp_path: Path) -> None:
+    member = info("x")
+    member.pax_headers = {"path": "web/a\tb.css"}
+    assert "member 'web/a\\tb.css' has a line break or tab in its name — rename it" in refused(
+        make_tar(tmp_path / "tab.tar", member, mode="w")
+    )
+    folder = tmp_path / "dist" / "web"
+    folder.mkdir(parents=True)
+    (folder / "a\nb.css").write_text("x")
+    with pytest.raises(ArtifactError, match=re.escape("member 'web/a\\nb.css' has a line break")):
+        open_artifact(tmp_path / "dist")
+
+
 def test_symlinks_that_stay_inside_are_accepted(tmp_path: Path) -> None:
     archive = make_tar(
         tmp_path / "ok.tar.gz",

@@ -48,6 +48,7 @@ def stage(
     manifest: bytes,
     reuse: bytes = b"",
     previous: str = "",
+    hardlink: bool = False,
 ) -> RunResult:
     """Run the stage script with its stdin framed as the upload does: two gzip sections, then tar."""
     sections = [gzip.compress(manifest), gzip.compress(reuse)]
@@ -56,7 +57,7 @@ def stage(
         shared,
         sections=(len(sections[0]), len(sections[1])),
         previous_id=previous,
-        hardlink=False,
+        hardlink=hardlink,
         compressed=True,
     )
     return sh.run(script, upload=lambda out: out.write(b"".join(sections) + tar))
@@ -185,6 +186,77 @@ def test_stage_reuses_unchanged_files_and_reports_those_changed_in_place(tmp_pat
     assert result.status == 0, result.stderr
     for name, data in v2.items():
         assert (Path(layout.release_dir) / name).read_bytes() == data
+
+
+def reuse_lines(files: dict[str, bytes]) -> bytes:
+    """The reuse section: sha256sum lines of the files to take from the previous release."""
+    return "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in files.items()).encode()
+
+
+def redeploy_claiming(path: Path, rid: str, previous: str, claim: bytes, **kw: bool) -> RunResult:
+    """Stage a release that reuses a.txt while its manifest says a.txt holds `claim`.
+
+    The stage can only succeed if the copy of a.txt is trusted by its stat and not hashed."""
+    files = {"a.txt": claim, "b.txt": rid.encode()}
+    tar = targz({"b.txt": files["b.txt"]})
+    reuse = reuse_lines({"a.txt": claim})
+    return stage(Layout(str(path), rid), [], tar, manifest_of(files), reuse, previous, **kw)
+
+
+V1 = "20260101T000000Z"
+
+
+def publish_v1(path: Path, **kw: bool) -> Path:
+    sh.run(prepare_script(str(path), "x token T"))
+    files = {"a.txt": b"same", "b.txt": b"v1"}
+    assert stage(Layout(str(path), V1), [], targz(files), manifest_of(files), **kw).status == 0
+    assert (path / ".deployer" / "manifests" / f"{V1}.stat").is_file()
+    return path / "releases" / V1
+
+
+def test_unchanged_reused_files_are_trusted_by_their_stat_and_not_hashed(tmp_path: Path) -> None:
+    publish_v1(tmp_path / "app")
+    # the claim is false, so only a copy that is not hashed passes: proof that stat was enough
+    result = redeploy_claiming(tmp_path / "app", "20260102T000000Z", V1, b"not what a.txt holds")
+    assert result.status == 0, result.stderr
+    release = tmp_path / "app/releases/20260102T000000Z"
+    assert (release / "a.txt").read_bytes() == b"same"
+    assert (release / "b.txt").read_bytes() == b"20260102T000000Z"
+
+
+def test_a_change_that_keeps_size_and_mtime_is_still_seen_by_ctime(tmp_path: Path) -> None:
+    live = publish_v1(tmp_path / "app") / "a.txt"
+    before = live.stat()
+    time.sleep(0.02)
+    live.write_bytes(b"SAME")  # same size, mtime put back: only ctime tells
+    os.utime(live, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = redeploy_claiming(tmp_path / "app", "20260102T000000Z", V1, b"same")
+    assert result.status == VERIFY_FAILED_STATUS
+    assert result.stdout.decode().split() == ["a.txt"]
+
+
+def test_hard_links_and_prunes_do_not_spoil_the_trust_of_linked_releases(tmp_path: Path) -> None:
+    path = tmp_path / "app"
+    publish_v1(path, hardlink=True)
+    v2, v3 = "20260102T000000Z", "20260103T000000Z"
+    assert redeploy_claiming(path, v2, V1, b"same", hardlink=True).status == 0
+    time.sleep(0.02)
+    assert sh.run(remove_releases_script(str(path), [V1])).status == 0  # a.txt's ctime changes
+    # with copies, that ctime change means "hash it again" (and the false claim is caught) ...
+    assert redeploy_claiming(path, v3, v2, b"not a.txt").status == VERIFY_FAILED_STATUS
+    # ... with hard links, ctime is not compared: inode, size and mtime are unchanged
+    sh.run(f"rm -rf {path}/releases/.{v3}.partial")
+    assert redeploy_claiming(path, v3, v2, b"not a.txt", hardlink=True).status == 0
+
+
+def test_files_as_new_as_the_snapshot_are_hashed_again(tmp_path: Path) -> None:
+    publish_v1(tmp_path / "app")
+    snapshot = tmp_path / "app" / ".deployer" / "manifests" / f"{V1}.stat"
+    lines = snapshot.read_text().splitlines()
+    # a marker from long ago: every entry is then "changed in the same clock tick" (racy)
+    snapshot.write_text("\n".join(["#2000-01-01 00:00:00.000000000 +0000", *lines[1:]]) + "\n")
+    result = redeploy_claiming(tmp_path / "app", "20260102T000000Z", V1, b"not a.txt")
+    assert result.status == VERIFY_FAILED_STATUS
 
 
 def test_switch_then_runs_only_after_a_switch_and_reports_its_own_failure(tmp_path: Path) -> None:
