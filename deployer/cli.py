@@ -478,7 +478,7 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
             f"--shard {shard} selects no target out of {len(_split(to))} — use fewer shards"
         )
     fleet = FleetSettings(parallel=parallel, batch=parse_batch(batch, len(routes)))
-    payload = prepare_payload(open_artifact(artifact))
+    payload = prepare_payload(open_artifact(artifact), targets=len(routes))
     opened = payload.artifact
     provenance = _provenance()
     if len(routes) > 1:
@@ -489,6 +489,7 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
     )
     established: list[str] = []  # --mode auto falls back only if no connection ever came up
     with contextlib.ExitStack() as connections:
+        connections.callback(payload.close)
 
         def start(index: int) -> TargetDeploy:
             def connect() -> Connection:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from deployer.artifact import Artifact, write_tar
+from deployer.artifact import Artifact, Sink, write_tar
 from deployer.errors import ConnectError, RemoteError, TransferError
 from deployer.executor import Executor
 from deployer.manifest import (
@@ -41,6 +41,7 @@ from deployer.release import (
     remove_partial_script,
     stage_script,
 )
+from deployer.spool import Spool
 
 RETRY_DELAYS = (1.0, 3.0, 8.0)  # seconds before each new attempt after a dropped connection
 
@@ -50,10 +51,15 @@ class Payload:
 
     Hashing starts at once in a background thread, so that reading the artifact overlaps
     connecting and probing the targets; `digests` waits for it (and raises what it raised).
+    With several targets, a compressed stream is encoded once and shared by every target that
+    needs the same files (`shared_stream`); `close` drops those spools.
     """
 
-    def __init__(self, artifact: Artifact) -> None:
+    def __init__(self, artifact: Artifact, targets: int = 1) -> None:
         self.artifact = artifact
+        self._targets = targets
+        self._spools: dict[tuple[frozenset[str], int], Spool] = {}
+        self._spools_lock = threading.Lock()
         self._digests: dict[str, FileDigest] | BaseException | None = None
         self._hashing = threading.Thread(target=self._hash, name="deployer-hash", daemon=True)
         self._hashing.start()
@@ -78,10 +84,37 @@ class Payload:
         """The manifest stored with each release."""
         return manifest_text(self.digests)
 
+    def shared_stream(self, send: frozenset[str], level: int | None) -> Spool | None:
+        """The gzip tar stream of `send`, encoded once for all targets (None: encode your own).
 
-def prepare_payload(artifact: Artifact) -> Payload:
+        Only compressed streams of a push to several targets are shared: a plain tar costs
+        no more to build per target than to read back from a spool.
+        """
+        if self._targets < 2 or level is None:
+            return None
+        with self._spools_lock:
+            spool = self._spools.get((send, level))
+            if spool is None:
+                encode = functools.partial(self._encode, send, level)
+                spool = self._spools[send, level] = Spool(encode)
+            return spool
+
+    def _encode(
+        self, send: frozenset[str], level: int, out: Sink, on_progress: Callable[[int], None]
+    ) -> None:
+        write_tar(self.artifact, out, compresslevel=level, on_progress=on_progress, only=send)
+
+    def close(self) -> None:
+        """Drop the shared streams (call when every upload is done)."""
+        with self._spools_lock:
+            spools, self._spools = list(self._spools.values()), {}
+        for spool in spools:
+            spool.close()
+
+
+def prepare_payload(artifact: Artifact, targets: int = 1) -> Payload:
     """Start hashing every file of the artifact (streamed, in the background)."""
-    return Payload(artifact)
+    return Payload(artifact, targets)
 
 
 @dataclass(frozen=True)
@@ -105,6 +138,7 @@ class TransferReport:
     wire_bytes: int = 0  # what the tar stream weighed
     attempts: int = 1
     compression: str = "none"
+    shared_stream: bool = False  # the stream was encoded once for several targets
 
 
 Reconnect = Callable[[], Executor]
@@ -162,7 +196,9 @@ class Upload:
         self.report.compression = f"gzip -{level}" if level is not None else "none"
         self.report.files_reused, self.report.files_sent = len(plan.reuse), len(plan.send)
         self.report.bytes_sent = plan.send_bytes
-        failed = self._stage_with_retries(shared, set(plan.send), plan.reuse, level)
+        spool = self.payload.shared_stream(frozenset(plan.send), level)
+        self.report.shared_stream = spool is not None
+        failed = self._stage_with_retries(shared, set(plan.send), plan.reuse, level, spool)
         if failed:
             self._explain(failed, set(plan.reuse))
             self.report.files_reused -= len(failed & set(plan.reuse))
@@ -182,7 +218,8 @@ class Upload:
             f"uploaded {self.report.files_sent} of {len(self.payload.digests)} files"
             f" ({human_size(self.report.bytes_sent)}; {self.report.files_reused} unchanged reused on the"
             f" target, {self.report.files_trusted} of them not hashed again)"
-            f", {human_size(self.report.wire_bytes)} on the wire [{self.report.compression}] in {elapsed:.1f} s",
+            f", {human_size(self.report.wire_bytes)} on the wire [{self.report.compression}"
+            f"{', shared stream' if self.report.shared_stream else ''}] in {elapsed:.1f} s",
         )
         return self.report
 
@@ -203,13 +240,22 @@ class Upload:
             )
 
     def _stage_with_retries(
-        self, shared: tuple[str, ...], send: set[str], reuse: tuple[str, ...], level: int | None
+        self,
+        shared: tuple[str, ...],
+        send: set[str],
+        reuse: tuple[str, ...],
+        level: int | None,
+        spool: Spool | None = None,
     ) -> set[str]:
-        """Run the stage command, resuming after dropped connections; return the files that failed."""
+        """Run the stage command, resuming after dropped connections; return the files that failed.
+
+        `spool` holds the stream of `send` if it is shared with other targets; a resumed upload
+        sends fewer files, and encodes its own stream.
+        """
         attempt = 0
         while True:
             try:
-                return self._stage(shared, send, reuse, level)
+                return self._stage(shared, send, reuse, level, spool)
             except (TransferError, ConnectError) as exc:
                 if self.reconnect is None or attempt >= self.settings.retries:
                     raise
@@ -220,7 +266,7 @@ class Upload:
                     self.executor.label, f"upload interrupted ({exc}); retrying in {delay:g} s"
                 )
                 time.sleep(delay)
-                send = self._resume(send)
+                send, spool = self._resume(send), None
 
     def _resume(self, send: set[str]) -> set[str]:
         """Reconnect, check the lock is still ours, and drop from `send` what arrived intact."""
@@ -241,7 +287,12 @@ class Upload:
         return remaining
 
     def _stage(
-        self, shared: tuple[str, ...], send: set[str], reuse: tuple[str, ...], level: int | None
+        self,
+        shared: tuple[str, ...],
+        send: set[str],
+        reuse: tuple[str, ...],
+        level: int | None,
+        spool: Spool | None,
     ) -> set[str]:
         """One stage command: manifest + reuse list + tar stream; the files that failed verification."""
         digests = self.payload.digests
@@ -264,9 +315,16 @@ class Upload:
             counting = _Counting(out, self.report)
             counting.write(manifest)
             counting.write(reused)
-            write_tar(
-                self.payload.artifact, counting, compresslevel=level, on_progress=advance, only=send
-            )
+            if spool is not None:
+                spool.copy_to(counting, on_progress=advance)
+            else:
+                write_tar(
+                    self.payload.artifact,
+                    counting,
+                    compresslevel=level,
+                    on_progress=advance,
+                    only=send,
+                )
 
         result = self.executor.run(script, upload=feed)
         if result.status == VERIFY_FAILED_STATUS:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import deployer.transfer
 from deployer.artifact import open_artifact
 from deployer.deploy import Provenance, PushSettings, TargetDeploy
 from deployer.errors import ConfigError, ConnectError, ExitCode
@@ -135,3 +136,29 @@ def test_batches_and_shards() -> None:
     assert shards[0] == ["h0", "h3", "h6"] and sorted(
         h for shard in shards for h in shard
     ) == sorted(hosts)
+
+
+def test_targets_needing_the_same_files_share_one_compressed_stream(
+    tmp_path: Path, monkeypatch
+) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "app.py").write_text("print('the same line')\n" * 5000)  # compressible: gzip -1
+    payload = prepare_payload(open_artifact(app), targets=3)
+    encoded = []
+    real_write_tar = deployer.transfer.write_tar
+
+    def counting_write_tar(*args, **kwargs) -> None:
+        encoded.append(kwargs.get("compresslevel"))
+        real_write_tar(*args, **kwargs)
+
+    monkeypatch.setattr("deployer.transfer.write_tar", counting_write_tar)
+    names = ["a", "b", "c"]
+    outcomes, error = run_fleet(tmp_path, payload, names, lambda n: HookSettings())
+    payload.close()
+    assert error is None and encoded == [1]
+    for outcome, name in zip(outcomes, names, strict=True):
+        assert outcome.details["transfer"]["shared_stream"] is True
+        assert (tmp_path / name / "current" / "app.py").read_bytes() == (
+            app / "app.py"
+        ).read_bytes()
