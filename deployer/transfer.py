@@ -51,15 +51,17 @@ class Payload:
 
     Hashing starts at once in a background thread, so that reading the artifact overlaps
     connecting and probing the targets; `digests` waits for it (and raises what it raised).
-    With several targets, a compressed stream is encoded once and shared by every target that
-    needs the same files (`shared_stream`); `close` drops those spools.
+    With several targets, the content is sampled for compression once (`compression`) and a
+    compressed stream is encoded once, shared by every target that needs the same files
+    (`shared_stream`); `close` drops those spools.
     """
 
     def __init__(self, artifact: Artifact, targets: int = 1) -> None:
         self.artifact = artifact
         self._targets = targets
+        self._ratios: dict[frozenset[str], float] = {}
         self._spools: dict[tuple[frozenset[str], int], Spool] = {}
-        self._spools_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _ratios and _spools
         self._digests: dict[str, FileDigest] | BaseException | None = None
         self._hashing = threading.Thread(target=self._hash, name="deployer-hash", daemon=True)
         self._hashing.start()
@@ -84,6 +86,14 @@ class Payload:
         """The manifest stored with each release."""
         return manifest_text(self.digests)
 
+    def compression(self, send: frozenset[str], requested: int | None) -> int | None:
+        """The gzip level for a stream of `send` (None: plain tar), sampled once per set of files."""
+        with self._lock:
+            ratio = self._ratios.get(send)
+            if ratio is None:
+                ratio = self._ratios[send] = compressibility(self.artifact, send)
+        return choose_compression(ratio, requested)
+
     def shared_stream(self, send: frozenset[str], level: int | None) -> Spool | None:
         """The gzip tar stream of `send`, encoded once for all targets (None: encode your own).
 
@@ -92,7 +102,7 @@ class Payload:
         """
         if self._targets < 2 or level is None:
             return None
-        with self._spools_lock:
+        with self._lock:
             spool = self._spools.get((send, level))
             if spool is None:
                 encode = functools.partial(self._encode, send, level)
@@ -106,7 +116,7 @@ class Payload:
 
     def close(self) -> None:
         """Drop the shared streams (call when every upload is done)."""
-        with self._spools_lock:
+        with self._lock:
             spools, self._spools = list(self._spools.values()), {}
         for spool in spools:
             spool.close()
@@ -191,12 +201,11 @@ class Upload:
         """Build and publish the release on the target; raise with the partial dir removed on failure."""
         started = time.monotonic()
         plan = plan_delta(self.payload.digests, self.previous_manifest)
-        ratio = compressibility(self.payload.artifact, plan.send)
-        level = choose_compression(ratio, self.settings.compresslevel)
+        level = self.payload.compression(plan.send, self.settings.compresslevel)
         self.report.compression = f"gzip -{level}" if level is not None else "none"
         self.report.files_reused, self.report.files_sent = len(plan.reuse), len(plan.send)
         self.report.bytes_sent = plan.send_bytes
-        spool = self.payload.shared_stream(frozenset(plan.send), level)
+        spool = self.payload.shared_stream(plan.send, level)
         self.report.shared_stream = spool is not None
         failed = self._stage_with_retries(shared, set(plan.send), plan.reuse, level, spool)
         if failed:

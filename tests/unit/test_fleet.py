@@ -138,7 +138,7 @@ def test_batches_and_shards() -> None:
     ) == sorted(hosts)
 
 
-def test_targets_needing_the_same_files_share_one_compressed_stream(
+def test_targets_needing_the_same_files_share_one_sample_and_one_compressed_stream(
     tmp_path: Path, monkeypatch
 ) -> None:
     app = tmp_path / "app"
@@ -153,10 +153,18 @@ def test_targets_needing_the_same_files_share_one_compressed_stream(
         real_write_tar(*args, **kwargs)
 
     monkeypatch.setattr("deployer.transfer.write_tar", counting_write_tar)
+    sampled = []
+    real_compressibility = deployer.transfer.compressibility
+
+    def counting_compressibility(*args, **kwargs) -> float:
+        sampled.append(1)
+        return real_compressibility(*args, **kwargs)
+
+    monkeypatch.setattr("deployer.transfer.compressibility", counting_compressibility)
     names = ["a", "b", "c"]
     outcomes, error = run_fleet(tmp_path, payload, names, lambda n: HookSettings())
     payload.close()
-    assert error is None and encoded == [1]
+    assert error is None and encoded == [1] and sampled == [1]
     for outcome, name in zip(outcomes, names, strict=True):
         assert outcome.details["transfer"]["shared_stream"] is True
         assert (tmp_path / name / "current" / "app.py").read_bytes() == (
