@@ -1415,7 +1415,9 @@ def inner(args: argparse.Namespace, net: dict[str, str] | None) -> int:
     )
     link = Link(topo, args, net, logdir)
     state: dict[str, Any] = {
-        "command": "python bench/run.py " + " ".join(sys.argv[1:]).replace(" --_inner", "").strip(),
+        "command": shlex.join(
+            ["python", "bench/run.py", *(a for a in sys.argv[1:] if a != "--_inner")]
+        ),
         "environment": environment(),
         "net": args.net,
         "shaper": args.shaper,
