@@ -304,14 +304,15 @@ def stage_script(
     ]
     if previous_id:
         before = q(f"{layout.path}/releases/{previous_id}")
+        snapshot = q(snapshot_path(layout.path, previous_id))
         names = "cut -c67- \"$W.reuse\" | tr '\\n' '\\000' | xargs -0 -r"
         # the stat is read after the copy: a change during the copy shows, one after it is not in it
         lines.append(
             f'if [ -s "$W.reuse" ] && (cd -- {before} && {names} cp {how} --parents -t "$T" --)'
-            f" 2>/dev/null && [ -s {q(snapshot_path(layout.path, previous_id))} ]; then"
+            f" 2>/dev/null && [ -s {snapshot} ]; then"
             f' (cd -- {before} && {names} stat -c {q(STAT_FORMAT)} --) >"$W.now" 2>/dev/null &&'
             f" awk -v link={int(hardlink)} {q(_TRUSTED_AWK)}"
-            f' {q(snapshot_path(layout.path, previous_id))} "$W.now" >"$W.trusted" ||'
+            f' {snapshot} "$W.now" >"$W.trusted" ||'
             ' : > "$W.trusted"; fi'
         )
     lines += [
@@ -448,9 +449,7 @@ def remove_releases_script(path: str, release_ids: Sequence[str]) -> str:
         lines.append(
             f'[ ! -e "$P/releases/"{q(rid)} ] || mv -- "$P/releases/"{q(rid)} "$P/.deployer/trash/"{q(rid)}.$$'
         )
-        lines.append(
-            f'rm -f -- "$P/.deployer/manifests/"{q(rid)}.tsv "$P/.deployer/manifests/"{q(rid)}.stat'
-        )
+        lines.append(f"rm -f -- {q(manifest_path(path, rid))} {q(snapshot_path(path, rid))}")
     # fds closed: the SSH session ends without waiting for the deletion
     lines.append('(rm -rf -- "$P/.deployer/trash/"* </dev/null >/dev/null 2>&1 &)')
     return "\n".join(lines) + "\n"

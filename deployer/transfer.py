@@ -17,7 +17,7 @@ import gzip
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -105,13 +105,18 @@ class Payload:
         with self._lock:
             spool = self._spools.get((send, level))
             if spool is None:
-                encode = functools.partial(self._encode, send, level)
+                encode = functools.partial(self.encode, send, level)
                 spool = self._spools[send, level] = Spool(encode)
             return spool
 
-    def _encode(
-        self, send: frozenset[str], level: int, out: Sink, on_progress: Callable[[int], None]
+    def encode(
+        self,
+        send: Container[str],
+        level: int | None,
+        out: Sink,
+        on_progress: Callable[[int], None] | None = None,
     ) -> None:
+        """Write the tar stream of `send` (gzip at `level`, None: plain) into `out`."""
         write_tar(self.artifact, out, compresslevel=level, on_progress=on_progress, only=send)
 
     def close(self) -> None:
@@ -327,13 +332,7 @@ class Upload:
             if spool is not None:
                 spool.copy_to(counting, on_progress=advance)
             else:
-                write_tar(
-                    self.payload.artifact,
-                    counting,
-                    compresslevel=level,
-                    on_progress=advance,
-                    only=send,
-                )
+                self.payload.encode(send, level, counting, advance)
 
         result = self.executor.run(script, upload=feed)
         if result.status == VERIFY_FAILED_STATUS:
