@@ -170,3 +170,28 @@ def test_targets_needing_the_same_files_share_one_sample_and_one_compressed_stre
         assert (tmp_path / name / "current" / "app.py").read_bytes() == (
             app / "app.py"
         ).read_bytes()
+
+
+def test_a_shared_stream_that_cannot_be_spooled_switches_nobody(
+    tmp_path: Path, monkeypatch
+) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "app.py").write_text("print('the same line')\n" * 5000)
+    monkeypatch.setattr(
+        "deployer.spool.tempfile.TemporaryFile",
+        lambda **kwargs: open("/dev/full", "r+b", buffering=0),  # noqa: SIM115  ENOSPC on write
+    )
+    payload = prepare_payload(open_artifact(app), targets=2)
+    names = ["a", "b"]
+    outcomes, error = run_fleet(tmp_path, payload, names, lambda n: HookSettings())
+    payload.close()
+    assert error is not None and error.exit_code == ExitCode.TRANSFER
+    assert "free space there or point TMPDIR elsewhere" in str(error)
+    assert all(o.status in ("failed", "aborted") for o in outcomes)
+    for name in names:
+        assert live(tmp_path / name) == ""
+        assert not (tmp_path / name / ".deployer" / "lock").exists()
+        # only the hidden partial dir is left, as after a dropped upload; the next push clears it
+        left = os.listdir(tmp_path / name / "releases")
+        assert len(left) == 1 and left[0].startswith(".") and left[0].endswith(".partial")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deployer.artifact import open_artifact, write_tar
-from deployer.errors import TransferError
+from deployer.errors import ExitCode, TransferError
 from deployer.spool import Spool
 from deployer.transfer import prepare_payload
 
@@ -103,9 +103,12 @@ def test_a_full_disk_is_a_transfer_error_naming_the_fix(monkeypatch) -> None:
     spool = Spool(slow_encoder([b"y" * 1000]))
     with pytest.raises(
         TransferError, match=r"spooling the upload stream in .* free space there or point TMPDIR"
-    ):
+    ) as caught:
         spool.copy_to(Collect())
     spool.close()
+    message = str(caught.value)
+    assert caught.value.exit_code == ExitCode.TRANSFER
+    assert "\n" not in message and "No space left on device" in message
 
 
 @pytest.fixture
