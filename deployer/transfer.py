@@ -203,7 +203,11 @@ class Upload:
         self.report = TransferReport()
 
     def run(self, shared: tuple[str, ...]) -> TransferReport:
-        """Build and publish the release on the target; raise with the partial dir removed on failure."""
+        """Build and publish the release on the target, or raise.
+
+        A failed build or verification removes the partial dir; after a broken stream it stays
+        (hidden, never live) for the retry to resume, and the next push's lock step clears it.
+        """
         started = time.monotonic()
         plan = plan_delta(self.payload.digests, self.previous_manifest)
         level = self.payload.compression(plan.send, self.settings.compresslevel)
