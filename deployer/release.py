@@ -305,22 +305,40 @@ def stage_script(
     if previous_id:
         before = q(f"{layout.path}/releases/{previous_id}")
         snapshot = q(snapshot_path(layout.path, previous_id))
-        names = "cut -c67- \"$W.reuse\" | tr '\\n' '\\000' | xargs -0 -r"
+        copy = f'cp {how} --parents -t "$T" --'
+        nul = "tr '\\n' '\\000'"
+        # copies run COPY_JOBS at a time (creating files is latency-bound on a busy disk); the first
+        # file of each directory goes first, alone, so that parallel cp's never race to mkdir it
+        lines += [
+            ': >"$W.first"; : >"$W.rest"',
+            f'cut -c67- "$W.reuse" | awk -v first="$W.first" -v rest="$W.rest" {q(_FIRST_OF_DIR_AWK)}',
+        ]
         # the stat is read after the copy: a change during the copy shows, one after it is not in it
         lines.append(
-            f'if [ -s "$W.reuse" ] && (cd -- {before} && {names} cp {how} --parents -t "$T" --)'
+            f'if [ -s "$W.reuse" ] && (cd -- {before} && {nul} <"$W.first" | xargs -0 -r {copy} &&'
+            f' {nul} <"$W.rest" | xargs -0 -r -P {COPY_JOBS} -n {COPY_BATCH} {copy})'
             f" 2>/dev/null && [ -s {snapshot} ]; then"
-            f' (cd -- {before} && {names} stat -c {q(STAT_FORMAT)} --) >"$W.now" 2>/dev/null &&'
+            f' (cd -- {before} && cut -c67- "$W.reuse" | {nul} | xargs -0 -r stat -c {q(STAT_FORMAT)} --)'
+            ' >"$W.now" 2>/dev/null &&'
             f" awk -v link={int(hardlink)} {q(_TRUSTED_AWK)}"
             f' {snapshot} "$W.now" >"$W.trusted" ||'
             ' : > "$W.trusted"; fi'
         )
     lines += [
         'cd -- "$T"',
-        "awk -F '\t' 'FILENAME == ARGV[1] { trusted[$0]; next } !($4 in trusted) { print $1 \"  \" $4 }'"
-        ' "$W.trusted" "$M.tmp" >"$W.verify"',
-        'if [ -s "$W.verify" ] && ! sha256sum -c --quiet --strict "$W.verify" >"$W.check" 2>/dev/null; then',
-        '  sed -n \'s/: FAILED.*$//p\' "$W.check"; rm -f -- "$W".*',
+        # hash the files that need it on every CPU (up to 8): split into lists of about equal bytes
+        "n=$(nproc 2>/dev/null) || n=1",
+        '[ "$n" -le 8 ] 2>/dev/null || n=8',
+        f'awk -F \'\\t\' -v n="$n" -v out="$W.verify." {q(_VERIFY_SPLIT_AWK)} "$W.trusted" "$M.tmp"',
+        "pids=",
+        'for f in "$W".verify.*; do',
+        '  [ -f "$f" ] || continue',
+        '  sha256sum -c --quiet --strict "$f" >"$f.check" 2>/dev/null & pids="$pids $!"',
+        "done",
+        "ok=1",
+        'for p in $pids; do wait "$p" || ok=0; done',
+        'if [ "$ok" = 0 ]; then',
+        '  cat -- "$W".verify.*.check | sed -n \'s/: FAILED.*$//p\'; rm -f -- "$W".*',
         f"  exit {VERIFY_FAILED_STATUS}",
         "fi",
     ]
@@ -383,6 +401,29 @@ cd -- "$T" && find . -type f -exec sha256sum -- {{}} +
 
 
 VERIFY_FAILED_STATUS = 5
+
+# Unchanged files are copied (or linked) this many cp's at a time, each given up to COPY_BATCH
+# names. Creating files waits on the filesystem's journal: on a busy disk 4 in parallel copied
+# 3000 files in about half the time of one cp (README.md, Performance: Redeploys).
+COPY_JOBS = 4
+COPY_BATCH = 256
+
+# Splits reuse-list names in two: the first file seen in each directory (copied alone first, so
+# that every parent directory exists) and the rest (copied in parallel).
+_FIRST_OF_DIR_AWK = r"""
+{ d = $0; if (!sub(/\/[^\/]*$/, "", d)) d = "."; if (d in seen) print > rest; else { seen[d]; print > first } }
+"""
+
+# Writes sha256sum -c lines of the manifest's files that no stat vouched for (ARGV[1]: trusted
+# names) into n lists, each file to the list with the fewest bytes so far (+4 KiB per file for
+# the open and the read that even an empty file costs).
+_VERIFY_SPLIT_AWK = r"""
+FILENAME == ARGV[1] { trusted[$0]; next }
+!($4 in trusted) {
+    k = 0; for (i = 1; i < n; i++) if (load[i] < load[k]) k = i
+    load[k] += $2 + 4096; print $1 "  " $4 > (out k)
+}
+"""
 
 
 def _link_shared(item: str) -> str:

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import shlex
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,10 @@ from deployer.errors import ConfigError, LockError, RemoteError
 from deployer.executor import RunResult
 from deployer.local import LocalExecutor
 from deployer.release import (
+    _FIRST_OF_DIR_AWK,
+    _VERIFY_SPLIT_AWK,
+    COPY_BATCH,
+    COPY_JOBS,
     FINISH_FAILED_STATUS,
     LOCK_HELD_STATUS,
     VERIFY_FAILED_STATUS,
@@ -257,6 +262,87 @@ def test_files_as_new_as_the_snapshot_are_hashed_again(tmp_path: Path) -> None:
     snapshot.write_text("\n".join(["#2000-01-01 00:00:00.000000000 +0000", *lines[1:]]) + "\n")
     result = redeploy_claiming(tmp_path / "app", "20260102T000000Z", V1, b"not a.txt")
     assert result.status == VERIFY_FAILED_STATUS
+
+
+def nested_tree(count: int, tag: bytes = b"") -> dict[str, bytes]:
+    """`count` files spread over top-level names and directories up to three deep."""
+    dirs = ["", "a/", "a/b/", "a/b/c/", "d/", "e/f/"]
+    return {f"{dirs[i % len(dirs)]}f{i}": b"%d" % i + tag for i in range(count)}
+
+
+@pytest.mark.parametrize("hardlink", [False, True])
+def test_many_unchanged_files_in_nested_directories_are_all_reused(
+    tmp_path: Path, hardlink: bool
+) -> None:
+    """More files than one cp batch, several directories deep: the parallel copies miss none."""
+    path = tmp_path / "app"
+    sh.run(prepare_script(str(path), "x token T"))
+    v1 = nested_tree(3 * COPY_BATCH * COPY_JOBS // 2)
+    layout = Layout(str(path), V1)
+    assert stage(layout, [], targz(v1), manifest_of(v1), hardlink=hardlink).status == 0
+    v2 = dict(v1, **{"a/b/c/new": b"new", "f0": b"changed"})
+    sent = {"a/b/c/new": v2["a/b/c/new"], "f0": v2["f0"]}
+    reused = {n: d for n, d in v2.items() if n not in sent}
+    layout = Layout(str(path), "20260102T000000Z")
+    result = stage(
+        layout, [], targz(sent), manifest_of(v2), reuse_lines(reused), V1, hardlink=hardlink
+    )
+    assert result.status == 0, result.stderr
+    release = Path(layout.release_dir)
+    assert {str(p.relative_to(release)) for p in release.rglob("*") if p.is_file()} == set(v2)
+    for name, data in v2.items():
+        assert (release / name).read_bytes() == data
+    linked = (release / "a/b/f2").stat().st_ino == (path / "releases" / V1 / "a/b/f2").stat().st_ino
+    assert linked == hardlink
+    assert result.stdout.decode().strip() == f"trusted={len(reused)}"
+
+
+def test_every_file_that_fails_verification_is_reported(tmp_path: Path) -> None:
+    """Sent files are hashed in several lists at once; a failure in any of them is reported."""
+    path = tmp_path / "app"
+    sh.run(prepare_script(str(path), "x token T"))
+    files = nested_tree(40)
+    claimed = dict(files, **{"a/b/c/f3": b"other", "e/f/f35": b"other too", "f6": b""})
+    result = stage(Layout(str(path), V1), [], targz(files), manifest_of(claimed))
+    assert result.status == VERIFY_FAILED_STATUS
+    assert sorted(result.stdout.decode().split()) == ["a/b/c/f3", "e/f/f35", "f6"]
+
+
+def run_awk(program: str, *options: str, files: tuple[str, ...] = (), stdin: str = "") -> RunResult:
+    argv = ["awk", *options, shlex.quote(program), *files]
+    return sh.run(" ".join(argv), upload=lambda out: out.write(stdin.encode()))
+
+
+def test_each_directory_sends_its_first_file_ahead_of_the_parallel_copies(tmp_path: Path) -> None:
+    names = ["top1", "top2", "a/x", "a/y", "a/b/z", "a/b/w", "c/d/e/v"]
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    result = run_awk(
+        _FIRST_OF_DIR_AWK, f"-v first={first}", f"-v rest={rest}", stdin="\n".join(names) + "\n"
+    )
+    assert result.status == 0, result.stderr
+    assert first.read_text().split() == ["top1", "a/x", "a/b/z", "c/d/e/v"]
+    assert rest.read_text().split() == ["top2", "a/y", "a/b/w"]
+
+
+def test_files_to_verify_are_split_into_lists_of_about_equal_bytes(tmp_path: Path) -> None:
+    sizes = [900_000, 10, 500_000, 400_000, 20, 300_000, 30, 200_000, 100_000]
+    manifest = "".join(f"{i:064x}\t{size}\t644\tf{i}\n" for i, size in enumerate(sizes))
+    (tmp_path / "trusted").write_text("f1\nf4\n")
+    (tmp_path / "manifest").write_text(manifest)
+    out = f"{tmp_path}/list."
+    result = run_awk(
+        _VERIFY_SPLIT_AWK,
+        "-F '\t'",
+        "-v n=3",
+        f"-v out={out}",
+        files=(f"{tmp_path}/trusted", f"{tmp_path}/manifest"),
+    )
+    assert result.status == 0, result.stderr
+    lists = [Path(f"{out}{k}").read_text().splitlines() for k in range(3)]
+    names = sorted(line.split("  ")[1] for lines in lists for line in lines)
+    assert names == sorted(f"f{i}" for i in range(len(sizes)) if i not in (1, 4))
+    loads = [sum(sizes[int(line.split("  f")[1])] for line in lines) for lines in lists]
+    assert max(loads) <= 1_000_000 and min(loads) >= 700_000, loads
 
 
 def test_switch_then_runs_only_after_a_switch_and_reports_its_own_failure(tmp_path: Path) -> None:
