@@ -318,7 +318,7 @@ def stage_script(
             f'if [ -s "$W.reuse" ] && (cd -- {before} && {nul} <"$W.first" | xargs -0 -r {copy} &&'
             f' {nul} <"$W.rest" | xargs -0 -r -P {COPY_JOBS} -n {COPY_BATCH} {copy})'
             f" 2>/dev/null && [ -s {snapshot} ]; then"
-            f' (cd -- {before} && cut -c67- "$W.reuse" | {nul} | xargs -0 -r stat -c {q(STAT_FORMAT)} --)'
+            f' (cd -- {before} && cat -- "$W.first" "$W.rest" | {nul} | xargs -0 -r stat -c {q(STAT_FORMAT)} --)'
             ' >"$W.now" 2>/dev/null &&'
             f" awk -v link={int(hardlink)} {q(_TRUSTED_AWK)}"
             f' {snapshot} "$W.now" >"$W.trusted" ||'
