@@ -30,7 +30,7 @@ from proxies import PROXY_PASSWORD, PROXY_USER, start_dante, start_tinyproxy  # 
 from relay import Link, Relay  # noqa: E402
 from run import login_user  # noqa: E402
 
-from deployer.sandbox import Sandbox  # noqa: E402
+from deployer.sandbox.topology import Sandbox  # noqa: E402
 
 GOAL = 0.90  # a proxied route keeps at least 90 % of the direct route's throughput
 HTTP_USER, HTTP_PASSWORD = "bench", "bench-pw"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import click
 
+from deployer.cli.options import F, apply
 from deployer.errors import ConfigError
-from deployer.options import F, apply
 
 UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]+$")
 KEY_CREDENTIAL = "tunnel-key"

@@ -13,7 +13,7 @@ import pytest
 from helpers import live, make_app, releases
 
 from deployer.errors import ExitCode
-from deployer.sandbox import free_port, write_keypair
+from deployer.sandbox.topology import free_port, write_keypair
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import pytest
 import responses
 from helpers import live, make_app
 
-from deployer.cli import main
-from deployer.keys import load_private_key, public_key_line
+from deployer.cli.main import main
+from deployer.ssh.keys import load_private_key, public_key_line
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ import pytest
 from helpers import live, make_app, releases
 from proxies import PROXY_PASSWORD, PROXY_USER, Proxy, start_dante, start_tinyproxy
 
-from deployer.authorized_keys import render_authorized_keys
-from deployer.forwards import parse_forwards
-from deployer.sandbox import free_port, write_keypair
+from deployer.sandbox.topology import free_port, write_keypair
+from deployer.ssh.authorized_keys import render_authorized_keys
+from deployer.ssh.forwards import parse_forwards
 
 pytestmark = pytest.mark.integration
 

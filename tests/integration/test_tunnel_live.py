@@ -34,10 +34,10 @@ from netns import (
     tcp_client_ports,
 )
 
-from deployer.authorized_keys import render_authorized_keys
 from deployer.errors import ExitCode
-from deployer.forwards import parse_forwards
-from deployer.sandbox import SshServer, free_port, write_keypair
+from deployer.sandbox.topology import SshServer, free_port, write_keypair
+from deployer.ssh.authorized_keys import render_authorized_keys
+from deployer.ssh.forwards import parse_forwards
 
 pytestmark = pytest.mark.integration
 

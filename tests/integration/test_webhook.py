@@ -30,16 +30,16 @@ from webhook_kit import (
     wait_final,
 )
 
-from deployer.deploy import Provenance, PushSettings
+from deployer.deploy.hooks import HookSettings
+from deployer.deploy.target import Provenance, PushSettings
 from deployer.errors import ExitCode
-from deployer.hooks import HookSettings
 from deployer.output import Reporter
-from deployer.poll import Poller, PollSettings
-from deployer.sandbox import free_port
-from deployer.signing import sign_headers
-from deployer.sources import FetchSettings, GitlabSource, HttpsSource
-from deployer.webhook import DeployRequest, tls_context
-from deployer.webhook_client import WebhookClient
+from deployer.sandbox.topology import free_port
+from deployer.webhook.client import WebhookClient
+from deployer.webhook.poll import Poller, PollSettings
+from deployer.webhook.receiver import DeployRequest, tls_context
+from deployer.webhook.signing import sign_headers
+from deployer.webhook.sources import FetchSettings, GitlabSource, HttpsSource
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from deployer.signing import sign_headers
-from deployer.sources import FetchSettings
-from deployer.webhook import Receiver, ReceiverSettings
+from deployer.webhook.receiver import Receiver, ReceiverSettings
+from deployer.webhook.signing import sign_headers
+from deployer.webhook.sources import FetchSettings
 
 SECRET = b"s3cret-for-tests-0123456789abcdef"
 

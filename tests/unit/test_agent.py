@@ -20,8 +20,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from deployer.agent import MAX_FRAME, MemoryAgent, run_with_agent
 from deployer.errors import ConfigError, ExitCode
+from deployer.ssh.agent import MAX_FRAME, MemoryAgent, run_with_agent
 
 # A request that crashes an agent thread must fail the test, not just print a traceback.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -429,7 +429,7 @@ def test_commands_that_cannot_run_are_config_errors(
 FORWARDING_CHILD = """
 import sys
 import paramiko
-from deployer.agent import run_with_agent
+from deployer.ssh.agent import run_with_agent
 script = (
     'trap "exit 42" TERM; trap "exit 43" INT;'
     ' printf "%s %s" $$ "$SSH_AUTH_SOCK" > "$1.tmp"; mv "$1.tmp" "$1";'

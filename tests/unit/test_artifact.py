@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.artifact import Artifact, Entry, open_artifact, open_contents, write_tar
+from deployer.artifact.scan import Artifact, Entry, open_artifact, open_contents, write_tar
 from deployer.errors import ArtifactError, ExitCode
 
 MiB = 1 << 20

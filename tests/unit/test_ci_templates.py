@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deployer.ci_summary import render_summary, step_outputs
+from deployer.ci.summary import render_summary, step_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 ACTION = ROOT / "action.yml"

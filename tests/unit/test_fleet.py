@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-import deployer.transfer
-from deployer.artifact import open_artifact
-from deployer.deploy import Provenance, PushSettings, TargetDeploy
+import deployer.deploy.upload
+from deployer.artifact.scan import open_artifact
+from deployer.deploy.hooks import HookSettings
+from deployer.deploy.target import Provenance, PushSettings, TargetDeploy
+from deployer.deploy.upload import prepare_payload
 from deployer.errors import ConfigError, ConnectError, ExitCode
-from deployer.fleet import FleetSettings, parse_batch, parse_shard, push_fleet, select_shard
-from deployer.hooks import HookSettings
-from deployer.local import LocalExecutor
 from deployer.output import Reporter
-from deployer.transfer import prepare_payload
+from deployer.push.fleet import FleetSettings, parse_batch, parse_shard, push_fleet, select_shard
+from deployer.remote.local import LocalExecutor
 
 
 def live(path: Path) -> str:
@@ -146,21 +146,21 @@ def test_targets_needing_the_same_files_share_one_sample_and_one_compressed_stre
     (app / "app.py").write_text("print('the same line')\n" * 5000)  # compressible: gzip -1
     payload = prepare_payload(open_artifact(app), targets=3)
     encoded = []
-    real_write_tar = deployer.transfer.write_tar
+    real_write_tar = deployer.deploy.upload.write_tar
 
     def counting_write_tar(*args, **kwargs) -> None:
         encoded.append(kwargs.get("compresslevel"))
         real_write_tar(*args, **kwargs)
 
-    monkeypatch.setattr("deployer.transfer.write_tar", counting_write_tar)
+    monkeypatch.setattr("deployer.deploy.upload.write_tar", counting_write_tar)
     sampled = []
-    real_compressibility = deployer.transfer.compressibility
+    real_compressibility = deployer.deploy.upload.compressibility
 
     def counting_compressibility(*args, **kwargs) -> float:
         sampled.append(1)
         return real_compressibility(*args, **kwargs)
 
-    monkeypatch.setattr("deployer.transfer.compressibility", counting_compressibility)
+    monkeypatch.setattr("deployer.deploy.upload.compressibility", counting_compressibility)
     names = ["a", "b", "c"]
     outcomes, error = run_fleet(tmp_path, payload, names, lambda n: HookSettings())
     payload.close()
@@ -179,7 +179,7 @@ def test_a_shared_stream_that_cannot_be_spooled_switches_nobody(
     app.mkdir()
     (app / "app.py").write_text("print('the same line')\n" * 5000)
     monkeypatch.setattr(
-        "deployer.spool.tempfile.TemporaryFile",
+        "deployer.deploy.spool.tempfile.TemporaryFile",
         lambda **kwargs: open("/dev/full", "r+b", buffering=0),  # noqa: SIM115  ENOSPC on write
     )
     payload = prepare_payload(open_artifact(app), targets=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from deployer.gitlab_setup import (
+from deployer.gitlab.setup import (
     Variable,
     generate_key,
     merge_known_hosts,
@@ -12,8 +12,8 @@ from deployer.gitlab_setup import (
     public_key_of,
     render_ci_key_lines,
 )
-from deployer.keyscan import ScannedKey
-from deployer.route import build_route
+from deployer.ssh.keyscan import ScannedKey
+from deployer.ssh.route import build_route
 
 BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 OTHER = "AAAAC3NzaC1lZDI1NTE5AAAAIB8Mlh8rqwUQmOh2pX3bQ3Ji6IZQxOlvFl3zqk5TJ2V7"

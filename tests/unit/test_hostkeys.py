@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import ConfigError, ExitCode, HostKeyError
-from deployer.hostkeys import (
+from deployer.ssh.hostkeys import (
     HostKeyPolicy,
     KnownHost,
     Verdict,

@@ -7,7 +7,7 @@ import sys
 
 SCRIPT = """
 import sys
-import deployer.ssh, deployer.sshconfig
+import deployer.ssh.connection, deployer.ssh.ssh_config
 assert "invoke.vendor" not in sys.modules, "invoke was loaded by importing paramiko"
 import paramiko
 config = paramiko.SSHConfig.from_text("Match exec true\\n  User matched\\n")

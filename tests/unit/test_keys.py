@@ -19,9 +19,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-import deployer.keys
+import deployer.ssh.keys
 from deployer.errors import ExitCode, PrivateKeyError
-from deployer.keys import (
+from deployer.ssh.keys import (
     load_private_key,
     normalize_key_text,
     public_key_line,
@@ -725,7 +725,7 @@ def test_no_files_fixture_notices_a_write(no_files: list[str]) -> None:
 
 
 def test_module_has_no_way_to_write_a_file() -> None:
-    source = Path(deployer.keys.__file__).read_text()
+    source = Path(deployer.ssh.keys.__file__).read_text()
     for forbidden in ("tempfile", "write_", ".write(", "mkstemp", "os.open", "print("):
         assert forbidden not in source
     assert re.findall(r"\bopen\([^)]*\)", source) == ['open("rb")']

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import pytest
 
 from deployer.errors import ConfigError, ProxyError
-from deployer.proxy import (
+from deployer.ssh.proxy import (
     PASSWORD_ENV,
     ProxySpec,
     dial,
@@ -20,7 +20,7 @@ from deployer.proxy import (
     proxy_command_line,
     read_http_header,
 )
-from deployer.route import Endpoint, build_route
+from deployer.ssh.route import Endpoint, build_route
 
 
 def test_http_proxy_with_password_from_the_environment() -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import ConfigError, LockError, RemoteError
-from deployer.executor import RunResult
-from deployer.local import LocalExecutor
-from deployer.release import (
+from deployer.remote.executor import RunResult
+from deployer.remote.local import LocalExecutor
+from deployer.remote.scripts import (
     _FIRST_OF_DIR_AWK,
     _VERIFY_SPLIT_AWK,
     COPY_BATCH,

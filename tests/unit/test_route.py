@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import ConfigError
-from deployer.route import Endpoint, Route, build_route, parse_endpoint, parse_jumps
-from deployer.sshconfig import ssh_config_lookup
+from deployer.ssh.route import Endpoint, Route, build_route, parse_endpoint, parse_jumps
+from deployer.ssh.ssh_config import ssh_config_lookup
 
 
 def test_endpoint_forms() -> None:

@@ -7,7 +7,7 @@ from http import HTTPStatus
 import pytest
 
 from deployer.errors import ConfigError
-from deployer.signing import (
+from deployer.webhook.signing import (
     ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

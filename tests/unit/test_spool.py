@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from deployer.artifact import open_artifact, write_tar
+from deployer.artifact.scan import open_artifact, write_tar
+from deployer.deploy.spool import Spool
+from deployer.deploy.upload import prepare_payload
 from deployer.errors import ExitCode, TransferError
-from deployer.spool import Spool
-from deployer.transfer import prepare_payload
 
 
 class Collect:
@@ -97,7 +97,7 @@ def test_close_stops_an_unfinished_encoder() -> None:
 
 def test_a_full_disk_is_a_transfer_error_naming_the_fix(monkeypatch) -> None:
     monkeypatch.setattr(
-        "deployer.spool.tempfile.TemporaryFile",
+        "deployer.deploy.spool.tempfile.TemporaryFile",
         lambda **kwargs: open("/dev/full", "r+b", buffering=0),  # noqa: SIM115  ENOSPC on write
     )
     spool = Spool(slow_encoder([b"y" * 1000]))

@@ -9,14 +9,14 @@ from typing import BinaryIO
 
 import pytest
 
-from deployer.artifact import open_artifact
+from deployer.artifact.manifest import choose_compression, compressibility
+from deployer.artifact.scan import open_artifact
+from deployer.deploy.upload import TransferSettings, Upload, prepare_payload
 from deployer.errors import ConnectError
-from deployer.executor import OutputSink, RunResult
-from deployer.local import LocalExecutor
-from deployer.manifest import choose_compression, compressibility
 from deployer.output import Reporter
-from deployer.release import Layout, prepare_script
-from deployer.transfer import TransferSettings, Upload, prepare_payload
+from deployer.remote.executor import OutputSink, RunResult
+from deployer.remote.local import LocalExecutor
+from deployer.remote.scripts import Layout, prepare_script
 
 
 class DropsFirstUpload:
@@ -76,7 +76,7 @@ def big_app(tmp_path: Path) -> Path:
 def test_a_dropped_upload_resumes_with_only_the_missing_files(
     tmp_path: Path, big_app: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr("deployer.transfer.RETRY_DELAYS", (0.0,))
+    monkeypatch.setattr("deployer.deploy.upload.RETRY_DELAYS", (0.0,))
     target = tmp_path / "srv"
     flaky = DropsFirstUpload(LocalExecutor("t"))
     assert flaky.run(prepare_script(str(target), "test token T")).status == 0

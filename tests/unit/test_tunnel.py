@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deployer.authorized_keys import (
+from deployer.cli.tunnel import authorized_keys, tunnel
+from deployer.errors import ConfigError, ExitCode
+from deployer.sandbox.topology import write_keypair
+from deployer.ssh.authorized_keys import (
     HOLDING_LINE,
     NOTHING_LINE,
     RECLAIMED_PREFIX,
@@ -26,15 +29,12 @@ from deployer.authorized_keys import (
     render_authorized_keys,
     tunnel_key_options,
 )
-from deployer.autossh_env import AutosshConfig, autossh_config
-from deployer.errors import ConfigError, ExitCode
-from deployer.forwards import Forward, forwards_key, parse_forward, parse_forwards
-from deployer.route import Endpoint
-from deployer.sandbox import write_keypair
+from deployer.ssh.forwards import Forward, forwards_key, parse_forward, parse_forwards
+from deployer.ssh.route import Endpoint
 from deployer.systemd import HARDENING, Specifier, quote_word
-from deployer.tunnel import RuntimePaths, TunnelSettings, reclaim_argv, tunnel_argv
-from deployer.tunnel_cmd import authorized_keys, tunnel
-from deployer.tunnel_policy import (
+from deployer.tunnel.autossh_env import AutosshConfig, autossh_config
+from deployer.tunnel.keeper import RuntimePaths, TunnelSettings, reclaim_argv, tunnel_argv
+from deployer.tunnel.policy import (
     TRANSITIONS,
     Backoff,
     Failure,
@@ -45,7 +45,7 @@ from deployer.tunnel_policy import (
     plan_after_failure,
     transition,
 )
-from deployer.tunnel_status import StatusBoard, parse_listen_address
+from deployer.tunnel.status import StatusBoard, parse_listen_address
 
 JUMP = Endpoint("jump", "jump.example.com", 2222)
 

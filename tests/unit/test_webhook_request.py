@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from deployer.deploy import Provenance, PushSettings
-from deployer.hooks import HookSettings
-from deployer.serve_cmd import serve
-from deployer.signing import Rejected
-from deployer.sources import GitlabSource, HttpsSource, parse_source
+from deployer.cli.serve import serve
+from deployer.deploy.hooks import HookSettings
+from deployer.deploy.target import Provenance, PushSettings
 from deployer.systemd import HARDENING
-from deployer.webhook import DeployRequest, exposure_warning, parse_request
+from deployer.webhook.receiver import DeployRequest, exposure_warning, parse_request
+from deployer.webhook.signing import Rejected
+from deployer.webhook.sources import GitlabSource, HttpsSource, parse_source
 
 PATHS = ("/srv/app",)
 SHA = "a" * 64

@@ -1,0 +1,103 @@
+"""Hooks: commands run on the target around the switch, with live output and a time limit.
+
+``before`` runs in the new release before the switch (failure aborts, nothing live changed);
+``after`` runs after the switch and ``healthcheck`` after that (failure of either switches back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from deployer.errors import ConfigError, HookError
+from deployer.output import Reporter
+from deployer.remote.executor import Executor, RunResult
+from deployer.remote.scripts import q
+
+TIMEOUT_STATUS = 124  # what coreutils timeout exits with when it had to stop the command
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """The hooks of a deploy and their limits."""
+
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    healthcheck: str | None = None
+    timeout: float = 300.0
+    healthcheck_retries: int = 2
+    healthcheck_interval: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ConfigError("--hook-timeout must be a positive number of seconds")
+        if self.healthcheck_retries < 0:
+            raise ConfigError("--healthcheck-retries must be 0 or more")
+        if self.healthcheck_interval < 0:
+            raise ConfigError("--healthcheck-interval must be 0 or more seconds")
+        for command in (*self.before, *self.after, self.healthcheck or "x"):
+            if not command.strip():
+                raise ConfigError("a hook command is empty — remove it or give the command to run")
+
+
+def hook_script(
+    command: str, cwd: str, env: Mapping[str, str], timeout: float, has_timeout: bool
+) -> str:
+    """Shell text that runs command in cwd with env, stopped by coreutils timeout if present."""
+    exports = "".join(f"{name}={q(value)}; export {name}\n" for name, value in env.items())
+    limit = f"timeout -k 5 {int(timeout)} " if has_timeout else ""
+    return f"cd -- {q(cwd)} || exit 97\n{exports}{limit}sh -c {q(command)}\n"
+
+
+class HookRunner:
+    """Runs hooks on one target and streams their output into the job log."""
+
+    def __init__(
+        self, executor: Executor, reporter: Reporter, settings: HookSettings, has_timeout: bool
+    ) -> None:
+        self.executor = executor
+        self.reporter = reporter
+        self.settings = settings
+        self.has_timeout = has_timeout
+
+    def run(self, kind: str, command: str, cwd: str, env: Mapping[str, str]) -> RunResult:
+        """Run one hook; return its result (the caller decides what failure means)."""
+        label = self.executor.label
+        self.reporter.target(label, f"{kind}: $ {command}")
+        pending = {"stdout": b"", "stderr": b""}
+
+        def on_output(stream: str, chunk: bytes) -> None:
+            data = pending[stream] + chunk
+            *lines, pending[stream] = data.split(b"\n")
+            for raw in lines:
+                self.reporter.target(label, f"{kind}| {raw.decode(errors='replace').rstrip()}")
+
+        script = hook_script(command, cwd, env, self.settings.timeout, self.has_timeout)
+        # the client-side limit is a backstop for targets without coreutils timeout
+        result = self.executor.run(script, on_output=on_output, timeout=self.settings.timeout + 15)
+        for stream, rest in pending.items():
+            if rest:
+                on_output(stream, b"\n")
+        return result
+
+    def require(self, kind: str, command: str, cwd: str, env: Mapping[str, str]) -> None:
+        """Run a hook and raise HookError if it fails."""
+        result = self.run(kind, command, cwd, env)
+        if result.status != 0:
+            raise HookError(
+                failure_message(
+                    kind, command, result.status, self.executor.label, self.settings.timeout
+                )
+            )
+
+
+def failure_message(kind: str, command: str, status: int, label: str, timeout: float) -> str:
+    """One line saying which hook failed how."""
+    if status == TIMEOUT_STATUS:
+        how = f"did not finish within {timeout:g} s (raise --hook-timeout if it needs longer)"
+    elif status == 97:
+        how = "could not enter the release directory"
+    else:
+        how = f"exited with status {status}"
+    what = "healthcheck" if kind == "healthcheck" else f"{kind} hook"
+    return f"{what} `{command}` on {label} {how}"

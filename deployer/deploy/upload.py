@@ -1,0 +1,356 @@
+"""Getting a release onto a target: one tar stream, only what changed, verified, resumable.
+
+One command per target builds the release: it receives the manifest, the list of unchanged
+files and a tar stream of the changed ones, copies the unchanged files from the live release
+(on the target), verifies the tree against the manifest (every file sent is hashed; a copied
+file only when its source changed since its release was published, by a stat snapshot taken
+then), links shared entries and renames the partial dir into place. Files that fail
+verification (the app changed its live release in place, or a byte went wrong) are sent again
+in a second command. A dropped connection is retried with backoff; the retry asks the target
+what already arrived intact and sends only the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import re
+import threading
+import time
+from collections.abc import Callable, Container
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from deployer.artifact.manifest import (
+    FileDigest,
+    choose_compression,
+    compressibility,
+    digest_files,
+    manifest_text,
+    parse_manifest,
+    plan_delta,
+)
+from deployer.artifact.scan import Artifact, Sink, write_tar
+from deployer.deploy.spool import Spool
+from deployer.errors import ConnectError, RemoteError, TransferError
+from deployer.output import Reporter, human_size
+from deployer.remote.executor import Executor
+from deployer.remote.scripts import (
+    VERIFY_FAILED_STATUS,
+    Layout,
+    inventory_script,
+    remove_partial_script,
+    stage_script,
+)
+
+RETRY_DELAYS = (1.0, 3.0, 8.0)  # seconds before each new attempt after a dropped connection
+
+
+class Payload:
+    """An artifact with its file digests, computed once for every target.
+
+    Hashing starts at once in a background thread, so that reading the artifact overlaps
+    connecting and probing the targets; `digests` waits for it (and raises what it raised).
+    With several targets, the content is sampled for compression once (`compression`) and a
+    compressed stream is encoded once, shared by every target that needs the same files
+    (`shared_stream`); `close` drops those spools.
+    """
+
+    def __init__(self, artifact: Artifact, targets: int = 1) -> None:
+        self.artifact = artifact
+        self._targets = targets
+        self._ratios: dict[frozenset[str], float] = {}
+        self._spools: dict[tuple[frozenset[str], int], Spool] = {}
+        self._lock = threading.Lock()  # guards _ratios and _spools
+        self._digests: dict[str, FileDigest] | BaseException | None = None
+        self._hashing = threading.Thread(target=self._hash, name="deployer-hash", daemon=True)
+        self._hashing.start()
+
+    def _hash(self) -> None:
+        try:
+            self._digests = digest_files(self.artifact)
+        except BaseException as exc:  # re-raised by the caller of `digests`
+            self._digests = exc
+
+    @property
+    def digests(self) -> dict[str, FileDigest]:
+        """sha256, size and mode of every regular file."""
+        self._hashing.join()
+        if isinstance(self._digests, BaseException):
+            raise self._digests
+        assert self._digests is not None
+        return self._digests
+
+    @functools.cached_property
+    def manifest(self) -> str:
+        """The manifest stored with each release."""
+        return manifest_text(self.digests)
+
+    def compression(self, send: frozenset[str], requested: int | None) -> int | None:
+        """The gzip level for a stream of `send` (None: plain tar), sampled once per set of files."""
+        with self._lock:
+            ratio = self._ratios.get(send)
+            if ratio is None:
+                ratio = self._ratios[send] = compressibility(self.artifact, send)
+        return choose_compression(ratio, requested)
+
+    def shared_stream(self, send: frozenset[str], level: int | None) -> Spool | None:
+        """The gzip tar stream of `send`, encoded once for all targets (None: encode your own).
+
+        Only compressed streams of a push to several targets are shared: a plain tar costs
+        no more to build per target than to read back from a spool.
+        """
+        if self._targets < 2 or level is None:
+            return None
+        with self._lock:
+            spool = self._spools.get((send, level))
+            if spool is None:
+                encode = functools.partial(self.encode, send, level)
+                spool = self._spools[send, level] = Spool(encode)
+            return spool
+
+    def encode(
+        self,
+        send: Container[str],
+        level: int | None,
+        out: Sink,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Write the tar stream of `send` (gzip at `level`, None: plain) into `out`."""
+        write_tar(self.artifact, out, compresslevel=level, on_progress=on_progress, only=send)
+
+    def close(self) -> None:
+        """Drop the shared streams (call when every upload is done)."""
+        with self._lock:
+            spools, self._spools = list(self._spools.values()), {}
+        for spool in spools:
+            spool.close()
+
+
+def prepare_payload(artifact: Artifact, targets: int = 1) -> Payload:
+    """Start hashing every file of the artifact (streamed, in the background)."""
+    return Payload(artifact, targets)
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How to move bytes: delta or not, how to reuse unchanged files, gzip level (None: auto)."""
+
+    delta: bool = True
+    hardlink: bool = False
+    compresslevel: int | None = None
+    retries: int = len(RETRY_DELAYS)
+
+
+@dataclass
+class TransferReport:
+    """What crossed the wire."""
+
+    files_sent: int = 0
+    files_reused: int = 0
+    files_trusted: int = 0  # reused files vouched for by the stat snapshot, not hashed again
+    bytes_sent: int = 0  # uncompressed content
+    wire_bytes: int = 0  # what the tar stream weighed
+    attempts: int = 1
+    compression: str = "none"
+    shared_stream: bool = False  # the stream was encoded once for several targets
+
+
+Reconnect = Callable[[], Executor]
+
+
+class _Counting:
+    """Counts what is written into the channel."""
+
+    def __init__(self, out: BinaryIO, report: TransferReport) -> None:
+        self._out = out
+        self._report = report
+
+    def write(self, data: bytes) -> int:
+        self._report.wire_bytes += len(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+class Upload:
+    """Uploads one release to one target; `executor` may be replaced after a reconnect."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        payload: Payload,
+        layout: Layout,
+        previous: str,
+        previous_manifest: tuple[str, ...],
+        settings: TransferSettings,
+        reporter: Reporter,
+        reconnect: Reconnect | None = None,
+        relock: Callable[[Executor], None] | None = None,
+    ) -> None:
+        self.executor = executor
+        self.payload = payload
+        self.layout = layout
+        self.previous = previous
+        self.previous_manifest = (
+            parse_manifest(list(previous_manifest)) if previous and settings.delta else {}
+        )
+        self.settings = settings
+        self.reporter = reporter
+        self.reconnect = reconnect
+        self.relock = relock
+        self.report = TransferReport()
+
+    def run(self, shared: tuple[str, ...]) -> TransferReport:
+        """Build and publish the release on the target, or raise.
+
+        A failed build or verification removes the partial dir; after a broken stream it stays
+        (hidden, never live) for the retry to resume, and the next push's lock step clears it.
+        """
+        started = time.monotonic()
+        plan = plan_delta(self.payload.digests, self.previous_manifest)
+        level = self.payload.compression(plan.send, self.settings.compresslevel)
+        self.report.compression = f"gzip -{level}" if level is not None else "none"
+        self.report.files_reused, self.report.files_sent = len(plan.reuse), len(plan.send)
+        self.report.bytes_sent = plan.send_bytes
+        spool = self.payload.shared_stream(plan.send, level)
+        self.report.shared_stream = spool is not None
+        failed = self._stage_with_retries(shared, set(plan.send), plan.reuse, level, spool)
+        if failed:
+            self._explain(failed, set(plan.reuse))
+            self.report.files_reused -= len(failed & set(plan.reuse))
+            self.report.files_sent += len(failed & set(plan.reuse))
+            self.report.bytes_sent += sum(self.payload.digests[p].size for p in failed)
+            failed = self._stage_with_retries(shared, failed, (), level)
+        if failed:
+            self.executor.run(remove_partial_script(self.layout))
+            raise RemoteError(
+                f"verifying the uploaded tree on {self.executor.label} failed: {len(failed)} file(s)"
+                f" do not match the manifest (e.g. {sorted(failed)[0]})"
+                " — nothing was switched; run the push again"
+            )
+        elapsed = time.monotonic() - started
+        self.reporter.target(
+            self.executor.label,
+            f"uploaded {self.report.files_sent} of {len(self.payload.digests)} files"
+            f" ({human_size(self.report.bytes_sent)}; {self.report.files_reused} unchanged reused on the"
+            f" target, {self.report.files_trusted} of them not hashed again)"
+            f", {human_size(self.report.wire_bytes)} on the wire [{self.report.compression}"
+            f"{', shared stream' if self.report.shared_stream else ''}] in {elapsed:.1f} s",
+        )
+        return self.report
+
+    def _explain(self, failed: set[str], reused: set[str]) -> None:
+        """Say why files are sent a second time."""
+        damaged = failed & reused
+        if damaged:
+            self.reporter.target(
+                self.executor.label,
+                f"{len(damaged)} file(s) changed in place in release {self.previous}"
+                f" (e.g. {sorted(damaged)[0]}); sending them instead of reusing",
+            )
+        if failed - damaged:
+            self.reporter.target(
+                self.executor.label,
+                f"{len(failed - damaged)} file(s) arrived damaged (e.g. {sorted(failed - damaged)[0]});"
+                " sending them again",
+            )
+
+    def _stage_with_retries(
+        self,
+        shared: tuple[str, ...],
+        send: set[str],
+        reuse: tuple[str, ...],
+        level: int | None,
+        spool: Spool | None = None,
+    ) -> set[str]:
+        """Run the stage command, resuming after dropped connections; return the files that failed.
+
+        `spool` holds the stream of `send` if it is shared with other targets; a resumed upload
+        sends fewer files, and encodes its own stream.
+        """
+        attempt = 0
+        while True:
+            try:
+                return self._stage(shared, send, reuse, level, spool)
+            except (TransferError, ConnectError) as exc:
+                if self.reconnect is None or attempt >= self.settings.retries:
+                    raise
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                attempt += 1
+                self.report.attempts += 1
+                self.reporter.target(
+                    self.executor.label, f"upload interrupted ({exc}); retrying in {delay:g} s"
+                )
+                time.sleep(delay)
+                send, spool = self._resume(send), None
+
+    def _resume(self, send: set[str]) -> set[str]:
+        """Reconnect, check the lock is still ours, and drop from `send` what arrived intact."""
+        assert self.reconnect is not None
+        self.executor = self.reconnect()
+        if self.relock is not None:
+            self.relock(self.executor)
+        result = self.executor.run(inventory_script(self.layout))
+        arrived = {}
+        for line in result.stdout.decode(errors="replace").splitlines():
+            digest, _, path = line.partition("  ")
+            arrived[path.removeprefix("./")] = digest
+        remaining = {p for p in send if arrived.get(p) != self.payload.digests[p].sha256}
+        self.reporter.target(
+            self.executor.label,
+            f"resuming: {len(send) - len(remaining)} files already arrived, {len(remaining)} to go",
+        )
+        return remaining
+
+    def _stage(
+        self,
+        shared: tuple[str, ...],
+        send: set[str],
+        reuse: tuple[str, ...],
+        level: int | None,
+        spool: Spool | None,
+    ) -> set[str]:
+        """One stage command: manifest + reuse list + tar stream; the files that failed verification."""
+        digests = self.payload.digests
+        manifest = gzip.compress(self.payload.manifest.encode(), compresslevel=1)
+        reuse_lines = "".join(f"{digests[p].sha256}  {p}\n" for p in reuse)
+        reused = gzip.compress(reuse_lines.encode(), compresslevel=1)
+        script = stage_script(
+            self.layout,
+            shared,
+            sections=(len(manifest), len(reused)),
+            previous_id=self.previous if reuse else "",
+            hardlink=self.settings.hardlink,
+            compressed=level is not None,
+        )
+        advance = self.reporter.progress(
+            self.executor.label, "upload", sum(digests[p].size for p in send)
+        )
+
+        def feed(out: BinaryIO) -> None:
+            counting = _Counting(out, self.report)
+            counting.write(manifest)
+            counting.write(reused)
+            if spool is not None:
+                spool.copy_to(counting, on_progress=advance)
+            else:
+                self.payload.encode(send, level, counting, advance)
+
+        result = self.executor.run(script, upload=feed)
+        if result.status == VERIFY_FAILED_STATUS:
+            failed = {line for line in result.stdout.decode(errors="replace").splitlines() if line}
+            if failed and failed <= digests.keys():
+                return failed
+        if result.status != 0:
+            self.executor.run(remove_partial_script(self.layout))
+            what = "verifying" if result.status == VERIFY_FAILED_STATUS else "building"
+            raise RemoteError(
+                f"{what} the release on {self.executor.label} failed:"
+                f" {result.stderr_line or f'exit status {result.status}'}"
+                " — nothing was switched; run the push again"
+            )
+        trusted = re.search(rb"^trusted=\s*(\d+)", result.stdout, re.MULTILINE)
+        self.report.files_trusted = int(trusted[1]) if trusted else 0
+        return set()

@@ -1,0 +1,85 @@
+"""Run the release scripts on this machine: the Executor for a target deploying to itself."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import BinaryIO, cast
+
+from deployer.errors import DeployerError, TransferError
+from deployer.remote.executor import OutputSink, RunResult
+
+_TAIL = 65536
+
+
+class LocalExecutor:
+    """Executes scripts with /bin/sh locally, with the same contract as an SSH connection."""
+
+    def __init__(self, label: str = "local") -> None:
+        self.label = label
+
+    def run(
+        self,
+        script: str,
+        *,
+        upload: Callable[[BinaryIO], object] | None = None,
+        on_output: OutputSink | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Run script with sh; feed stdin from upload(); stream and keep the output tails."""
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", script],
+            stdin=subprocess.PIPE if upload else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        buffers = {"stdout": bytearray(), "stderr": bytearray()}
+
+        def pump(name: str, stream: BinaryIO) -> None:
+            for chunk in iter(lambda: stream.read1(32768), b""):  # type: ignore[attr-defined]
+                if on_output is not None:
+                    on_output(name, chunk)
+                buffers[name] += chunk
+                if on_output is not None:  # streamed output: keep only a tail for messages
+                    del buffers[name][:-_TAIL]
+
+        readers = [
+            threading.Thread(target=pump, args=("stdout", proc.stdout), daemon=True),
+            threading.Thread(target=pump, args=("stderr", proc.stderr), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        upload_error: BaseException | None = None
+        if upload is not None:
+            stdin = cast(BinaryIO, proc.stdin)
+            try:
+                upload(stdin)
+            except BrokenPipeError:
+                pass  # the script stopped reading; its status says why
+            except BaseException as exc:  # reported after the script is reaped
+                upload_error = exc
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    stdin.close()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            status = proc.wait(
+                timeout=None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise TransferError(
+                f"command on {self.label} did not finish within {timeout:.0f} s"
+            ) from None
+        for reader in readers:
+            reader.join(timeout=5)
+        if isinstance(upload_error, DeployerError):
+            raise upload_error
+        if upload_error is not None:
+            raise TransferError(f"upload on {self.label} failed: {upload_error}") from upload_error
+        return RunResult(status, bytes(buffers["stdout"]), bytes(buffers["stderr"]))

@@ -1,0 +1,162 @@
+"""The keeper's state for monitoring: the status document, the status file and the /healthz endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from deployer.errors import ConfigError
+from deployer.ssh.forwards import unbracket
+from deployer.tunnel.policy import State, transition
+
+if TYPE_CHECKING:
+    from deployer.tunnel.keeper import TunnelSettings
+
+
+def parse_listen_address(text: str, option: str = "--healthz") -> tuple[str, int]:
+    """[HOST:]PORT for the local health endpoint (default host 127.0.0.1)."""
+    host, _, port = text.rpartition(":")
+    host = unbracket(host) or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{option} {text!r}: expected [HOST:]PORT, e.g. {option} 127.0.0.1:8022")
+    return host, int(port)
+
+
+def _utc(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Status:
+    """The keeper's state as monitoring sees it."""
+
+    state: State = State.STARTING
+    since: float = field(default_factory=time.time)
+    reason: str = ""
+    attempt: int = 0
+    connects: int = 0
+    verified_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    next_attempt_at: float | None = None
+
+    def document(self, settings: TunnelSettings, now: float) -> dict[str, Any]:
+        """The JSON document of the status file and /healthz."""
+        return {
+            "state": self.state.value,
+            "healthy": self.state is State.UP,
+            "since": _utc(self.since),
+            "seconds_in_state": round(now - self.since, 1),
+            "reason": self.reason,
+            "jump": str(settings.jump),
+            "forwards": [f.spec for f in settings.forwards],
+            "attempt": self.attempt,
+            "connects": self.connects,
+            "verified_at": _utc(self.verified_at),
+            "last_error": self.last_error,
+            "last_error_at": _utc(self.last_error_at),
+            "next_attempt_at": _utc(self.next_attempt_at),
+            "pid": os.getpid(),
+            "updated_at": _utc(now),
+        }
+
+
+class StatusBoard:
+    """Holds the status; logs every state change; writes the status file; serves /healthz."""
+
+    def __init__(self, settings: TunnelSettings, log: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.status = Status()
+        self._log = log
+        self._lock = threading.Lock()
+        self._server: Any = None
+
+    def set(self, state: State, reason: str = "") -> None:
+        """Change state (validated against TRANSITIONS), log it, write the status file."""
+        with self._lock:
+            if state is not self.status.state:
+                transition(self.status.state, state)
+                self.status.state = state
+                self.status.since = time.time()
+            self.status.reason = reason
+            if state is not State.BACKOFF:
+                self.status.next_attempt_at = None
+        self._log(f"tunnel: {state.value}" + (f" — {reason}" if reason else ""))
+        self.write()
+
+    def update(self, **changes: Any) -> None:
+        """Change fields other than the state (no log line)."""
+        with self._lock:
+            for name, value in changes.items():
+                setattr(self.status, name, value)
+        self.write()
+
+    def document(self) -> dict[str, Any]:
+        """A consistent snapshot."""
+        with self._lock:
+            return self.status.document(self.settings, time.time())
+
+    def write(self) -> None:
+        """Atomically replace the status file (when one was asked for)."""
+        path = self.settings.status_file
+        if path is None:
+            return
+        text = json.dumps(self.document(), indent=2, sort_keys=True) + "\n"
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_text(text)
+            temporary.chmod(0o644)  # not secret; monitoring may run as another user
+            os.replace(temporary, path)
+        except OSError as exc:
+            self._log(f"tunnel: cannot write the status file {path}: {exc.strerror or exc}")
+
+    def serve(self) -> None:
+        """Start the /healthz endpoint (200 when up, 503 otherwise) if one was asked for."""
+        if self.settings.healthz is None:
+            return
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        board = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] not in ("/healthz", "/status"):
+                    self.send_error(404)
+                    return
+                document = board.document()
+                body = (json.dumps(document, sort_keys=True) + "\n").encode()
+                self.send_response(200 if document["healthy"] else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # monitoring polls; do not fill the log
+
+        host, port = self.settings.healthz
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"--healthz {host}:{port}: cannot listen there ({exc.strerror or exc})"
+            ) from exc
+        self._server.daemon_threads = True
+        threading.Thread(
+            target=self._server.serve_forever, name="deployer-healthz", daemon=True
+        ).start()
+
+    def close(self) -> None:
+        """Stop serving /healthz."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
