@@ -50,7 +50,13 @@ sys.path[:0] = [str(BENCH), str(REPO)]
 import corpora  # noqa: E402
 from corpora import Corpus, CorpusSpec  # noqa: E402
 
-from deployer.sandbox.topology import SshServer, find_sshd, free_port, wait_for_banner, write_keypair  # noqa: E402
+from deployer.sandbox.topology import (  # noqa: E402
+    SshServer,
+    find_sshd,
+    free_port,
+    wait_for_banner,
+    write_keypair,
+)
 
 MiB = 1 << 20
 DEPLOYER = "deployer push"

@@ -54,9 +54,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
 
 from netns import Netns, available, children, kill_sessions, stop_sshd, tcp_client_ports  # noqa: E402
 
+from deployer.sandbox.topology import SshServer, free_port, write_keypair  # noqa: E402
 from deployer.ssh.authorized_keys import render_authorized_keys  # noqa: E402
 from deployer.ssh.forwards import parse_forwards  # noqa: E402
-from deployer.sandbox.topology import SshServer, free_port, write_keypair  # noqa: E402
 
 LOGIN = "deployer-test"
 

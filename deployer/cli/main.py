@@ -454,7 +454,7 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
         push_fleet,
         select_shard,
     )
-    from deployer.remote.scripts import validate_shared
+    from deployer.remote.layout import validate_shared
 
     reporter = _reporter(as_json)
     webhook = pop_webhook_options(kwargs)

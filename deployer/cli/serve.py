@@ -148,7 +148,7 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
     if poll:
         from deployer.deploy.hooks import HookSettings
         from deployer.deploy.target import PushSettings
-        from deployer.remote.scripts import validate_shared
+        from deployer.remote.layout import validate_shared
         from deployer.webhook.poll import Poller, PollSettings
 
         missing = [f"--{n}" for n, v in (("gitlab-project", gitlab_project), ("ref", ref), ("job-name", job_name),

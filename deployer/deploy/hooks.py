@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from deployer.errors import ConfigError, HookError
 from deployer.output import Reporter
 from deployer.remote.executor import Executor, RunResult
-from deployer.remote.scripts import q
-
-TIMEOUT_STATUS = 124  # what coreutils timeout exits with when it had to stop the command
+from deployer.remote.hooks import hook_script
+from deployer.remote.status import RemoteStatus
 
 
 @dataclass(frozen=True)
@@ -38,15 +37,6 @@ class HookSettings:
         for command in (*self.before, *self.after, self.healthcheck or "x"):
             if not command.strip():
                 raise ConfigError("a hook command is empty — remove it or give the command to run")
-
-
-def hook_script(
-    command: str, cwd: str, env: Mapping[str, str], timeout: float, has_timeout: bool
-) -> str:
-    """Shell text that runs command in cwd with env, stopped by coreutils timeout if present."""
-    exports = "".join(f"{name}={q(value)}; export {name}\n" for name, value in env.items())
-    limit = f"timeout -k 5 {int(timeout)} " if has_timeout else ""
-    return f"cd -- {q(cwd)} || exit 97\n{exports}{limit}sh -c {q(command)}\n"
 
 
 class HookRunner:
@@ -93,9 +83,9 @@ class HookRunner:
 
 def failure_message(kind: str, command: str, status: int, label: str, timeout: float) -> str:
     """One line saying which hook failed how."""
-    if status == TIMEOUT_STATUS:
+    if status == RemoteStatus.TIMED_OUT:
         how = f"did not finish within {timeout:g} s (raise --hook-timeout if it needs longer)"
-    elif status == 97:
+    elif status == RemoteStatus.NO_RELEASE_DIR:
         how = "could not enter the release directory"
     else:
         how = f"exited with status {status}"

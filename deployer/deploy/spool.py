@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 
-from deployer.artifact.scan import Sink
+from deployer.artifact.model import Sink
 from deployer.errors import TransferError
 
 _READ = 256 << 10  # per reader: twenty targets hold 5 MB of it

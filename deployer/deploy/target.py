@@ -14,33 +14,28 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from deployer.artifact.manifest import DeltaPlan, parse_manifest, plan_delta
-from deployer.artifact.scan import Artifact
+from deployer.artifact.model import Artifact
 from deployer.deploy.hooks import HookRunner, HookSettings, failure_message
 from deployer.deploy.upload import Payload, Reconnect, TransferSettings, Upload
 from deployer.errors import DeployerError, HookError, RemoteError
 from deployer.output import Reporter, human_size
 from deployer.remote.executor import Executor, RunResult
-from deployer.remote.scripts import (
-    FINISH_FAILED_STATUS,
-    LOCK_HELD_STATUS,
+from deployer.remote.history import (
     HistoryEntry,
-    Layout,
-    TargetState,
     append_history_script,
-    check_ready,
-    lock_error,
-    new_release_id,
     parse_history,
-    parse_state,
-    plan_prune,
-    preflight_script,
-    prepare_script,
     read_history_script,
-    relock_script,
+)
+from deployer.remote.layout import Layout, new_release_id
+from deployer.remote.lock import prepare_script, relock_script, unlock_script
+from deployer.remote.probe import preflight_script
+from deployer.remote.state import TargetState, check_ready, lock_error, parse_state
+from deployer.remote.status import RemoteStatus
+from deployer.remote.switch import (
+    plan_prune,
     remove_releases_script,
     switch_script,
     switch_then_script,
-    unlock_script,
 )
 
 
@@ -117,7 +112,7 @@ class _Locked:
     def acquire(self) -> _Locked:
         """Create the layout and take the lock, or raise LockError naming the holder."""
         result = self.executor.run(prepare_script(self.path, self.info))
-        if result.status == LOCK_HELD_STATUS:
+        if result.status == RemoteStatus.LOCK_HELD:
             held = result.stdout.decode(errors="replace").partition("lock=")[2].strip()
             raise lock_error(held, self.path, self.executor.label)
         if result.status != 0:
@@ -254,7 +249,7 @@ class TargetDeploy:
             result = self.executor.run(
                 switch_then_script(switch, self._finish_script()), timeout=120
             )
-            if result.status not in (0, FINISH_FAILED_STATUS):
+            if result.status not in (0, RemoteStatus.FINISH_FAILED):
                 detail = result.stderr_line or f"exit status {result.status}"
                 raise RemoteError(f"switching current on {self.label} failed: {detail}")
             self._say(f"switched current -> releases/{self.layout.release_id}")

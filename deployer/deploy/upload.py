@@ -21,27 +21,23 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from deployer.artifact.compression import choose_compression, compressibility
 from deployer.artifact.manifest import (
     FileDigest,
-    choose_compression,
-    compressibility,
     digest_files,
     manifest_text,
     parse_manifest,
     plan_delta,
 )
-from deployer.artifact.scan import Artifact, Sink, write_tar
+from deployer.artifact.model import Artifact, Sink
+from deployer.artifact.tar import write_tar
 from deployer.deploy.spool import Spool
 from deployer.errors import ConnectError, RemoteError, TransferError
 from deployer.output import Reporter, human_size
 from deployer.remote.executor import Executor
-from deployer.remote.scripts import (
-    VERIFY_FAILED_STATUS,
-    Layout,
-    inventory_script,
-    remove_partial_script,
-    stage_script,
-)
+from deployer.remote.layout import Layout
+from deployer.remote.stage import inventory_script, remove_partial_script, stage_script
+from deployer.remote.status import RemoteStatus
 
 RETRY_DELAYS = (1.0, 3.0, 8.0)  # seconds before each new attempt after a dropped connection
 
@@ -339,13 +335,13 @@ class Upload:
                 self.payload.encode(send, level, counting, advance)
 
         result = self.executor.run(script, upload=feed)
-        if result.status == VERIFY_FAILED_STATUS:
+        if result.status == RemoteStatus.VERIFY_FAILED:
             failed = {line for line in result.stdout.decode(errors="replace").splitlines() if line}
             if failed and failed <= digests.keys():
                 return failed
         if result.status != 0:
             self.executor.run(remove_partial_script(self.layout))
-            what = "verifying" if result.status == VERIFY_FAILED_STATUS else "building"
+            what = "verifying" if result.status == RemoteStatus.VERIFY_FAILED else "building"
             raise RemoteError(
                 f"{what} the release on {self.executor.label} failed:"
                 f" {result.stderr_line or f'exit status {result.status}'}"

@@ -36,8 +36,8 @@ from deployer.deploy.target import Outcome, Provenance, PushSettings, push_targe
 from deployer.deploy.upload import TransferSettings, prepare_payload
 from deployer.errors import ConfigError, DeployerError
 from deployer.output import Reporter, human_size
+from deployer.remote.layout import validate_shared
 from deployer.remote.local import LocalExecutor
-from deployer.remote.scripts import validate_shared
 from deployer.webhook.signing import DEFAULT_WINDOW, Rejected, ReplayCache, verify
 from deployer.webhook.sources import FetchSettings, Source, fetch, parse_source
 

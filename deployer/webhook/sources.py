@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from deployer import __version__
-from deployer.artifact.scan import SUPPORTED, TAR_SUFFIXES
+from deployer.artifact.model import SUPPORTED, TAR_SUFFIXES
 from deployer.errors import ArtifactError, ConfigError
 from deployer.output import human_size
 

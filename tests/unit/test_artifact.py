@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from deployer.artifact.scan import Artifact, Entry, open_artifact, open_contents, write_tar
+from deployer.artifact.contents import open_contents
+from deployer.artifact.model import Artifact, Entry
+from deployer.artifact.scan import open_artifact
+from deployer.artifact.tar import write_tar
 from deployer.errors import ArtifactError, ExitCode
 
 MiB = 1 << 20

@@ -15,32 +15,25 @@ import pytest
 
 from deployer.errors import ConfigError, LockError, RemoteError
 from deployer.remote.executor import RunResult
+from deployer.remote.history import HistoryEntry, append_history_script, parse_history
+from deployer.remote.layout import Layout, new_release_id, validate_shared
 from deployer.remote.local import LocalExecutor
-from deployer.remote.scripts import (
+from deployer.remote.lock import prepare_script, unlock_script
+from deployer.remote.probe import preflight_script
+from deployer.remote.stage import (
     _FIRST_OF_DIR_AWK,
     _VERIFY_SPLIT_AWK,
     COPY_BATCH,
     COPY_JOBS,
-    FINISH_FAILED_STATUS,
-    LOCK_HELD_STATUS,
-    VERIFY_FAILED_STATUS,
-    HistoryEntry,
-    Layout,
-    TargetState,
-    append_history_script,
-    check_ready,
-    new_release_id,
-    parse_history,
-    parse_state,
-    plan_prune,
-    preflight_script,
-    prepare_script,
-    remove_releases_script,
     stage_script,
+)
+from deployer.remote.state import TargetState, check_ready, parse_state
+from deployer.remote.status import RemoteStatus
+from deployer.remote.switch import (
+    plan_prune,
+    remove_releases_script,
     switch_script,
     switch_then_script,
-    unlock_script,
-    validate_shared,
 )
 
 sh = LocalExecutor("test")
@@ -133,7 +126,9 @@ def test_lock_is_exclusive_and_only_its_owner_unlocks(tmp_path: Path) -> None:
     path = str(tmp_path / "app")
     assert sh.run(prepare_script(path, "deploy by a token AAA")).status == 0
     second = sh.run(prepare_script(path, "deploy by b token BBB"))
-    assert second.status == LOCK_HELD_STATUS and b"lock=deploy by a token AAA" in second.stdout
+    assert (
+        second.status == RemoteStatus.LOCK_HELD and b"lock=deploy by a token AAA" in second.stdout
+    )
     sh.run(unlock_script(path, "BBB"))  # not ours: stays
     assert probe(Path(path)).lock == "deploy by a token AAA"
     sh.run(unlock_script(path, "AAA"))
@@ -184,7 +179,7 @@ def test_stage_reuses_unchanged_files_and_reports_those_changed_in_place(tmp_pat
         layout, [], targz({"b.txt": v2["b.txt"]}), manifest_of(v2), reuse, "20260101T000000Z"
     )
     # c.txt no longer matches: reported, nothing published, the partial dir kept for a second pass
-    assert result.status == VERIFY_FAILED_STATUS
+    assert result.status == RemoteStatus.VERIFY_FAILED
     assert result.stdout.decode().split() == ["c.txt"]
     assert not Path(layout.release_dir).exists() and Path(layout.partial_dir).is_dir()
     result = stage(layout, [], targz({"c.txt": v2["c.txt"]}), manifest_of(v2))
@@ -236,7 +231,7 @@ def test_a_change_that_keeps_size_and_mtime_is_still_seen_by_ctime(tmp_path: Pat
     live.write_bytes(b"SAME")  # same size, mtime put back: only ctime tells
     os.utime(live, ns=(before.st_atime_ns, before.st_mtime_ns))
     result = redeploy_claiming(tmp_path / "app", "20260102T000000Z", V1, b"same")
-    assert result.status == VERIFY_FAILED_STATUS
+    assert result.status == RemoteStatus.VERIFY_FAILED
     assert result.stdout.decode().split() == ["a.txt"]
 
 
@@ -248,7 +243,7 @@ def test_hard_links_and_prunes_do_not_spoil_the_trust_of_linked_releases(tmp_pat
     time.sleep(0.02)
     assert sh.run(remove_releases_script(str(path), [V1])).status == 0  # a.txt's ctime changes
     # with copies, that ctime change means "hash it again" (and the false claim is caught) ...
-    assert redeploy_claiming(path, v3, v2, b"not a.txt").status == VERIFY_FAILED_STATUS
+    assert redeploy_claiming(path, v3, v2, b"not a.txt").status == RemoteStatus.VERIFY_FAILED
     # ... with hard links, ctime is not compared: inode, size and mtime are unchanged
     sh.run(f"rm -rf {path}/releases/.{v3}.partial")
     assert redeploy_claiming(path, v3, v2, b"not a.txt", hardlink=True).status == 0
@@ -261,7 +256,7 @@ def test_files_as_new_as_the_snapshot_are_hashed_again(tmp_path: Path) -> None:
     # a marker from long ago: every entry is then "changed in the same clock tick" (racy)
     snapshot.write_text("\n".join(["#2000-01-01 00:00:00.000000000 +0000", *lines[1:]]) + "\n")
     result = redeploy_claiming(tmp_path / "app", "20260102T000000Z", V1, b"not a.txt")
-    assert result.status == VERIFY_FAILED_STATUS
+    assert result.status == RemoteStatus.VERIFY_FAILED
 
 
 def nested_tree(count: int, tag: bytes = b"") -> dict[str, bytes]:
@@ -304,7 +299,7 @@ def test_every_file_that_fails_verification_is_reported(tmp_path: Path) -> None:
     files = nested_tree(40)
     claimed = dict(files, **{"a/b/c/f3": b"other", "e/f/f35": b"other too", "f6": b""})
     result = stage(Layout(str(path), V1), [], targz(files), manifest_of(claimed))
-    assert result.status == VERIFY_FAILED_STATUS
+    assert result.status == RemoteStatus.VERIFY_FAILED
     assert sorted(result.stdout.decode().split()) == ["a/b/c/f3", "e/f/f35", "f6"]
 
 
@@ -351,7 +346,7 @@ def test_switch_then_runs_only_after_a_switch_and_reports_its_own_failure(tmp_pa
     marker = tmp_path / "finished"
     switch = switch_script(str(tmp_path), "20260101T000000Z")
     result = sh.run(switch_then_script(switch, f"touch {marker}; exit 3\n"))
-    assert result.status == FINISH_FAILED_STATUS and marker.exists()
+    assert result.status == RemoteStatus.FINISH_FAILED and marker.exists()
     assert os.readlink(tmp_path / "current") == "releases/20260101T000000Z"
     marker.unlink()
     missing = switch_script(str(tmp_path), "20260202T000000Z")

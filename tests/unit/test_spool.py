@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from deployer.artifact.scan import open_artifact, write_tar
+from deployer.artifact.scan import open_artifact
+from deployer.artifact.tar import write_tar
 from deployer.deploy.spool import Spool
 from deployer.deploy.upload import prepare_payload
 from deployer.errors import ExitCode, TransferError

@@ -9,14 +9,15 @@ from typing import BinaryIO
 
 import pytest
 
-from deployer.artifact.manifest import choose_compression, compressibility
+from deployer.artifact.compression import choose_compression, compressibility
 from deployer.artifact.scan import open_artifact
 from deployer.deploy.upload import TransferSettings, Upload, prepare_payload
 from deployer.errors import ConnectError
 from deployer.output import Reporter
 from deployer.remote.executor import OutputSink, RunResult
+from deployer.remote.layout import Layout
 from deployer.remote.local import LocalExecutor
-from deployer.remote.scripts import Layout, prepare_script
+from deployer.remote.lock import prepare_script
 
 
 class DropsFirstUpload:

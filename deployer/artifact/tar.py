@@ -1,0 +1,137 @@
+"""The upload stream: the checked tree as one tar (gzip when asked), in large writes, memory flat."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+import zlib
+from collections.abc import Callable, Container
+from typing import IO, TYPE_CHECKING, cast
+
+from deployer.artifact.contents import read_in_order
+from deployer.artifact.model import CHUNK, Artifact, Entry, Sink
+from deployer.artifact.source import Content, label_of
+
+if TYPE_CHECKING:
+    pass
+
+
+_WRITE = 64 << 10  # smallest write handed to `out`: tar headers alone would be 512-byte packets
+
+
+class _Sink:
+    """What tarfile writes into: optional gzip, then `out`, in writes of at least _WRITE bytes."""
+
+    def __init__(self, out: Sink, compresslevel: int | None) -> None:
+        self._out = out
+        # wbits 31: a gzip member with header and trailer, mtime 0 and no file name (reproducible)
+        self._gzip = (
+            None if compresslevel is None else zlib.compressobj(compresslevel, zlib.DEFLATED, 31)
+        )
+        self._pending = bytearray()
+        self._written = 0
+
+    def write(self, data: bytes, /) -> int:
+        """Take uncompressed tar bytes."""
+        self._written += len(data)
+        self._emit(data if self._gzip is None else self._gzip.compress(data))
+        return len(data)
+
+    def tell(self) -> int:
+        """Uncompressed bytes taken so far (tarfile asks once)."""
+        return self._written
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Sinks are write-only."""
+        raise io.UnsupportedOperation("read")
+
+    def seek(self, pos: int, /) -> int:
+        """Sinks are streams."""
+        raise io.UnsupportedOperation("seek")
+
+    def close(self) -> None:
+        """Nothing to do: `out` belongs to the caller, and finish() ends the stream."""
+
+    def _emit(self, data: bytes) -> None:
+        if self._pending or len(data) < _WRITE:
+            self._pending += data
+            if len(self._pending) < _WRITE:
+                return
+            data = bytes(self._pending)
+            self._pending.clear()
+        self._out.write(data)
+
+    def finish(self) -> None:
+        """Write what is pending and the gzip trailer, then flush `out` if it can."""
+        if self._gzip is not None:
+            self._pending += self._gzip.flush()
+        if self._pending:
+            self._out.write(bytes(self._pending))
+            self._pending.clear()
+        flush = getattr(self._out, "flush", None)
+        if callable(flush):
+            flush()
+
+
+def _header(entry: Entry) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(entry.path)
+    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}[
+        entry.kind
+    ]
+    info.mode = entry.mode
+    info.size = entry.size if entry.kind == "file" else 0
+    info.linkname = entry.linkname if entry.kind == "symlink" else ""
+    info.mtime = int(entry.mtime)  # a float would cost an extra PAX header per member
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""  # the target extracts as the deploying user
+    return info
+
+
+def write_tar(
+    artifact: Artifact,
+    out: Sink,
+    *,
+    compresslevel: int | None = 6,
+    on_progress: Callable[[int], None] | None = None,
+    only: Container[str] | None = None,
+) -> None:
+    """Stream the artifact as one tar (gzip when compresslevel is not None) into `out`.
+
+    With `only`, regular files outside it are left out (they are already on the target);
+    directories and symlinks are always sent.
+    """
+    if compresslevel is not None and not 0 <= compresslevel <= 9:
+        raise ValueError(f"compresslevel must be 0-9 or None, not {compresslevel}")
+    label = label_of(artifact.source)
+    by_path = {e.path: e for e in artifact.entries}
+    sink = _Sink(out, compresslevel)
+    tar = tarfile.TarFile(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK)
+    sent: set[str] = set()
+    # On failure neither the end-of-archive blocks nor the gzip trailer are written, so the
+    # receiving tar sees a cut stream and fails instead of unpacking a shorter "valid" tree.
+    with read_in_order(artifact, only) as items:
+        for entry, content in items:
+            # each directory comes right before its contents: GNU tar applies a directory's
+            # mode and mtime as soon as a member outside it appears
+            missing: list[Entry] = []
+            parent = posixpath.dirname(entry.path)
+            while parent and parent not in sent:
+                missing.append(by_path[parent])
+                parent = posixpath.dirname(parent)
+            for directory in reversed(missing):
+                tar.addfile(_header(directory))
+                sent.add(directory.path)
+            if entry.path in sent:
+                continue
+            if content is None:
+                tar.addfile(_header(entry))
+            else:
+                reader = Content(content, label, entry, on_progress, owns=False)
+                tar.addfile(_header(entry), cast(IO[bytes], reader))
+            sent.add(entry.path)
+        for entry in artifact.entries:
+            if entry.kind == "dir" and entry.path not in sent:
+                tar.addfile(_header(entry))  # empty directories, and those no file went into
+    tar.close()
+    sink.finish()

@@ -1,0 +1,53 @@
+"""The probe: one read-only round trip that reports path, space, tools, releases and the lock (and can take it)."""
+
+from __future__ import annotations
+
+from deployer.remote.shell import q
+
+
+def preflight_script(path: str, lock_info: str | None = None) -> str:
+    """Probe the target: path, permissions, free space, tools, releases, lock (read-only), and with
+    lock_info also create the layout and take the lock when the path is usable (saves a round trip)."""
+    return f"""P={q(path)}
+out() {{ printf '%s=%s\\n' "$1" "$2"; }}
+d="$P"
+while [ ! -e "$d" ] && [ "$d" != / ] && [ "$d" != . ]; do d=$(dirname -- "$d"); done
+if [ -e "$P" ]; then out exists yes; else out exists no; fi
+if [ -e "$P" ] && [ ! -d "$P" ]; then out is_dir no; fi
+w=yes
+for c in "$d" "$P/releases" "$P/.deployer"; do
+  if [ -e "$c" ] && [ ! -w "$c" ]; then w=no; out writable_dir "$c"; break; fi
+done
+out writable "$w"
+out abspath "$(cd -- "$d" 2>/dev/null && pwd -P)${{P#"$d"}}"
+out free_kb "$(df -Pk -- "$d" 2>/dev/null | awk 'NR==2 {{print $4}}')"
+for t in tar gzip timeout; do
+  if command -v "$t" >/dev/null 2>&1; then out "$t" yes; else out "$t" no; fi
+done
+if [ -L "$P/current" ]; then out current "$(readlink -- "$P/current")"
+elif [ -e "$P/current" ]; then out current_kind other; fi
+if [ -d "$P/releases" ]; then
+  for r in "$P"/releases/*; do [ -d "$r" ] && out release "${{r##*/}}"; done
+fi
+if [ -d "$P/.deployer/lock" ]; then out lock "$(head -n 1 -- "$P/.deployer/lock/info" 2>/dev/null)"; fi
+c=$(readlink -- "$P/current" 2>/dev/null) && [ -f "$P/.deployer/manifests/${{c##*/}}.tsv" ] &&
+  sed 's/^/m=/' -- "$P/.deployer/manifests/${{c##*/}}.tsv"
+out login "$(id -un)"
+{"exit 0" if lock_info is None else _lock_attempt(lock_info)}
+"""
+
+
+def _lock_attempt(lock_info: str) -> str:
+    """Shell text run after the probe: lock only a writable directory whose current is a symlink."""
+    return f"""if [ "$w" = yes ] && {{ [ ! -e "$P" ] || [ -d "$P" ]; }} &&
+  {{ [ ! -e "$P/current" ] || [ -L "$P/current" ]; }}; then
+  mkdir -p -- "$P/releases" "$P/shared" "$P/.deployer/manifests" 2>/dev/null
+  if mkdir -- "$P/.deployer/lock" 2>/dev/null; then
+    printf '%s\\n' {q(lock_info)} > "$P/.deployer/lock/info"
+    rm -rf -- "$P"/releases/.*.partial
+    out locked yes
+  else
+    out lock "$(head -n 1 -- "$P/.deployer/lock/info" 2>/dev/null)"
+  fi
+fi
+exit 0"""
