@@ -31,10 +31,11 @@ from deployer.config import (
     provenance_fields,
     read_config_file,
 )
+from deployer.deploy.outcome import Status
 from deployer.errors import ConfigError, ConnectError, DeployerError, ExitCode
 
 if TYPE_CHECKING:
-    from deployer.deploy.target import Outcome
+    from deployer.deploy.outcome import Outcome
     from deployer.output import Reporter
     from deployer.ssh.connection import Connection, ConnectOptions
     from deployer.ssh.route import Route
@@ -255,7 +256,7 @@ def _route_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _provenance() -> Any:
-    from deployer.deploy.target import Provenance
+    from deployer.deploy.outcome import Provenance
 
     return Provenance(**provenance_fields(_env()))
 
@@ -270,7 +271,7 @@ def _summarize(reporter: Reporter, outcomes: list[Outcome]) -> None:
     """One line per target when there are several, so the job log says which host did what."""
     if len(outcomes) > 1:
         for outcome in outcomes:
-            detail = outcome.release if outcome.status == "deployed" else outcome.error
+            detail = outcome.release if outcome.status == Status.DEPLOYED else outcome.error
             reporter.line(
                 f"summary: {outcome.target}: {outcome.status}" + (f" ({detail})" if detail else "")
             )
@@ -305,13 +306,15 @@ def _for_each_target(
     action: Callable[[Connection], Outcome],
 ) -> list[Outcome]:
     """Run action on each target in turn; stop at the first failure and report the rest as skipped."""
-    from deployer.deploy.target import Outcome
+    from deployer.deploy.outcome import Outcome
 
     outcomes: list[Outcome] = []
     error: DeployerError | None = None
     for route in routes:
         if error is not None:
-            outcomes.append(Outcome(str(route.target), "skipped", error="an earlier target failed"))
+            outcomes.append(
+                Outcome(str(route.target), Status.SKIPPED, error="an earlier target failed")
+            )
             continue
         try:
             with _connection(route, reporter, **route_kwargs) as connection:
@@ -319,7 +322,9 @@ def _for_each_target(
         except DeployerError as exc:
             error = exc
             outcomes.append(
-                Outcome(str(route.target), "failed", error=str(exc), exit_code=int(exc.exit_code))
+                Outcome(
+                    str(route.target), Status.FAILED, error=str(exc), exit_code=int(exc.exit_code)
+                )
             )
     _summarize(reporter, outcomes)
     _finish(command, outcomes, as_json, error)
@@ -445,8 +450,10 @@ def push(artifact: Path, to: tuple[str, ...], jump: tuple[str, ...], path: str, 
          batch: str | None, shard: str | None, **kwargs: Any) -> None:  # fmt: skip
     """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
     from deployer.artifact.scan import open_artifact
-    from deployer.deploy.target import PushSettings, TargetDeploy
-    from deployer.deploy.upload import TransferSettings, prepare_payload
+    from deployer.deploy.payload import prepare_payload
+    from deployer.deploy.settings import PushSettings
+    from deployer.deploy.target import TargetDeploy
+    from deployer.deploy.upload import TransferSettings
     from deployer.push.fleet import (
         FleetSettings,
         parse_batch,
@@ -540,7 +547,7 @@ def releases(
     to: tuple[str, ...], jump: tuple[str, ...], path: str, as_json: bool, **kwargs: Any
 ) -> None:
     """List the releases on each target, the live one marked."""
-    from deployer.deploy.target import list_target
+    from deployer.deploy.manage import list_target
 
     reporter = _reporter(as_json)
     outcomes = _for_each_target(
@@ -585,7 +592,7 @@ def releases(
 def rollback(to: tuple[str, ...], jump: tuple[str, ...], path: str, as_json: bool, release_id: str | None,
              after: tuple[str, ...], hook_timeout: float, **kwargs: Any) -> None:  # fmt: skip
     """Switch current back to the previous release (or --release ID)."""
-    from deployer.deploy.target import rollback_target
+    from deployer.deploy.manage import rollback_target
 
     reporter = _reporter(as_json)
     hooks = _hook_settings(after=after, timeout=hook_timeout)
@@ -605,7 +612,7 @@ def unlock(
     to: tuple[str, ...], jump: tuple[str, ...], path: str, as_json: bool, **kwargs: Any
 ) -> None:
     """Remove a deploy lock left behind by a deploy that died."""
-    from deployer.deploy.target import unlock_target
+    from deployer.deploy.manage import unlock_target
 
     reporter = _reporter(as_json)
     outcomes = _for_each_target(
@@ -625,7 +632,7 @@ def unlock(
 def exec_(to: tuple[str, ...], jump: tuple[str, ...], as_json: bool, command: tuple[str, ...],
           **kwargs: Any) -> None:  # fmt: skip
     """Run COMMAND on each target (after --), streaming its output; exit with its status."""
-    from deployer.deploy.target import Outcome
+    from deployer.deploy.outcome import Outcome
 
     reporter = _reporter(as_json)
     script = " ".join(command)  # like ssh: the words are joined and run by the login shell
@@ -639,7 +646,7 @@ def exec_(to: tuple[str, ...], jump: tuple[str, ...], as_json: bool, command: tu
 
         result = connection.run(script, on_output=None if as_json else forward)
         statuses.append(result.status)
-        return Outcome(connection.label, "ran", exit_code=result.status,
+        return Outcome(connection.label, Status.RAN, exit_code=result.status,
                        details={"stdout": result.stdout.decode(errors="replace"),
                                 "stderr": result.stderr.decode(errors="replace")})  # fmt: skip
 

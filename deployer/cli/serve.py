@@ -147,7 +147,7 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
     served = _paths(paths)
     if poll:
         from deployer.deploy.hooks import HookSettings
-        from deployer.deploy.target import PushSettings
+        from deployer.deploy.settings import PushSettings
         from deployer.remote.layout import validate_shared
         from deployer.webhook.poll import Poller, PollSettings
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -91,3 +92,25 @@ def failure_message(kind: str, command: str, status: int, label: str, timeout: f
         how = f"exited with status {status}"
     what = "healthcheck" if kind == "healthcheck" else f"{kind} hook"
     return f"{what} `{command}` on {label} {how}"
+
+
+def run_healthcheck(runner: HookRunner, hooks: HookSettings, cwd: str, env: dict[str, str]) -> None:
+    if not hooks.healthcheck:
+        return
+    attempts = hooks.healthcheck_retries + 1
+    for attempt in range(1, attempts + 1):
+        result = runner.run("healthcheck", hooks.healthcheck, cwd, env)
+        if result.status == 0:
+            return
+        if attempt < attempts:
+            runner.reporter.target(
+                runner.executor.label,
+                f"healthcheck failed (attempt {attempt}/{attempts}), retrying in {hooks.healthcheck_interval:g} s",
+            )
+            time.sleep(hooks.healthcheck_interval)
+    raise HookError(
+        failure_message(
+            "healthcheck", hooks.healthcheck, result.status, runner.executor.label, hooks.timeout
+        )
+        + f" after {attempts} attempt(s)"
+    )

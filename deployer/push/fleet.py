@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from deployer.deploy.target import Outcome, TargetDeploy
+from deployer.deploy.outcome import Outcome, Status
+from deployer.deploy.target import TargetDeploy
 from deployer.errors import ConfigError, DeployerError
 
 T = TypeVar("T")
@@ -117,16 +118,16 @@ def push_fleet(
     if failures:
         reason = f"not switched because {labels[min(failures)]} failed"
         _parallel(lambda d: d.revert(reason), switched, fleet.parallel)
-        staged = [d for d in live if d.outcome.status == "staged"]
+        staged = [d for d in live if d.outcome.status == Status.STAGED]
         _parallel(lambda d: d.abort(reason), staged, fleet.parallel)
     else:
         record(_parallel(lambda d: d.finish(), live, fleet.parallel), everyone)
     outcomes = []
     for index, label in enumerate(labels):
         deploy = deploys[index]
-        outcome = deploy.outcome if deploy is not None else Outcome(label, "failed")
+        outcome = deploy.outcome if deploy is not None else Outcome(label, Status.FAILED)
         if index in failures:
-            outcome.status, outcome.error = "failed", str(failures[index])
+            outcome.status, outcome.error = Status.FAILED, str(failures[index])
             outcome.exit_code = int(failures[index].exit_code)
         outcomes.append(outcome)
     return outcomes, failures[min(failures)] if failures else None

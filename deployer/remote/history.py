@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 from deployer.remote.shell import q
+
+HistoryAction = Literal["deploy", "rollback", "failed"]
 
 
 @dataclass(frozen=True)
 class HistoryEntry:
     """One line of DIR/.deployer/history."""
 
-    action: str  # deploy | rollback | failed
+    action: HistoryAction
     release: str
     previous: str
     time: str

@@ -71,3 +71,13 @@ def manifest_path(path: str, release_id: str) -> str:
 def snapshot_path(path: str, release_id: str) -> str:
     """DIR/.deployer/manifests/<id>.stat: every file's inode, size, mtime and ctime at publish."""
     return f"{path}/.deployer/manifests/{release_id}.stat"
+
+
+def hook_environment(layout: Layout, previous: str) -> dict[str, str]:
+    """The variables every hook of a deploy (or rollback) to `layout` sees; previous: the live id."""
+    return {
+        "DEPLOYER_RELEASE_DIR": layout.release_dir,
+        "DEPLOYER_PREVIOUS_RELEASE_DIR": f"{layout.path}/releases/{previous}" if previous else "",
+        "DEPLOYER_PATH": layout.path,
+        "DEPLOYER_RELEASE_ID": layout.release_id,
+    }

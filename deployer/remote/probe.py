@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from deployer.errors import RemoteError
+from deployer.remote.executor import Executor, RunResult
 from deployer.remote.shell import q
+from deployer.remote.state import TargetState, parse_state
 
 
 def preflight_script(path: str, lock_info: str | None = None) -> str:
@@ -51,3 +54,17 @@ def _lock_attempt(lock_info: str) -> str:
   fi
 fi
 exit 0"""
+
+
+def run_checked(executor: Executor, script: str, what: str, **kwargs: object) -> RunResult:
+    result = executor.run(script, **kwargs)  # type: ignore[arg-type]
+    if result.status != 0:
+        detail = result.stderr_line or f"exit status {result.status}"
+        raise RemoteError(f"{what} on {executor.label} failed: {detail}")
+    return result
+
+
+def probe(executor: Executor, path: str, lock_info: str | None = None) -> TargetState:
+    """Run the preflight (read-only unless lock_info asks it to take the lock) and parse it."""
+    result = run_checked(executor, preflight_script(path, lock_info), "inspecting the target")
+    return parse_state(path, result.stdout.decode(errors="replace"))

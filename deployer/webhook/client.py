@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from deployer import __version__
 from deployer.cli.push_modes import WebhookOptions
+from deployer.deploy.outcome import Status
 from deployer.errors import ConfigError, ConnectError, DeployerError, ExitCode, WebhookError
 
 READ_TIMEOUT = 60.0  # the receiver sends a heartbeat line every 15 s while a deploy is quiet
@@ -199,7 +200,7 @@ class WebhookPush:
     ) -> tuple[list[Any], DeployerError | None]:
         """Send the request and follow the deploy; (one outcome, the error if it failed)."""
         from deployer.artifact.scan import open_artifact
-        from deployer.deploy.target import Outcome
+        from deployer.deploy.outcome import Outcome
         from deployer.webhook.receiver import DeployRequest
 
         try:
@@ -216,9 +217,9 @@ class WebhookPush:
             final = self.client.follow(deploy_id, reporter.line, time.monotonic() + self.timeout)
         except DeployerError as exc:
             return [
-                Outcome(self.label, "failed", error=str(exc), exit_code=int(exc.exit_code))
+                Outcome(self.label, Status.FAILED, error=str(exc), exit_code=int(exc.exit_code))
             ], exc
-        if final.get("state") == "deployed":
+        if final.get("state") == Status.DEPLOYED:
             known = {f.name for f in dataclasses.fields(Outcome)}
             outcome = Outcome(
                 **{k: v for k, v in (final.get("outcome") or {}).items() if k in known}
@@ -226,7 +227,7 @@ class WebhookPush:
             return [dataclasses.replace(outcome, target=self.label)], None
         code = int(final.get("exit_code") or ExitCode.ERROR)
         error = error_for(code, str(final.get("error") or "the deploy failed on the receiver"))
-        return [Outcome(self.label, "failed", error=str(error), exit_code=code)], error
+        return [Outcome(self.label, Status.FAILED, error=str(error), exit_code=code)], error
 
 
 def _path_in_job(artifact: Path, env: Mapping[str, str]) -> str:

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deployer.deploy.target import Outcome, Provenance, PushSettings, list_target
+from deployer.deploy.manage import list_target
+from deployer.deploy.outcome import Outcome, Provenance
+from deployer.deploy.settings import PushSettings
 from deployer.errors import DeployerError
 from deployer.output import Reporter
 from deployer.remote.local import LocalExecutor

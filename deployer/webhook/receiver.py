@@ -32,8 +32,11 @@ from typing import Any, TextIO, cast
 
 from deployer.artifact.scan import open_artifact
 from deployer.deploy.hooks import HookSettings
-from deployer.deploy.target import Outcome, Provenance, PushSettings, push_target
-from deployer.deploy.upload import TransferSettings, prepare_payload
+from deployer.deploy.outcome import Outcome, Provenance
+from deployer.deploy.payload import prepare_payload
+from deployer.deploy.settings import PushSettings
+from deployer.deploy.target import push_target
+from deployer.deploy.upload import TransferSettings
 from deployer.errors import ConfigError, DeployerError
 from deployer.output import Reporter, human_size
 from deployer.remote.layout import validate_shared

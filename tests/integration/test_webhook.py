@@ -31,7 +31,8 @@ from webhook_kit import (
 )
 
 from deployer.deploy.hooks import HookSettings
-from deployer.deploy.target import Provenance, PushSettings
+from deployer.deploy.outcome import Provenance
+from deployer.deploy.settings import PushSettings
 from deployer.errors import ExitCode
 from deployer.output import Reporter
 from deployer.sandbox.topology import free_port

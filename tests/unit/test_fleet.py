@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-import deployer.deploy.upload
+import deployer.deploy.payload
 from deployer.artifact.scan import open_artifact
 from deployer.deploy.hooks import HookSettings
-from deployer.deploy.target import Provenance, PushSettings, TargetDeploy
-from deployer.deploy.upload import prepare_payload
+from deployer.deploy.outcome import Provenance
+from deployer.deploy.payload import prepare_payload
+from deployer.deploy.settings import PushSettings
+from deployer.deploy.target import TargetDeploy
 from deployer.errors import ConfigError, ConnectError, ExitCode
 from deployer.output import Reporter
 from deployer.push.fleet import FleetSettings, parse_batch, parse_shard, push_fleet, select_shard
@@ -146,21 +148,21 @@ def test_targets_needing_the_same_files_share_one_sample_and_one_compressed_stre
     (app / "app.py").write_text("print('the same line')\n" * 5000)  # compressible: gzip -1
     payload = prepare_payload(open_artifact(app), targets=3)
     encoded = []
-    real_write_tar = deployer.deploy.upload.write_tar
+    real_write_tar = deployer.deploy.payload.write_tar
 
     def counting_write_tar(*args, **kwargs) -> None:
         encoded.append(kwargs.get("compresslevel"))
         real_write_tar(*args, **kwargs)
 
-    monkeypatch.setattr("deployer.deploy.upload.write_tar", counting_write_tar)
+    monkeypatch.setattr("deployer.deploy.payload.write_tar", counting_write_tar)
     sampled = []
-    real_compressibility = deployer.deploy.upload.compressibility
+    real_compressibility = deployer.deploy.payload.compressibility
 
     def counting_compressibility(*args, **kwargs) -> float:
         sampled.append(1)
         return real_compressibility(*args, **kwargs)
 
-    monkeypatch.setattr("deployer.deploy.upload.compressibility", counting_compressibility)
+    monkeypatch.setattr("deployer.deploy.payload.compressibility", counting_compressibility)
     names = ["a", "b", "c"]
     outcomes, error = run_fleet(tmp_path, payload, names, lambda n: HookSettings())
     payload.close()

@@ -12,8 +12,8 @@ import pytest
 
 from deployer.artifact.scan import open_artifact
 from deployer.artifact.tar import write_tar
+from deployer.deploy.payload import prepare_payload
 from deployer.deploy.spool import Spool
-from deployer.deploy.upload import prepare_payload
 from deployer.errors import ExitCode, TransferError
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from deployer.artifact.compression import choose_compression, compressibility
 from deployer.artifact.scan import open_artifact
-from deployer.deploy.upload import TransferSettings, Upload, prepare_payload
+from deployer.deploy.payload import prepare_payload
+from deployer.deploy.upload import TransferSettings, Upload
 from deployer.errors import ConnectError
 from deployer.output import Reporter
 from deployer.remote.executor import OutputSink, RunResult

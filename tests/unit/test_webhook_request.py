@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from deployer.cli.serve import serve
 from deployer.deploy.hooks import HookSettings
-from deployer.deploy.target import Provenance, PushSettings
+from deployer.deploy.outcome import Provenance
+from deployer.deploy.settings import PushSettings
 from deployer.systemd import HARDENING
 from deployer.webhook.receiver import DeployRequest, exposure_warning, parse_request
 from deployer.webhook.signing import Rejected
