@@ -118,3 +118,9 @@ class GitLabError(DeployerError):
     """The GitLab API refused a request (token, role, project) or could not be reached."""
 
     exit_code = ExitCode.GITLAB
+
+
+def reason(exc: BaseException) -> str:
+    """A library exception's text for a one-line message (whitespace collapsed, no final period)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.rstrip(".")

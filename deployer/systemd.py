@@ -1,5 +1,4 @@
-"""Hardened systemd units for ``deployer tunnel`` and ``deployer serve``, and the options and
-steps their ``install-service`` commands share.
+"""Hardened systemd units for ``deployer tunnel`` and ``deployer serve`` (rendered and written here).
 
 The private key never appears in the unit: systemd reads it (as root) from a root-only file and
 hands it to the service through ``LoadCredential=`` — a private, unswappable copy in
@@ -14,13 +13,10 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
-from deployer.cli.options import F, apply
 from deployer.errors import ConfigError
 
 UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]+$")
@@ -124,23 +120,6 @@ def credential_path() -> Specifier:
     return Specifier(f"%d/{KEY_CREDENTIAL}")
 
 
-def install_options(name: str, user: str, user_help: str) -> Callable[[F], F]:
-    """The options every ``install-service`` command takes (where the unit goes, who runs it)."""
-    options = [
-        click.option("--name", default=name, show_default=True,
-                     help="Unit name (without .service)."),
-        click.option("--user", "service_user", default=user, show_default=True, help=user_help),
-        click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path),
-                     default=Path("/etc/systemd/system"), show_default=True),
-        click.option("--deployer", "deployer_path",
-                     help="Absolute path of the deployer executable (default: this one)."),
-        click.option("--print", "print_only", is_flag=True,
-                     help="Print the unit on stdout instead of writing it."),
-    ]  # fmt: skip
-
-    return lambda command: apply(command, options)
-
-
 def check_name(name: str) -> None:
     """Refuse a unit name systemd would not take."""
     if not UNIT_NAME.match(name):
@@ -156,11 +135,8 @@ def deployer_argv(deployer_path: str | None) -> list[str]:
     return argv
 
 
-def install_unit(unit: str, unit_dir: Path, name: str, print_only: bool) -> None:
-    """Print the unit (--print) or write it into unit_dir, saying where."""
-    if print_only:
-        click.echo(unit, nl=False)
-        return
+def write_unit(unit: str, unit_dir: Path, name: str) -> Path:
+    """Write the unit into unit_dir; the path it went to."""
     path = unit_dir / f"{name}.service"
     try:
         path.write_text(unit)
@@ -168,4 +144,4 @@ def install_unit(unit: str, unit_dir: Path, name: str, print_only: bool) -> None
         raise ConfigError(
             f"cannot write {path}: {exc.strerror or exc} — run as root, or use --print"
         ) from exc
-    click.echo(f"wrote {path}", err=True)
+    return path

@@ -19,10 +19,10 @@ from deployer.artifact.source import (
     extract_member,
     label_of,
     open_dir_file,
-    reason_of,
     tar_members,
     zip_member,
 )
+from deployer.errors import reason
 
 if TYPE_CHECKING:
     pass
@@ -64,7 +64,7 @@ def open_contents(artifact: Artifact) -> Iterator[Callable[[Entry], BinaryIO]]:
         try:
             fetch = _fetcher(artifact, label, stack)
         except READ_ERRORS as exc:
-            raise changed_error(label, None, f"it can no longer be read: {reason_of(exc)}") from exc
+            raise changed_error(label, None, f"it can no longer be read: {reason(exc)}") from exc
 
         def opener(entry: Entry) -> BinaryIO:
             if entry.kind != "file":
@@ -72,7 +72,7 @@ def open_contents(artifact: Artifact) -> Iterator[Callable[[Entry], BinaryIO]]:
             try:
                 inner = fetch(entry)
             except READ_ERRORS as exc:
-                raise changed_error(label, entry.path, reason_of(exc)) from exc
+                raise changed_error(label, entry.path, reason(exc)) from exc
             return cast(BinaryIO, Content(inner, label, entry))
 
         yield opener
@@ -106,7 +106,7 @@ def _in_order(
                 archive = stack.enter_context(zipfile.ZipFile(raw))
             except READ_ERRORS as exc:
                 raise changed_error(
-                    label, None, f"it can no longer be read: {reason_of(exc)}"
+                    label, None, f"it can no longer be read: {reason(exc)}"
                 ) from exc
             infos = archive.infolist()
         for entry in wanted:
@@ -123,7 +123,7 @@ def _in_order(
                 try:
                     member = archive.open(zip_member(infos, label, entry.path, origin))
                 except READ_ERRORS as exc:
-                    raise changed_error(label, entry.path, reason_of(exc)) from exc
+                    raise changed_error(label, entry.path, reason(exc)) from exc
                 with member:
                     yield entry, member
 
@@ -148,7 +148,7 @@ def _tar_in_order(
     try:
         source = TarSource(artifact.source)
     except READ_ERRORS as exc:
-        raise changed_error(label, None, f"it can no longer be read: {reason_of(exc)}") from exc
+        raise changed_error(label, None, f"it can no longer be read: {reason(exc)}") from exc
     with source, ExitStack() as stack:
         tar = tarfile.TarFile(fileobj=source)
         spool: IO[bytes] | None = None

@@ -33,8 +33,8 @@ from deployer.artifact.safety import (
     type_name,
     unreadable_error,
 )
-from deployer.artifact.source import OPEN_FLAGS, READ_ERRORS, TarSource, label_of, reason_of
-from deployer.errors import ArtifactError
+from deployer.artifact.source import OPEN_FLAGS, READ_ERRORS, TarSource, label_of
+from deployer.errors import ArtifactError, reason
 
 if TYPE_CHECKING:
     pass
@@ -62,7 +62,7 @@ def open_artifact(path: Path) -> Artifact:
         ) from None
     except (OSError, ValueError) as exc:
         raise ArtifactError(
-            f"artifact {label} cannot be read ({reason_of(exc)}) — check the path"
+            f"artifact {label} cannot be read ({reason(exc)}) — check the path"
         ) from exc
     if stat.S_ISDIR(info.st_mode):
         return assemble(path, label, "dir", _scan_dir(path, label), {})
@@ -93,7 +93,7 @@ def _scan_dir(root: Path, label: str) -> list[Entry]:
             ) from None
         except OSError as exc:
             raise ArtifactError(
-                f"artifact {label}: directory {folder or '.'!r} cannot be read ({reason_of(exc)})"
+                f"artifact {label}: directory {folder or '.'!r} cannot be read ({reason(exc)})"
                 " — check the directory"
             ) from exc
         for item in listing:
@@ -122,7 +122,7 @@ def _scan_dir(root: Path, label: str) -> list[Entry]:
                 ) from None
             except OSError as exc:
                 raise ArtifactError(
-                    f"artifact {label}: {rel!r} cannot be read ({reason_of(exc)}) — check the file"
+                    f"artifact {label}: {rel!r} cannot be read ({reason(exc)}) — check the file"
                 ) from exc
     return entries
 
@@ -137,7 +137,7 @@ def _scan_tar(path: Path, label: str) -> tuple[list[Entry], dict[str, Origin]]:
         raise unreadable_error(label) from None
     except READ_ERRORS as exc:
         raise ArtifactError(
-            f"artifact {label} is not a valid tar archive ({reason_of(exc)}) — rebuild it"
+            f"artifact {label} is not a valid tar archive ({reason(exc)}) — rebuild it"
         ) from exc
     paths = [member_name(label, m.name) for m in members]
     files = {
@@ -193,7 +193,7 @@ def _scan_zip(path: Path, label: str) -> tuple[list[Entry], dict[str, Origin]]:
         raise unreadable_error(label) from None
     except READ_ERRORS as exc:
         raise ArtifactError(
-            f"artifact {label} is not a valid zip archive ({reason_of(exc)}) — rebuild it"
+            f"artifact {label} is not a valid zip archive ({reason(exc)}) — rebuild it"
         ) from exc
     return entries, origins
 
@@ -257,11 +257,11 @@ def _verify_zip(
         except NotImplementedError as exc:
             raise ArtifactError(
                 f"artifact {label}: member {rel!r} uses an unsupported compression method"
-                f" ({reason_of(exc)}) — build the zip with deflate"
+                f" ({reason(exc)}) — build the zip with deflate"
             ) from exc
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
             raise ArtifactError(
-                f"artifact {label}: member {rel!r} is damaged ({reason_of(exc)}) — rebuild the zip"
+                f"artifact {label}: member {rel!r} is damaged ({reason(exc)}) — rebuild the zip"
             ) from exc
 
 

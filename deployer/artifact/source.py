@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from deployer.artifact.model import CHUNK, Entry, Origin
-from deployer.errors import ArtifactError
+from deployer.errors import ArtifactError, reason
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -52,11 +52,6 @@ READ_ERRORS = (
 def label_of(path: Path | str) -> str:
     text = str(path)
     return text if text.isprintable() else repr(text)
-
-
-def reason_of(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
 
 
 def changed_error(label: str, path: str | None, detail: str) -> ArtifactError:
@@ -165,7 +160,7 @@ def tar_members(tar: tarfile.TarFile, label: str) -> Iterator[tuple[int, tarfile
         try:
             member = tar.next()
         except READ_ERRORS as exc:
-            raise changed_error(label, None, f"it can no longer be read: {reason_of(exc)}") from exc
+            raise changed_error(label, None, f"it can no longer be read: {reason(exc)}") from exc
         if member is None:
             return
         yield index, member
@@ -205,7 +200,7 @@ class Content(io.RawIOBase):
             try:
                 data = self._inner.read(min(want - got, CHUNK))
             except READ_ERRORS as exc:
-                raise changed_error(self._label, self._entry.path, reason_of(exc)) from exc
+                raise changed_error(self._label, self._entry.path, reason(exc)) from exc
             if not data:
                 raise changed_error(self._label, self._entry.path, "it is shorter now")
             chunks.append(data)
@@ -234,7 +229,7 @@ def open_dir_file(root: Path, label: str, entry: Entry) -> IO[bytes]:
     try:
         fd = os.open(os.path.join(root, entry.path), OPEN_FLAGS)
     except OSError as exc:
-        raise changed_error(label, entry.path, reason_of(exc)) from exc
+        raise changed_error(label, entry.path, reason(exc)) from exc
     handle = open(fd, "rb", buffering=0)  # noqa: SIM115 - returned to the caller
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         handle.close()

@@ -8,21 +8,15 @@ GitLab token, the TLS key) come from the environment or from files systemd hands
 
 from __future__ import annotations
 
-import os
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 
 import click
 
-from deployer.cli.options import F, apply
-from deployer.cli.tunnel import TunnelGroup
+from deployer.addresses import parse_listen_address
+from deployer.ci.gitlab_api import DEFAULT_GITLAB_URL
+from deployer.cli.options import DefaultCommandGroup, F, apply, environment, install_service_options
 from deployer.errors import ConfigError
-from deployer.systemd import install_options
-
-SECRET_CREDENTIAL = "webhook-secret"
-TOKEN_CREDENTIAL = "gitlab-token"
-TLS_KEY_CREDENTIAL = "tls-key"
 
 
 def receiver_options(func: F) -> F:
@@ -36,7 +30,7 @@ def receiver_options(func: F) -> F:
                      help="Serve HTTPS with this PEM certificate (chain)."),
         click.option("--ca-bundle", type=click.Path(dir_okay=False, path_type=Path), envvar="DEPLOYER_CA_BUNDLE",
                      help="CA certificates trusted when fetching artifacts (default: the system's)."),
-        click.option("--gitlab-url", default="https://gitlab.com", show_default=True, envvar="DEPLOYER_GITLAB_URL",
+        click.option("--gitlab-url", default=DEFAULT_GITLAB_URL, show_default=True, envvar="DEPLOYER_GITLAB_URL",
                      help="GitLab server artifacts are fetched from."),
         click.option("--max-artifact-size", type=click.IntRange(min=1), default=4096, show_default=True,
                      envvar="DEPLOYER_MAX_ARTIFACT_SIZE", metavar="MIB", help="Largest artifact fetched, in MiB."),
@@ -49,44 +43,13 @@ def receiver_options(func: F) -> F:
     return apply(func, options)
 
 
-class ServeGroup(TunnelGroup):
+class ServeGroup(DefaultCommandGroup):
     """`deployer serve --path ...` runs the receiver; known first words are subcommands."""
 
 
 @click.group(cls=ServeGroup, name="serve")
 def serve() -> None:
     """Receive signed deploy requests over HTTP(S) and deploy them here (the webhook fallback)."""
-
-
-def _listen_address(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", value
-    host = host.strip("[]") or "0.0.0.0"
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(
-            f"--listen {value!r}: use [HOST:]PORT, like 127.0.0.1:8700 or 0.0.0.0:8700"
-        )
-    return host, int(port)
-
-
-def _secret_text(env: Mapping[str, str], variable: str, file: Path | None) -> tuple[str, str]:
-    """(value, where it came from) from a file (a systemd credential) or else the environment."""
-    if file is None:
-        return env.get(variable, ""), variable
-    try:
-        return file.read_text(), str(file)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from exc
-
-
-def _paths(paths: tuple[str, ...]) -> tuple[str, ...]:
-    if not paths:
-        raise ConfigError("no deploy directory — pass --path DIR (the directory deploys go to)")
-    for path in paths:
-        if not path.startswith("/") or "\n" in path:
-            raise ConfigError(f"--path {path!r} must be an absolute directory, like /srv/app")
-    return tuple(p.rstrip("/") or "/" for p in paths)
 
 
 @serve.command(name="run", hidden=True)
@@ -135,16 +98,17 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
     GitLab artifacts are fetched with DEPLOYER_GITLAB_TOKEN (read_api), never a token from a request.
     """
     from deployer.output import Reporter
+    from deployer.webhook.service import read_secret, served_paths
     from deployer.webhook.sources import FetchSettings
 
-    env = os.environ
-    token, _ = _secret_text(env, "DEPLOYER_GITLAB_TOKEN", gitlab_token_file)
+    env = environment()
+    token, _ = read_secret(env, "DEPLOYER_GITLAB_TOKEN", gitlab_token_file)
     fetching = FetchSettings(
         ca_bundle=ca_bundle, gitlab_url=gitlab_url, gitlab_token=token.strip(),
         max_bytes=max_artifact_size << 20,
     )  # fmt: skip
     reporter = Reporter(tty=False)  # a service: always timestamped lines
-    served = _paths(paths)
+    served = served_paths(paths)
     if poll:
         from deployer.deploy.hooks import HookSettings
         from deployer.deploy.settings import PushSettings
@@ -170,8 +134,8 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
     from deployer.webhook.receiver import ReceiverSettings, serve, tls_context
     from deployer.webhook.signing import load_secret
 
-    secret = load_secret(*_secret_text(env, "DEPLOYER_WEBHOOK_SECRET", secret_file))
-    host, port = _listen_address(listen)
+    secret = load_secret(*read_secret(env, "DEPLOYER_WEBHOOK_SECRET", secret_file))
+    host, port = parse_listen_address(listen, "--listen")
     if tls_key is not None and tls_cert is None:
         raise ConfigError("--tls-key needs --tls-cert")
     tls = tls_context(tls_cert, tls_key) if tls_cert is not None else None
@@ -190,7 +154,7 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
               help="Root-only file with a read_api GitLab token (for GitLab artifact sources).")  # fmt: skip
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path),
               help="Root-only file with the TLS key; systemd passes it to the service.")  # fmt: skip
-@install_options(
+@install_service_options(
     "deployer-serve",
     "deployer",
     "The user deploys run as (owns the deploy directories; runs the hooks).",
@@ -200,64 +164,26 @@ def install_service(paths: tuple[str, ...], listen: str, tls_cert: Path | None, 
                     gitlab_token_file: Path | None, tls_key: Path | None, name: str, service_user: str,
                     unit_dir: Path, deployer_path: str | None, print_only: bool) -> None:  # fmt: skip
     """Write a hardened systemd unit running `deployer serve` and print how to enable it."""
-    from deployer.systemd import (
-        Specifier,
-        UnitSpec,
-        check_name,
-        deployer_argv,
-        install_unit,
-        render_unit,
-    )
+    from deployer.systemd import check_name, deployer_argv, write_unit
     from deployer.webhook.receiver import exposure_warning
+    from deployer.webhook.service import next_steps, receiver_unit, served_paths
 
     check_name(name)
-    served = _paths(paths)
-    host, port = _listen_address(listen)
-    argv = deployer_argv(deployer_path)
-    argv += ["serve", "--listen", f"{host}:{port}"]
-    for path in served:
-        argv += ["--path", path]
-    argv += [
-        "--secret-file", Specifier(f"%d/{SECRET_CREDENTIAL}"), "--gitlab-url", gitlab_url,
-        "--max-artifact-size", str(max_artifact_size), "--max-body", str(max_body), "--window", f"{window:g}",
-    ]  # fmt: skip
-    # releases stay readable by the web server; a running deploy ends before the service stops
-    # (SIGTERM makes deployer exit 130 once it has)
-    extra = [
-        f"ReadWritePaths={' '.join(served)}", "UMask=0022", "TimeoutStopSec=infinity", "SuccessExitStatus=130",
-    ]  # fmt: skip
-    if tls_cert is not None:
-        argv += ["--tls-cert", str(tls_cert.absolute())]
-    if tls_key is not None:
-        argv += ["--tls-key", Specifier(f"%d/{TLS_KEY_CREDENTIAL}")]
-        extra.append(f"LoadCredential={TLS_KEY_CREDENTIAL}:{tls_key.absolute()}")
-    if ca_bundle is not None:
-        argv += ["--ca-bundle", str(ca_bundle.absolute())]
-    if gitlab_token_file is not None:
-        argv += ["--gitlab-token-file", Specifier(f"%d/{TOKEN_CREDENTIAL}")]
-        extra.append(f"LoadCredential={TOKEN_CREDENTIAL}:{gitlab_token_file.absolute()}")
-    unit = render_unit(
-        UnitSpec(
-            name=name,
-            description=f"deployer serve: webhook deploys to {', '.join(served)}",
-            argv=argv,
-            user=service_user,
-            key_file=str(secret_file.absolute()),
-            runtime_directory=name.replace("@", "-"),
-            credential=SECRET_CREDENTIAL,
-            written_by="`deployer serve install-service`; see docs/webhook.md",
-            extra=extra,
-        )
-    )
-    install_unit(unit, unit_dir, name, print_only)
+    served = served_paths(paths)
+    host, port = parse_listen_address(listen, "--listen")
+    unit = receiver_unit(
+        served=served, host=host, port=port, secret_file=secret_file, gitlab_url=gitlab_url,
+        max_artifact_size=max_artifact_size, max_body=max_body, window=window, tls_cert=tls_cert,
+        tls_key=tls_key, ca_bundle=ca_bundle, gitlab_token_file=gitlab_token_file, name=name,
+        user=service_user, deployer=deployer_argv(deployer_path),
+    )  # fmt: skip
+    if print_only:
+        click.echo(unit, nl=False)
+    else:
+        click.echo(f"wrote {write_unit(unit, unit_dir, name)}", err=True)
     warning = exposure_warning(host, tls_cert is not None)
     for line in [
         *([warning] if warning else []),
-        "next steps (as root):",
-        f"  id {service_user} >/dev/null 2>&1 || useradd --system --create-home --shell /bin/sh {service_user}",
-        f"  install -d -o {service_user} {' '.join(served)}     # the deploy directories",
-        f"  (umask 077; openssl rand -hex 32 > {secret_file})   # CI's DEPLOYER_WEBHOOK_SECRET: the same value",
-        f"  systemctl daemon-reload && systemctl enable --now {name}.service",
-        f"  journalctl -u {name} -f",
+        *next_steps(name, service_user, served, secret_file),
     ]:
         click.echo(line, err=True)

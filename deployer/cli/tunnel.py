@@ -7,37 +7,43 @@ file (for container health checks). Everything heavy is imported inside the comm
 
 from __future__ import annotations
 
-import getpass
+import functools
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from deployer.cli.options import F, apply
+from deployer.addresses import parse_listen_address
+from deployer.cli.options import (
+    DefaultCommandGroup,
+    F,
+    accept_new_option,
+    apply,
+    connect_timeout_option,
+    environment,
+    fingerprint_option,
+    install_service_options,
+    key_file_option,
+    known_hosts_option,
+    proxy_options,
+)
 from deployer.errors import ConfigError, ExitCode
-from deployer.ssh.authorized_keys import render_authorized_keys
-from deployer.ssh.forwards import parse_forwards
-from deployer.systemd import install_options
-from deployer.tunnel.autossh_env import autossh_config
-from deployer.tunnel.keeper import (
+from deployer.ssh.access import DEFAULT_CONNECT_TIMEOUT
+from deployer.tunnel.policy import DEFAULT_MAX_BACKOFF
+from deployer.tunnel.settings import (
     DEFAULT_ALIVE_COUNT,
     DEFAULT_ALIVE_INTERVAL,
     DEFAULT_CHECK_INTERVAL,
     TunnelSettings,
 )
-from deployer.tunnel.policy import DEFAULT_MAX_BACKOFF
-from deployer.tunnel.status import parse_listen_address
 
-
-def _default_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "root"
+if TYPE_CHECKING:
+    from deployer.ssh.proxy import ProxySpec
+    from deployer.ssh.route import Endpoint
 
 
 def keeper_options(func: F) -> F:
@@ -46,8 +52,7 @@ def keeper_options(func: F) -> F:
         click.option("-R", "--remote-forward", "forwards", multiple=True, envvar="DEPLOYER_TUNNEL_FORWARD",
                      metavar="[BIND:]PORT:HOST:HOSTPORT",
                      help="Remote forward, as ssh -R (repeatable), e.g. -R 22022:localhost:22."),
-        click.option("--connect-timeout", type=click.FloatRange(min=1), default=10.0, show_default=True,
-                     envvar="DEPLOYER_CONNECT_TIMEOUT", help="Seconds to wait for the jump host."),
+        connect_timeout_option("the jump host", "10"),
         click.option("--alive-interval", type=click.IntRange(min=1), default=DEFAULT_ALIVE_INTERVAL,
                      show_default=True, envvar="DEPLOYER_TUNNEL_ALIVE_INTERVAL",
                      help="ssh ServerAliveInterval: seconds of silence before a keepalive."),
@@ -69,19 +74,8 @@ def keeper_options(func: F) -> F:
     return apply(func, options)
 
 
-class TunnelGroup(click.Group):
+class TunnelGroup(DefaultCommandGroup):
     """`deployer tunnel JUMP -R ...` runs the keeper; known first words are subcommands."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        run = self.commands["run"]
-        with click.Context(run, info_name=ctx.info_name, parent=ctx.parent) as sub:
-            run.format_help(sub, formatter)
-        self.format_commands(ctx, formatter)
 
 
 @click.group(cls=TunnelGroup, name="tunnel")
@@ -92,24 +86,17 @@ def tunnel() -> None:
 @tunnel.command(name="run", hidden=True)
 @click.argument("jump", required=False, envvar="DEPLOYER_TUNNEL_JUMP", metavar="USER@JUMP[:PORT]")
 @keeper_options
-@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), envvar="DEPLOYER_KEY_FILE",
-              help="Private key file (default: SSH_PRIVATE_KEY).")  # fmt: skip
-@click.option("--known-hosts", "known_hosts", multiple=True, envvar="DEPLOYER_KNOWN_HOSTS",
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="known_hosts file(s) for the jump host, in addition to SSH_KNOWN_HOSTS.")  # fmt: skip
-@click.option("--host-key-fingerprint", "fingerprints", multiple=True, metavar="[HOST=]SHA256:...",
-              envvar="DEPLOYER_HOST_KEY_FINGERPRINT", help="Trust the jump host's key by fingerprint.")  # fmt: skip
-@click.option("--accept-new-host-keys", is_flag=True, envvar="DEPLOYER_ACCEPT_NEW_HOST_KEYS",
-              help="Trust an unknown jump host key on first use (printed; a changed key is refused).")  # fmt: skip
+@key_file_option()
+@known_hosts_option("known_hosts file(s) for the jump host, in addition to SSH_KNOWN_HOSTS.")
+@fingerprint_option("Trust the jump host's key by fingerprint.")
+@accept_new_option(
+    "Trust an unknown jump host key on first use (printed; a changed key is refused)."
+)
 @click.option("--status-file", type=click.Path(dir_okay=False, path_type=Path),
               envvar="DEPLOYER_TUNNEL_STATUS_FILE", help="Keep the current state in this JSON file.")  # fmt: skip
 @click.option("--autossh-env", is_flag=True,
               help="Take everything from jnovack/autossh's SSH_REMOTE_*, SSH_TUNNEL_PORT, ... variables.")  # fmt: skip
-@click.option("--proxy", envvar="DEPLOYER_PROXY", metavar="URL",
-              help="Reach the jump host through http://[USER@]HOST:PORT or socks5h://...; password in"
-                   " DEPLOYER_PROXY_PASSWORD.")  # fmt: skip
-@click.option("--proxy-command", envvar="DEPLOYER_PROXY_COMMAND", metavar="CMD",
-              help="Reach the jump host through CMD (ssh's ProxyCommand, %h %p %r).")  # fmt: skip
+@functools.partial(apply, options=proxy_options("the jump host"))
 @click.pass_context
 def run(ctx: click.Context, /, jump: str | None, forwards: tuple[str, ...], key_file: Path | None,
         known_hosts: tuple[Path, ...], fingerprints: tuple[str, ...], accept_new_host_keys: bool,
@@ -123,13 +110,15 @@ def run(ctx: click.Context, /, jump: str | None, forwards: tuple[str, ...], key_
     or --host-key-fingerprint (an unknown key is refused). Without arguments, jnovack/autossh's
     variables are used when SSH_REMOTE_HOST is set.
     """
-    from deployer.config import is_ci
+    from deployer.ci.environment import is_ci
     from deployer.output import Reporter
+    from deployer.ssh.access import proxy_spec
     from deployer.ssh.credentials import load_credentials, load_host_key_policy
-    from deployer.ssh.route import parse_endpoint
+    from deployer.ssh.route import default_user, parse_endpoint
+    from deployer.tunnel.autossh_env import autossh_config
     from deployer.tunnel.keeper import run_keeper
 
-    env: dict[str, str] = dict(os.environ)
+    env: dict[str, str] = dict(environment())
     if autossh_env or (jump is None and not forwards and env.get("SSH_REMOTE_HOST")):
         if jump or forwards:
             raise ConfigError(
@@ -156,17 +145,9 @@ def run(ctx: click.Context, /, jump: str | None, forwards: tuple[str, ...], key_
         raise ConfigError(
             "no jump host — usage: deployer tunnel USER@JUMP[:PORT] -R PORT:HOST:HOSTPORT"
         )
-    endpoint = parse_endpoint(jump, default_user=_default_user(), option="deployer tunnel")
-    settings = _settings(endpoint, forwards, status_file=status_file, **options)
-    if proxy and proxy_command:
-        raise ConfigError("--proxy and --proxy-command both given — pass one of them")
-    if proxy or proxy_command:
-        from dataclasses import replace
-
-        from deployer.ssh.proxy import parse_proxy, parse_proxy_command
-
-        spec = parse_proxy(proxy, env) if proxy else parse_proxy_command(proxy_command or "")
-        settings = replace(settings, proxy=spec)
+    endpoint = parse_endpoint(jump, default_user=default_user(), option="deployer tunnel")
+    settings = _settings(endpoint, forwards, status_file=status_file, proxy=proxy_spec(proxy, proxy_command, env),
+                         **options)  # fmt: skip
     local = not is_ci(env)
     credentials = load_credentials(env, key_file, local=local)
     policy = load_host_key_policy(env, known_hosts, fingerprints, accept_new_host_keys, local=local)
@@ -174,20 +155,24 @@ def run(ctx: click.Context, /, jump: str | None, forwards: tuple[str, ...], key_
     sys.exit(run_keeper(settings, credentials.candidates(), policy, reporter.line))
 
 
-def _settings(endpoint: Any, forwards: Sequence[str], *, status_file: Path | None, connect_timeout: float,
-              alive_interval: int, alive_count: int, check_interval: float, max_backoff: float,
-              reclaim: bool, healthz: str | None) -> TunnelSettings:  # fmt: skip
+def _settings(endpoint: Endpoint, forwards: Sequence[str], *, status_file: Path | None,
+              connect_timeout: float | None, alive_interval: int, alive_count: int, check_interval: float,
+              max_backoff: float, reclaim: bool, healthz: str | None,
+              proxy: ProxySpec | None = None) -> TunnelSettings:  # fmt: skip
+    from deployer.ssh.forwards import parse_forwards
+
     return TunnelSettings(
         jump=endpoint,
         forwards=parse_forwards(forwards),
-        connect_timeout=connect_timeout,
+        connect_timeout=connect_timeout or DEFAULT_CONNECT_TIMEOUT,
+        proxy=proxy,
         alive_interval=alive_interval,
         alive_count=alive_count,
         check_interval=check_interval,
         max_backoff=max_backoff,
         reclaim=reclaim,
         status_file=status_file,
-        healthz=parse_listen_address(healthz) if healthz else None,
+        healthz=parse_listen_address(healthz, "--healthz") if healthz else None,
     )
 
 
@@ -196,162 +181,50 @@ def _settings(endpoint: Any, forwards: Sequence[str], *, status_file: Path | Non
               envvar="DEPLOYER_TUNNEL_STATUS_FILE", help="The keeper's --status-file.")  # fmt: skip
 def status(status_file: Path) -> None:
     """Print the keeper's status; exit 0 when the tunnel is up, 7 otherwise (health checks)."""
-    try:
-        document = json.loads(status_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the status file {status_file}: {exc}") from exc
-    healthy = bool(document.get("healthy"))
-    pid = document.get("pid")
-    if healthy and isinstance(pid, int) and not _alive(pid):
-        healthy = False
-        document["state"], document["healthy"] = "dead", False
-        document["reason"] = f"the keeper (pid {pid}) is not running"
+    from deployer.tunnel.status import read_status_file
+
+    document, healthy = read_status_file(status_file)
     click.echo(json.dumps(document, indent=2, sort_keys=True))
     if not healthy:
         sys.exit(ExitCode.CONNECT)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @tunnel.command(name="install-service")
 @click.argument("jump", metavar="USER@JUMP[:PORT]")
 @keeper_options
-@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("/etc/deployer/tunnel.key"), show_default=True,
-              help="The private key on this machine (root-only); systemd passes it to the service.")  # fmt: skip
-@click.option("--known-hosts", "known_hosts", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="known_hosts file with the jump host's key (readable by the service user).")  # fmt: skip
-@click.option("--host-key-fingerprint", "fingerprints", multiple=True, metavar="[HOST=]SHA256:...",
-              help="Trust the jump host's key by fingerprint.")  # fmt: skip
-@install_options("deployer-tunnel", "deployer-tunnel", "Dedicated system user the service runs as.")
+@key_file_option("The private key on this machine (root-only); systemd passes it to the service.",
+                 envvar=None, default=Path("/etc/deployer/tunnel.key"), show_default=True)  # fmt: skip
+@known_hosts_option(
+    "known_hosts file with the jump host's key (readable by the service user).", envvar=None
+)
+@fingerprint_option("Trust the jump host's key by fingerprint.", envvar=None)
+@install_service_options(
+    "deployer-tunnel", "deployer-tunnel", "Dedicated system user the service runs as."
+)
 def install_service(jump: str, forwards: tuple[str, ...], key_file: Path, known_hosts: tuple[Path, ...],
                     fingerprints: tuple[str, ...], name: str, service_user: str, unit_dir: Path,
                     deployer_path: str | None, print_only: bool, **options: Any) -> None:  # fmt: skip
     """Write a hardened systemd unit running `deployer tunnel` and print how to enable it."""
     from deployer.ssh.hostkeys import parse_pins
-    from deployer.ssh.route import parse_endpoint
-    from deployer.systemd import (
-        UnitSpec,
-        check_name,
-        credential_path,
-        deployer_argv,
-        install_unit,
-        render_unit,
-    )
+    from deployer.ssh.route import default_user, parse_endpoint
+    from deployer.systemd import check_name, deployer_argv, write_unit
+    from deployer.tunnel.service import next_steps, runtime_directory, tunnel_unit
 
     check_name(name)
-    endpoint = parse_endpoint(jump, default_user=_default_user(), option="install-service")
-    runtime = name.replace("@", "-")
-    settings = _settings(
-        endpoint, forwards, status_file=Path(f"/run/{runtime}/status.json"), **options
-    )
-    if not known_hosts and not fingerprints:
-        raise ConfigError(
-            "the service needs the jump host's key: pass --known-hosts FILE or --host-key-fingerprint"
-            f" SHA256:... (get them with `deployer keyscan --to {endpoint}`)"
-        )
-    pins = parse_pins(fingerprints)
-    argv = deployer_argv(deployer_path)
-    argv += ["tunnel", str(endpoint)]
-    for forward in settings.forwards:
-        argv += ["-R", forward.spec]
-    argv += ["--key-file", credential_path()]
-    for path in known_hosts:
-        argv += ["--known-hosts", str(path.absolute())]
-    for pin in pins:
-        argv += ["--host-key-fingerprint", pin]
-    argv += [
-        "--connect-timeout", f"{settings.connect_timeout:g}",
-        "--alive-interval", str(settings.alive_interval),
-        "--alive-count", str(settings.alive_count),
-        "--check-interval", f"{settings.check_interval:g}",
-        "--max-backoff", f"{settings.max_backoff:g}",
-        "--status-file", str(settings.status_file),
-    ]  # fmt: skip
-    if settings.reclaim:
-        argv.append("--reclaim")
-    if settings.healthz:
-        argv += ["--healthz", f"{settings.healthz[0]}:{settings.healthz[1]}"]
-    forwards_text = " ".join(f"-R {f}" for f in settings.forwards)
-    unit = render_unit(
-        UnitSpec(
-            name=name,
-            description=f"deployer tunnel {forwards_text} on {endpoint}",
-            argv=argv,
-            user=service_user,
-            key_file=str(key_file.absolute()),
-            runtime_directory=runtime,
-        )
-    )
-    install_unit(unit, unit_dir, name, print_only)
+    endpoint = parse_endpoint(jump, default_user=default_user(), option="install-service")
+    status_file = Path(f"/run/{runtime_directory(name)}/status.json")
+    settings = _settings(endpoint, forwards, status_file=status_file, **options)
+    unit, argv = tunnel_unit(settings, key_file=key_file, known_hosts=known_hosts, pins=parse_pins(fingerprints),
+                             name=name, user=service_user, deployer=deployer_argv(deployer_path))  # fmt: skip
     if print_only:
+        click.echo(unit, nl=False)
         return
-    for line in _next_steps(name, service_user, key_file, settings.status_file, argv[0]):
+    click.echo(f"wrote {write_unit(unit, unit_dir, name)}", err=True)
+    for line in next_steps(name, service_user, key_file, settings.status_file, argv[0]):
         click.echo(line, err=True)
 
 
-def _next_steps(
-    name: str, user: str, key_file: Path, status_file: Path | None, executable: str
-) -> list[str]:
-    steps = [
-        "next steps (as root):",
-        f"  id {user} >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin {user}",
-        f"  install -D -m 600 -o root -g root YOUR_TUNNEL_KEY {key_file}   # the private key; root-only",
-        f"  systemctl daemon-reload && systemctl enable --now {name}.service",
-        f"  journalctl -u {name} -f        # state changes, timestamped",
-        f"  cat {status_file}              # or: deployer tunnel status --status-file {status_file}",
-    ]
-    if executable.startswith(("/home/", "/root/")):
-        steps.append(
-            f"warning: {executable} is under a home directory, which ProtectHome=yes hides from the"
-            " service — install deployer elsewhere (e.g. a venv in /opt/deployer) and pass --deployer"
-        )
-    return steps
-
-
 # ---------------------------------------------------------------------------- authorized-keys
-
-
-def _public_key(
-    value: str | None, env: Mapping[str, str], key_file: Path | None, what: str
-) -> str | None:
-    """A public key line from a line, a .pub or private key file, or SSH_PRIVATE_KEY/--key-file."""
-    from deployer.ssh.keys import load_private_key, public_key_line, read_private_key_file
-
-    if value:
-        text = value.strip()
-        if text.startswith(("ssh-", "ecdsa-", "sk-")):
-            return " ".join(text.split())
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{what} {value!r} is neither a public key line nor a file")
-        content = path.read_text(errors="replace")
-        if "PRIVATE KEY" in content:
-            return public_key_line(
-                read_private_key_file(path, passphrase=env.get("SSH_PRIVATE_KEY_PASSPHRASE"))
-            )
-        for line in content.splitlines():
-            if line.strip().startswith(("ssh-", "ecdsa-", "sk-")):
-                return " ".join(line.split())
-        raise ConfigError(f"{what} {path}: no public key line in the file")
-    if key_file is not None:
-        return public_key_line(
-            read_private_key_file(key_file, passphrase=env.get("SSH_PRIVATE_KEY_PASSPHRASE"))
-        )
-    if env.get("SSH_PRIVATE_KEY", "").strip():
-        key = load_private_key(
-            env["SSH_PRIVATE_KEY"], passphrase=env.get("SSH_PRIVATE_KEY_PASSPHRASE") or None
-        )
-        return public_key_line(key)
-    return None
 
 
 @click.command(name="authorized-keys")
@@ -360,8 +233,7 @@ def _public_key(
 @click.option("--tunnel-key", metavar="KEY|FILE",
               help="The tunnel's public key: a line, a .pub or private key file"
                    " (default: SSH_PRIVATE_KEY or --key-file).")  # fmt: skip
-@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="The tunnel's private key file (its public half is printed).")  # fmt: skip
+@key_file_option("The tunnel's private key file (its public half is printed).", envvar=None)
 @click.option("--ci-key", metavar="KEY|FILE", help="CI's public key (line or file).")
 @click.option(
     "--reclaim",
@@ -374,10 +246,14 @@ def authorized_keys(forwards: tuple[str, ...], tunnel_key: str | None, key_file:
                     ci_key: str | None, reclaim: bool, client_alive_interval: int,
                     client_alive_count: int) -> None:  # fmt: skip
     """Print restricted authorized_keys lines for each role, and the jump host's sshd_config lines."""
-    env = os.environ
+    from deployer.ssh.authorized_keys import render_authorized_keys
+    from deployer.ssh.forwards import parse_forwards
+    from deployer.ssh.keys import public_key_from
+
+    env = environment()
     parsed = parse_forwards(forwards)
-    tunnel_line = _public_key(tunnel_key, env, key_file, "--tunnel-key")
-    ci_line = _public_key(ci_key, {}, None, "--ci-key")
+    tunnel_line = public_key_from(tunnel_key, env, key_file, "--tunnel-key")
+    ci_line = public_key_from(ci_key, {}, None, "--ci-key")
     if tunnel_line is None:
         click.echo(
             "note: no tunnel key given (--tunnel-key, --key-file or SSH_PRIVATE_KEY); placeholder printed",

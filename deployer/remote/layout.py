@@ -33,6 +33,13 @@ def new_release_id(now: datetime, existing: Sequence[str]) -> str:
     return candidate
 
 
+def validate_path(path: str) -> str:
+    """The deploy directory as given (--path), without a trailing slash; refuse what is no path."""
+    if not path.strip() or "\n" in path or "\0" in path:
+        raise ConfigError("--path must name a directory on the target, like /srv/app")
+    return path.rstrip("/") or "/"
+
+
 def validate_shared(items: Sequence[str]) -> tuple[str, ...]:
     """Check shared entries are relative paths inside the release ('dir/' for directories)."""
     for item in items:

@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
-
 from deployer.errors import ExitCode, HookError
 from deployer.sandbox.topology import Sandbox
 
@@ -34,7 +32,8 @@ def _sample_artifact(root: Path, version: str) -> Path:
 
 def say(text: str) -> None:
     """A sandbox narration line, bold on a terminal."""
-    click.secho(text, bold=True, err=True)
+    bold = sys.stderr.isatty()
+    print(f"\x1b[1m{text}\x1b[0m" if bold else text, file=sys.stderr, flush=True)
 
 
 def _deployer(args: list[str], env: dict[str, str]) -> int:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from deployer.ssh.forwards import WILDCARD_BINDS, Forward, bracket, forwards_key
+from deployer.addresses import bracket
+from deployer.ssh.forwards import WILDCARD_BINDS, Forward, forwards_key
 
 HOLD_COMMAND = "hold"
 RECLAIM_COMMAND = "reclaim"

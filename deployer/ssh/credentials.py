@@ -6,18 +6,37 @@ SSH_KNOWN_HOSTS; everything below receives typed values.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import paramiko
 from paramiko import PKey
 
 from deployer.errors import ConfigError, PrivateKeyError
-from deployer.ssh.connection import Credentials
 from deployer.ssh.hostkeys import HostKeyPolicy, KnownHost, parse_known_hosts, parse_pins
 from deployer.ssh.keys import load_private_key, read_private_key_file
 from deployer.ssh.route import Route
 
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What we can authenticate with: in-memory keys first, then a local ssh-agent."""
+
+    keys: tuple[paramiko.PKey, ...] = ()
+    use_agent: bool = False
+
+    def candidates(self) -> list[paramiko.PKey]:
+        """Keys to offer, in order (the agent is asked at connection time)."""
+        keys = list(self.keys)
+        if self.use_agent:
+            # no usable agent: the in-memory keys are all we have
+            with contextlib.suppress(paramiko.SSHException):
+                keys.extend(paramiko.Agent().get_keys())
+        return keys
 
 
 def load_credentials(env: Mapping[str, str], key_file: Path | None, *, local: bool) -> Credentials:

@@ -5,13 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from deployer.addresses import bracket, unbracket
 from deployer.errors import ConfigError
-
-
-def bracket(host: str) -> str:
-    """An address as OpenSSH writes it next to a port (IPv6 in [brackets])."""
-    return f"[{host}]" if ":" in host else host
-
 
 _LOOPBACK_BINDS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("", "*")
@@ -87,11 +82,6 @@ def _split_fields(text: str) -> list[str]:
         i += 1
     fields.append(current)
     return fields
-
-
-def unbracket(value: str) -> str:
-    """The address inside [brackets], if any."""
-    return value[1:-1] if value.startswith("[") and value.endswith("]") else value
 
 
 def _port(text: str, what: str, spec: str) -> int:

@@ -14,6 +14,7 @@ import binascii
 import io
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 
-from deployer.errors import PrivateKeyError
+from deployer.errors import ConfigError, PrivateKeyError
 
 _PASSPHRASE_VARIABLE = "SSH_PRIVATE_KEY_PASSPHRASE"
 _MAX_KEY_FILE = 1 << 20  # real keys are a few KiB; refuse to slurp an artifact by mistake
@@ -416,3 +417,35 @@ def public_key_line(key: paramiko.PKey, comment: str = "") -> str:
     """'ssh-ed25519 AAAA… comment' for authorized_keys."""
     key_type = paramiko.Message(key.asbytes()).get_text()  # "ssh-rsa" even when signing with sha2
     return " ".join(part for part in (key_type, key.get_base64(), comment) if part)
+
+
+def public_key_from(
+    value: str | None, env: Mapping[str, str], key_file: Path | None, what: str
+) -> str | None:
+    """A public key line from a line, a .pub or private key file, or SSH_PRIVATE_KEY/--key-file."""
+    if value:
+        text = value.strip()
+        if text.startswith(("ssh-", "ecdsa-", "sk-")):
+            return " ".join(text.split())
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{what} {value!r} is neither a public key line nor a file")
+        content = path.read_text(errors="replace")
+        if "PRIVATE KEY" in content:
+            return public_key_line(
+                read_private_key_file(path, passphrase=env.get("SSH_PRIVATE_KEY_PASSPHRASE"))
+            )
+        for line in content.splitlines():
+            if line.strip().startswith(("ssh-", "ecdsa-", "sk-")):
+                return " ".join(line.split())
+        raise ConfigError(f"{what} {path}: no public key line in the file")
+    if key_file is not None:
+        return public_key_line(
+            read_private_key_file(key_file, passphrase=env.get("SSH_PRIVATE_KEY_PASSPHRASE"))
+        )
+    if env.get("SSH_PRIVATE_KEY", "").strip():
+        key = load_private_key(
+            env["SSH_PRIVATE_KEY"], passphrase=env.get("SSH_PRIVATE_KEY_PASSPHRASE") or None
+        )
+        return public_key_line(key)
+    return None

@@ -9,10 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import click
-
-from deployer.output import Reporter, emit_json
-from deployer.ssh.connection import ConnectOptions, scan_host_keys
+from deployer.ssh.connect import ConnectOptions, scan_host_keys
 from deployer.ssh.hostkeys import (
     HostKeyPolicy,
     Verdict,
@@ -81,28 +78,12 @@ def scan(
 
 
 def scan_routes(
-    routes: Sequence[Route],
-    options: ConnectOptions,
-    *,
-    hashed: bool,
-    as_json: bool,
-    reporter: Reporter,
-) -> None:
-    """Scan all routes and print known_hosts text (or JSON); fingerprints go in comment lines."""
+    routes: Sequence[Route], options: ConnectOptions, *, hashed: bool
+) -> list[ScannedKey]:
+    """Every hop's keys on every route, each line once (hashed lines are all different)."""
     keys: list[ScannedKey] = []
     for route in routes:
         for key in scan(route, options, options.host_keys, hashed):
             if key.line not in {k.line for k in keys} or hashed:
                 keys.append(key)
-    if as_json:
-        emit_json({"command": "keyscan", "keys": [key.__dict__ for key in keys]})
-        return
-    for key in keys:
-        note = {"known": "already trusted", "new": "not yet trusted", "changed": "CHANGED from what you trust",
-                "revoked": "REVOKED in what you trust"}[key.status]  # fmt: skip
-        click.echo(f"# {key.hop}: {key.host_id} {key.key_type} {key.fingerprint} ({note})")
-        click.echo(key.line)
-    if any(k.status in ("changed", "revoked") for k in keys):
-        reporter.line(
-            "warning: some host keys differ from what you trust — verify them with the server's owner"
-        )
+    return keys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -41,6 +42,14 @@ class Endpoint:
         """host:port as used in messages about what listens where."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def default_user() -> str:
+    """The login name when USER@ is left out: the local user, as ssh does (root if unknown)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "root"
 
 
 # An ssh_config lookup: host alias -> {"hostname", "user", "port", "proxyjump", "proxycommand",

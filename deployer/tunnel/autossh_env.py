@@ -6,8 +6,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployer.addresses import bracket
 from deployer.errors import ConfigError
-from deployer.ssh.forwards import bracket, parse_forward
+from deployer.ssh.forwards import parse_forward
 
 AUTOSSH_VARIABLES = (
     "SSH_REMOTE_USER", "SSH_REMOTE_HOST", "SSH_REMOTE_PORT", "SSH_TUNNEL_PORT", "SSH_TARGET_HOST",

@@ -22,28 +22,20 @@ This module holds the settings, the ssh command lines and the Keeper that superv
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import queue
 import random
-import re
-import select
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from deployer.addresses import bracket
 from deployer.errors import (
     AuthError,
     ConfigError,
@@ -51,21 +43,11 @@ from deployer.errors import (
     ExitCode,
     HostKeyError,
 )
-from deployer.ssh.authorized_keys import (
-    HOLD_COMMAND,
-    HOLDING_LINE,
-    NOTHING_LINE,
-    RECLAIM_COMMAND,
-    RECLAIMED_PREFIX,
-    RECORDED_PREFIX,
-)
-from deployer.ssh.forwards import Forward, bracket
-from deployer.ssh.proxy import ProxySpec, open_through, proxy_command_line
+from deployer.ssh.forwards import Forward
+from deployer.ssh.proxy import ProxySpec
 from deployer.ssh.route import Endpoint
 from deployer.tunnel.check import QUIET_WINDOW, Expectation, check_through, read_expectation
 from deployer.tunnel.policy import (
-    DEFAULT_MAX_BACKOFF,
-    FORWARD_REFUSED,
     STABLE_SECONDS,
     Backoff,
     Failure,
@@ -75,6 +57,11 @@ from deployer.tunnel.policy import (
     classify_ssh_exit,
     plan_after_failure,
 )
+from deployer.tunnel.processes import Helpers, parent_death_signal, private_directory, terminate
+from deployer.tunnel.reclaim import Reclaimer
+from deployer.tunnel.session import Event, Session
+from deployer.tunnel.settings import TunnelSettings
+from deployer.tunnel.ssh_argv import RuntimePaths, pinned_known_hosts, tunnel_argv
 from deployer.tunnel.status import StatusBoard
 
 if TYPE_CHECKING:
@@ -84,160 +71,8 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------------------- settings
 
-DEFAULT_ALIVE_INTERVAL = 2  # ServerAliveInterval: a dead flow is found after 3 silent intervals
-DEFAULT_ALIVE_COUNT = 2
-DEFAULT_CHECK_INTERVAL = 30.0  # end-to-end check of a running tunnel
-RECLAIM_COOLDOWN = 10.0
-SSH_ERROR = 255  # ssh's own failures (connect, auth, host key); a remote command's status otherwise
-GUARD_BANNER_WAIT = 2.0  # after logging in: a live holder's target answers well within this
-
-
-@dataclass(frozen=True)
-class TunnelSettings:
-    """Everything the keeper needs besides credentials and host keys."""
-
-    jump: Endpoint
-    forwards: tuple[Forward, ...]
-    connect_timeout: float = 10.0
-    alive_interval: int = DEFAULT_ALIVE_INTERVAL
-    alive_count: int = DEFAULT_ALIVE_COUNT
-    check_interval: float = DEFAULT_CHECK_INTERVAL
-    check_timeout: float = 5.0
-    max_backoff: float = DEFAULT_MAX_BACKOFF
-    reclaim: bool = False
-    status_file: Path | None = None
-    healthz: tuple[str, int] | None = None
-    ssh_binary: str = "ssh"
-    proxy: ProxySpec | None = None  # how the jump host is reached, when not directly
-
-    def __post_init__(self) -> None:
-        if not self.forwards:
-            raise ConfigError(
-                "no forward given — pass -R PORT:HOST:HOSTPORT, e.g. -R 22022:localhost:22"
-            )
-        if self.alive_interval < 1 or self.alive_count < 1:
-            raise ConfigError("--alive-interval and --alive-count must be at least 1")
-        if self.max_backoff < 1:
-            raise ConfigError("--max-backoff must be at least 1 second")
-        if self.check_interval < 0 or self.check_timeout <= 0:
-            raise ConfigError("--check-interval must be >= 0 (0: off) and --check-timeout > 0")
-
-    @property
-    def dead_after(self) -> int:
-        """Seconds of silence after which ssh gives a connection up (ServerAlive)."""
-        return self.alive_interval * (self.alive_count + 1)
-
 
 # ---------------------------------------------------------------------------- ssh command lines
-
-
-HOST_KEY_ALIAS = "deployer-jump"
-_ALGORITHMS = {"ssh-rsa": "rsa-sha2-512,rsa-sha2-256"}
-
-
-def host_key_algorithms(key_type: str) -> str:
-    """HostKeyAlgorithms that make ssh ask for exactly the verified key's type."""
-    return _ALGORITHMS.get(key_type, key_type)
-
-
-def pinned_known_hosts(key_type: str, key_blob: bytes) -> str:
-    """A known_hosts file holding only the verified jump host key, under HOST_KEY_ALIAS."""
-    return f"{HOST_KEY_ALIAS} {key_type} {base64.b64encode(key_blob).decode()}\n"
-
-
-@dataclass(frozen=True)
-class RuntimePaths:
-    """The keeper's private files: pinned known_hosts, check sockets, the agent's socket."""
-
-    directory: Path
-    agent_socket: str
-
-    @property
-    def known_hosts(self) -> Path:
-        """The known_hosts file ssh verifies the jump host against."""
-        return self.directory / "known_hosts"
-
-    def check_socket(self, index: int) -> Path:
-        """The -L Unix socket through which forward number index is checked."""
-        return self.directory / f"check-{index}.sock"
-
-
-def common_ssh_options(settings: TunnelSettings, paths: RuntimePaths, key_type: str) -> list[str]:
-    """Options for every ssh the keeper runs: no config files, only the pinned key, agent only."""
-    jump = settings.jump
-    return [
-        settings.ssh_binary,
-        "-F", "/dev/null",
-        "-o", "BatchMode=yes",
-        "-o", "IdentityFile=none",
-        "-o", f"IdentityAgent={paths.agent_socket}",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={paths.known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", f"HostKeyAlias={HOST_KEY_ALIAS}",
-        "-o", f"HostKeyAlgorithms={host_key_algorithms(key_type)}",
-        "-o", "UpdateHostKeys=no",
-        "-o", "CheckHostIP=no",
-        "-o", f"ConnectTimeout={max(1, round(settings.connect_timeout))}",
-        "-o", "ConnectionAttempts=1",
-        "-o", "TCPKeepAlive=yes",
-        "-o", "ControlMaster=no",
-        "-o", "ControlPath=none",
-        "-o", "ForwardAgent=no",
-        "-o", "ForwardX11=no",
-        "-o", "PermitLocalCommand=no",
-        # a proxy is run by `deployer proxy-connect` (same code as push) as ssh's ProxyCommand
-        *(["-o", f"ProxyCommand={proxy_command_line(settings.proxy, sys.executable)}"]
-          if settings.proxy else []),
-        "-l", jump.user,
-        "-p", str(jump.port),
-    ]  # fmt: skip
-
-
-def tunnel_argv(
-    settings: TunnelSettings, paths: RuntimePaths, key_type: str, *, hold: bool
-) -> list[str]:
-    """The supervised ssh: the -R forwards, a -L check socket per forward, keepalives, -v for events."""
-    argv = common_ssh_options(settings, paths, key_type)
-    argv += [
-        "-v",
-        "-T",
-        "-o", "ExitOnForwardFailure=yes",
-        "-o", f"ServerAliveInterval={settings.alive_interval}",
-        "-o", f"ServerAliveCountMax={settings.alive_count}",
-        "-o", "StreamLocalBindUnlink=yes",
-    ]  # fmt: skip
-    for forward in settings.forwards:
-        argv += ["-R", forward.spec]
-    for index, forward in enumerate(settings.forwards):
-        argv += ["-L", f"{paths.check_socket(index)}:{bracket(forward.probe_host)}:{forward.port}"]
-    if hold:
-        return [*argv, settings.jump.host, HOLD_COMMAND]
-    return [*argv, "-N", settings.jump.host]
-
-
-def guard_argv(
-    settings: TunnelSettings, paths: RuntimePaths, key_type: str, forward: Forward
-) -> list[str]:
-    """A separate ssh that connects to a forward's port on the jump host (is its holder alive?)."""
-    argv = common_ssh_options(settings, paths, key_type)
-    return [
-        *argv,
-        "-o",
-        "LogLevel=VERBOSE",  # "Authenticated to": from then on a live holder answers at once
-        "-W",
-        f"{forward.probe_host}:{forward.port}",
-        settings.jump.host,
-    ]
-
-
-def reclaim_argv(
-    settings: TunnelSettings, paths: RuntimePaths, key_type: str, holder: tuple[int, int] | None
-) -> list[str]:
-    """A separate ssh that runs the forced command's reclaim (of exactly holder, when known)."""
-    argv = common_ssh_options(settings, paths, key_type)
-    command = RECLAIM_COMMAND + ("" if holder is None else f" {holder[0]} {holder[1]}")
-    return [*argv, "-o", "LogLevel=ERROR", "-T", settings.jump.host, command]
 
 
 # ---------------------------------------------------------------------------- the keeper
@@ -249,64 +84,6 @@ class _Stop(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-
-
-@dataclass
-class _Session:
-    """One running ssh and what its output told us so far."""
-
-    gen: int
-    process: subprocess.Popen[bytes]
-    hold: bool
-    lines: deque[str] = field(default_factory=lambda: deque(maxlen=200))
-    granted: set[int] = field(default_factory=set)
-    all_granted: bool = False
-    authenticated: bool = False
-    holding: bool = False
-    recorded: tuple[int, int] | None = None  # our sshd session on the jump host (pid, start time)
-    refused: bool = False
-    exit_code: int | None = None
-
-    @property
-    def exited(self) -> bool:
-        """ssh has exited and its output was read to the end."""
-        return self.exit_code is not None
-
-
-_SUCCESS = re.compile(r"remote forward success for: listen (?:.*:)?(\d+),")
-_ALL_GRANTED = re.compile(
-    r"forwarding_success: all expected forwarding replies received|All remote forwarding requests processed"
-)
-Event = tuple[str, int, Any]
-
-
-def _set_parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, make ssh get SIGTERM if the keeper dies without cleaning up (no orphan tunnels)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return preexec
-
-
-@contextlib.contextmanager
-def _private_directory() -> Iterator[Path]:
-    """A 0700 directory short enough for Unix socket paths (108 bytes)."""
-    base = None if len(tempfile.gettempdir()) < 60 else "/tmp"
-    path = Path(tempfile.mkdtemp(prefix="deployer-tunnel-", dir=base))
-    path.chmod(0o700)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Keeper:
@@ -329,17 +106,15 @@ class Keeper:
         self.backoff = Backoff(cap=settings.max_backoff, rng=rng or random.Random())
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._gen = 0
-        self._session: _Session | None = None
-        self._helpers: set[subprocess.Popen[bytes]] = set()
+        self._session: Session | None = None
         self._pinned: tuple[str, bytes] | None = None
         self._paths: RuntimePaths | None = None
         self._expect: dict[int, Expectation] = {}
-        self._reclaim_ok = settings.reclaim
-        self._last_reclaim = 0.0
-        self._own_holder: tuple[int, int] | None = None  # our last session that held the ports
         self._ever_up = False
         self._up_since: float | None = None
-        self._preexec = _set_parent_death_signal()
+        self._preexec = parent_death_signal()
+        self.helpers = Helpers(self._ssh_env, self._preexec, settings.connect_timeout)
+        self.reclaimer = Reclaimer(settings, self.helpers, self._call, log)
 
     # -- running
 
@@ -353,7 +128,7 @@ class Keeper:
         try:
             with (
                 MemoryAgent(self._keys, comment="deployer-tunnel") as agent,
-                _private_directory() as directory,
+                private_directory() as directory,
             ):
                 self._paths = RuntimePaths(directory, agent.socket_path)
                 self.board.serve()
@@ -390,14 +165,13 @@ class Keeper:
                 plan = plan_after_failure(
                     failure,
                     self.backoff,
-                    reclaim_available=self._reclaim_ok
-                    and time.monotonic() - self._last_reclaim > RECLAIM_COOLDOWN,
+                    reclaim_available=self.reclaimer.ready(),
                     ever_up=self._ever_up,
-                    holder_known=self._own_holder is not None,
+                    holder_known=self.reclaimer.own_holder is not None,
                     elapsed=time.monotonic() - started,
                 )
                 if failure.kind is FailureKind.SETUP:
-                    self._reclaim_ok = False
+                    self.reclaimer.available = False
                 if plan.action == "exit":
                     self._shutdown(failure.message)
                     error = HostKeyError if failure.kind is FailureKind.HOST_KEY else AuthError
@@ -440,28 +214,9 @@ class Keeper:
         session = self._session
         if session is None or gen != session.gen:
             return
-        if kind == "exit":
-            session.exit_code = int(payload)
-        elif kind == "stderr":
-            line = str(payload)
-            session.lines.append(line)
-            if line.startswith("Authenticated to "):
-                session.authenticated = True
-            elif match := _SUCCESS.search(line):
-                session.granted.add(int(match.group(1)))
-            elif _ALL_GRANTED.search(line):
-                session.all_granted = True
-            elif FORWARD_REFUSED.search(line):
-                session.refused = True
-        elif kind == "stdout":
-            line = str(payload).strip()
-            if line == HOLDING_LINE:
-                session.holding = True
-            elif line.startswith(RECORDED_PREFIX):
-                fields = line.removeprefix(RECORDED_PREFIX).split()
-                if len(fields) == 2 and all(f.isdigit() for f in fields):
-                    session.recorded = (int(fields[0]), int(fields[1]))
-                    self._own_holder = session.recorded
+        session.take(kind, payload)
+        if session.recorded is not None:
+            self.reclaimer.own_holder = session.recorded
 
     def _wait(self, done: Callable[[], bool], timeout: float | None) -> bool:
         """Handle events until done() or the timeout; True if done()."""
@@ -549,10 +304,10 @@ class Keeper:
         self._pinned = (key_type, blob)
         return None
 
-    def _start(self) -> _Session:
+    def _start(self) -> Session:
         assert self._paths is not None and self._pinned is not None
         self._gen += 1
-        hold = self._reclaim_ok
+        hold = self.reclaimer.available
         argv = tunnel_argv(self.settings, self._paths, self._pinned[0], hold=hold)
         process = subprocess.Popen(
             argv,
@@ -563,7 +318,7 @@ class Keeper:
             start_new_session=True,  # a Ctrl-C in a terminal reaches us, and we stop ssh in order
             preexec_fn=self._preexec,  # only a prctl; see _set_parent_death_signal
         )
-        session = _Session(self._gen, process, hold)
+        session = Session(self._gen, process, hold)
         self._session = session
         readers = [self._reader(process.stderr, "stderr", session.gen)]
         if hold:
@@ -593,7 +348,7 @@ class Keeper:
         env["SSH_AUTH_SOCK"] = self._paths.agent_socket
         return env
 
-    def _failure(self, session: _Session) -> Failure:
+    def _failure(self, session: Session) -> Failure:
         return classify_ssh_exit(
             list(session.lines),
             jump=self.settings.jump,
@@ -604,7 +359,7 @@ class Keeper:
             settings=self.settings,
         )
 
-    def _establish(self, session: _Session) -> Failure | None:
+    def _establish(self, session: Session) -> Failure | None:
         """Wait until the jump host granted every forward (and, with --reclaim, the hold runs)."""
         ports = {f.port for f in self.settings.forwards}
 
@@ -639,7 +394,7 @@ class Keeper:
         self._expect[index] = expect
         return expect
 
-    def _check(self, session: _Session, *, refresh: bool) -> tuple[str | None, list[str]]:
+    def _check(self, session: Session, *, refresh: bool) -> tuple[str | None, list[str]]:
         """Check every forward end to end; (what failed through the tunnel, targets down here)."""
         assert self._paths is not None
         down: list[str] = []
@@ -666,9 +421,7 @@ class Keeper:
                 return f"-R {forward.spec}: {problem}", down
         return None, down
 
-    def _run_check(
-        self, session: _Session, *, refresh: bool
-    ) -> tuple[str | None, list[str]] | None:
+    def _run_check(self, session: Session, *, refresh: bool) -> tuple[str | None, list[str]] | None:
         """_check in a worker; None when ssh exited meanwhile."""
         budget = (
             (self.settings.check_timeout * 2 + QUIET_WINDOW + 2) * len(self.settings.forwards) * 2
@@ -681,7 +434,7 @@ class Keeper:
             return ("the end-to-end check did not finish", [])
         return None if session.exited else result
 
-    def _verify(self, session: _Session) -> Failure | None:
+    def _verify(self, session: Session) -> Failure | None:
         """Forwards granted: prove them end to end before calling the tunnel up."""
         granted = ", ".join(f.permitlisten() for f in self.settings.forwards)
         self.board.set(State.VERIFYING, f"the jump host granted {granted}")
@@ -700,7 +453,7 @@ class Keeper:
         self._end(session)
         return Failure(FailureKind.BROKEN, f"forward granted but not working end to end: {problem}")
 
-    def _mark_up(self, session: _Session, down: list[str]) -> None:
+    def _mark_up(self, session: Session, down: list[str]) -> None:
         first = not self._ever_up or self.board.status.state not in (State.UP, State.DEGRADED)
         if first:
             self.board.update(connects=self.board.status.connects + 1)
@@ -726,7 +479,7 @@ class Keeper:
             )
             self.board.set(State.UP, f"checked end to end through the jump host: {what}")
 
-    def _supervise(self, session: _Session) -> Failure:
+    def _supervise(self, session: Session) -> Failure:
         """Watch a verified tunnel: ssh's exit, and periodic end-to-end checks."""
         interval = self.settings.check_interval or None
         failures = 0
@@ -750,184 +503,29 @@ class Keeper:
                     FailureKind.BROKEN, f"the tunnel stopped working end to end: {problem}"
                 )
 
-    def _end(self, session: _Session) -> None:
+    def _end(self, session: Session) -> None:
         """Stop ssh (if still running) and wait for its exit to be processed."""
-        _terminate(session.process)
+        terminate(session.process)
         try:
             self._wait(lambda: session.exited, 5.0)
         except _Stop as stop:
             self._events.put(("stop", 0, stop.signum))  # handled by the caller's next wait
 
-    # -- reclaim
-
     def _reclaim(self, *, refused: bool) -> bool:
-        """Kill our own stale session on the jump host; True: connect again at once.
-
-        If our last session recorded itself (pid, start time) the jump host kills exactly that
-        one: after a refused -R, and right after a dead flow, before the next -R runs into it.
-        Otherwise (e.g. after a keeper restart) the recorded holder of a refused port is killed
-        only if a connection to the port gets no answer from the target: a live holder is left
-        alone. When the jump host cannot be asked (unreachable), reclaim stays on for next time.
-        """
+        """Ask the jump host to free the port from our stale session; True: connect again at once."""
         assert self._paths is not None and self._pinned is not None
-        self._last_reclaim = time.monotonic()
-        if self._own_holder is not None:
-            holder = self._own_holder
-            asked, output = self._reclaim_call(holder)
-            if not asked:
-                return False
-            self._own_holder = None
-            if RECLAIMED_PREFIX in output:
-                self._log(
-                    f"tunnel: reclaimed the port from our stale session (sshd pid {holder[0]} on the jump host)"
-                )
-                return True
-            if NOTHING_LINE not in output:
-                return self._reclaim_unavailable(output)
-        if not refused:
-            return True  # after a dead flow: its session is gone already, the port is free
-        if not self._holder_silent():
-            return False
-        asked, output = self._reclaim_call(None)
-        if not asked:
-            return False
-        if RECLAIMED_PREFIX in output:
-            pid = output.split(RECLAIMED_PREFIX, 1)[1].split()[:1]
-            self._log(
-                f"tunnel: reclaimed the port from a stale session (sshd pid {''.join(pid)} on the jump host)"
-            )
-            return True
-        if NOTHING_LINE in output:
-            self._log(
-                "tunnel: no recorded session of ours holds the port — it is held by another user or"
-                " program, or by a session from before the keeper recorded it"
-            )
-            return False
-        return self._reclaim_unavailable(output)
 
-    def _reclaim_call(self, holder: tuple[int, int] | None) -> tuple[bool, str]:
-        """Run the forced command's reclaim; (whether the jump host answered, what it said)."""
-        assert self._paths is not None and self._pinned is not None
-        argv = reclaim_argv(self.settings, self._paths, self._pinned[0], holder)
-        try:
-            code, output = self._call(
-                lambda: self._helper_output(argv), self.settings.connect_timeout + 15
-            )
-        except TimeoutError:
-            code, output = None, "timed out"
-        if code is None or code == SSH_ERROR:
-            said = output.strip().splitlines()[-1:] or ["no answer"]
-            self._log(f"tunnel: could not ask the jump host to reclaim the port: {said[0][:120]}")
-            return False, output
-        return True, str(output)
+        def expectation(index: int, forward: Forward) -> Expectation | None:
+            return self._expect.get(index) or self._expectation(index, forward)
 
-    def _holder_silent(self) -> bool:
-        """Guard for an unknown holder: False if the port answers like our target (a live tunnel)."""
-        assert self._paths is not None and self._pinned is not None
-        for index, forward in enumerate(self.settings.forwards):
-            expect = self._expect.get(index) or self._expectation(index, forward)
-            if expect is None or expect.banner is None:
-                continue  # nothing to compare with: cannot tell a live holder from a stale one
-            argv = guard_argv(self.settings, self._paths, self._pinned[0], forward)
-            try:
-                answer = self._call(
-                    lambda argv=argv: self._helper_first_line(argv),  # type: ignore[misc]
-                    self.settings.connect_timeout + 10,
-                )
-            except TimeoutError:
-                answer = None
-            if answer == expect.banner:
-                self._log(
-                    f"tunnel: {forward.permitlisten()} is held by a tunnel that works (another keeper"
-                    " with this key?) — not reclaiming it"
-                )
-                return False
-        return True
-
-    def _reclaim_unavailable(self, output: str) -> bool:
-        self._reclaim_ok = False
-        said = output.strip().splitlines()[-1:] or ["nothing"]
-        self._log(
-            "tunnel: reclaim is not set up on the jump host (it said: "
-            f"{said[0][:120]}) — install the tunnel key line from `deployer authorized-keys --reclaim`;"
-            " continuing without reclaim"
+        return self.reclaimer.reclaim(
+            self._paths, self._pinned[0], refused=refused, expectation=expectation
         )
-        return False
-
-    def _spawn_helper(self, argv: list[str], stdin: int) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            argv,
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self._ssh_env(),
-            start_new_session=True,
-            preexec_fn=self._preexec,
-        )
-        self._helpers.add(process)
-        return process
-
-    def _helper_first_line(self, argv: list[str]) -> bytes | None:
-        """Run ssh -W; the first line that comes back, or None (nothing soon after logging in)."""
-        process = self._spawn_helper(argv, subprocess.PIPE)
-        try:
-            assert process.stdout is not None and process.stderr is not None
-            deadline = time.monotonic() + self.settings.connect_timeout + GUARD_BANNER_WAIT
-            streams = {process.stdout.fileno(): b"", process.stderr.fileno(): b""}
-            out = process.stdout.fileno()
-            while b"\n" not in streams[out]:
-                remaining = deadline - time.monotonic()
-                ready, _, _ = select.select(list(streams), [], [], max(0.0, remaining))
-                if not ready:
-                    return None
-                for fd in ready:
-                    chunk = os.read(fd, 4096)
-                    if not chunk:
-                        return None
-                    streams[fd] += chunk
-                    if fd != out and b"Authenticated to " in streams[fd]:
-                        deadline = min(deadline, time.monotonic() + GUARD_BANNER_WAIT)
-                        streams[fd] = b""
-            return streams[out].split(b"\n")[0].rstrip(b"\r")
-        finally:
-            _terminate(process)
-            self._helpers.discard(process)
-
-    def _helper_output(self, argv: list[str]) -> tuple[int | None, str]:
-        """Run a helper ssh to its end; (exit status or None on timeout, stdout and stderr)."""
-        process = self._spawn_helper(argv, subprocess.DEVNULL)
-        try:
-            out, err = process.communicate(timeout=self.settings.connect_timeout + 10)
-            code: int | None = process.returncode
-        except subprocess.TimeoutExpired:
-            out, err, code = b"", b"timed out", None
-        finally:
-            _terminate(process)
-            self._helpers.discard(process)
-        return code, (out + b"\n" + err).decode("utf-8", "replace")
 
     def _kill_everything(self) -> None:
         if self._session is not None:
-            _terminate(self._session.process)
-        for process in list(self._helpers):
-            _terminate(process)
-
-
-def _terminate(process: subprocess.Popen[bytes], grace: float = 3.0) -> None:
-    """SIGTERM (ssh closes the connection, the jump host frees the port), SIGKILL after grace."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait(timeout=grace)
-    for stream in (process.stdin, process.stdout, process.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
+            terminate(self._session.process)
+        self.helpers.stop_all()
 
 
 # ---------------------------------------------------------------------------- the jump host's key
@@ -940,69 +538,24 @@ def verify_jump_host(
     timeout: float,
     proxy: ProxySpec | None = None,
 ) -> tuple[str, bytes, str | None]:
-    """Handshake with the jump host, check its key with the policy, log in; (type, blob, notice)."""
-    import paramiko
+    """Connect to the jump host as push does (policy-checked key, a real login); (type, blob, notice)."""
+    from deployer.ssh.connect import ConnectOptions, connect
+    from deployer.ssh.credentials import Credentials
+    from deployer.ssh.route import Route
 
-    from deployer.ssh.hostkeys import fingerprint
-
-    what = f"jump host {jump}"
-    try:
-        sock = (
-            open_through(proxy, jump.host, jump.port, user=jump.user, timeout=timeout, hop=what)
-            if proxy is not None
-            else socket.create_connection((jump.host, jump.port), timeout=timeout)
-        )
-    except socket.gaierror as exc:
-        raise ConnectError(f"cannot resolve {jump.host} ({what}): {exc.strerror}") from exc
-    except OSError as exc:
-        raise ConnectError(f"cannot reach {what} on {jump.address}: {exc.strerror or exc}") from exc
-    if proxy is None:  # open_through tunes its own sockets (a ProxyCommand's is not TCP)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    transport = paramiko.Transport(sock)
-    try:
-        transport.banner_timeout = timeout
-        transport.handshake_timeout = timeout
-        known = policy.algorithms_for(jump.host, jump.port)
-        if known:
-            security = transport.get_security_options()
-            offered = list(security.key_types)
-            security.key_types = [a for a in known if a in offered] + [
-                a for a in offered if a not in known
-            ]
-        try:
-            transport.start_client(timeout=timeout)
-            key = transport.get_remote_server_key()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ConnectError(
-                f"{what} closed the connection during the SSH handshake: {exc}"
-            ) from exc
-        key_type = "ssh-rsa" if key.get_name().startswith("rsa-sha2-") else key.get_name()
-        notice = policy.check(
-            what,
-            jump.host,
-            jump.port,
-            key.get_name(),
-            key.asbytes(),
-            f"deployer keyscan --to {jump}",
-        )
-        for candidate in keys:
-            try:
-                transport.auth_publickey(jump.user, candidate)
-            except paramiko.AuthenticationException:
-                continue
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise ConnectError(
-                    f"{what} dropped the connection while authenticating: {exc}"
-                ) from exc
-            if transport.is_authenticated():
-                return key_type, key.asbytes(), notice
-        offered_keys = ", ".join(fingerprint(k.asbytes()) for k in keys) or "none"
-        raise AuthError(
-            f"{what} refused the key ({offered_keys}) for user '{jump.user}' — add it to"
-            f" ~{jump.user}/.ssh/authorized_keys there (`deployer authorized-keys` prints the line)"
-        )
-    finally:
-        transport.close()
+    notices: list[str] = []
+    options = ConnectOptions(
+        credentials=Credentials(tuple(keys)),
+        host_keys=policy,
+        keyscan_hint=f"deployer keyscan --to {jump}",
+        timeout=timeout,
+        on_notice=notices.append,
+        auth_hint="the tunnel key is in ~{user}/.ssh/authorized_keys there"
+        " (`deployer authorized-keys` prints the line)",
+    )
+    with connect(Route(jump, proxy=proxy), options) as connection:
+        key_type, blob = connection.host_key
+    return key_type, blob, notices[0] if notices else None
 
 
 def run_keeper(

@@ -13,7 +13,7 @@ from deployer.errors import ExitCode
 
 if TYPE_CHECKING:
     from deployer.ssh.route import Endpoint
-    from deployer.tunnel.keeper import TunnelSettings
+    from deployer.tunnel.settings import TunnelSettings
 
 
 DEFAULT_MAX_BACKOFF = 8.0  # < 10 s: back soon after the jump host frees the port

@@ -9,23 +9,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deployer.errors import ConfigError
-from deployer.ssh.forwards import unbracket
 from deployer.tunnel.policy import State, transition
 
 if TYPE_CHECKING:
-    from deployer.tunnel.keeper import TunnelSettings
-
-
-def parse_listen_address(text: str, option: str = "--healthz") -> tuple[str, int]:
-    """[HOST:]PORT for the local health endpoint (default host 127.0.0.1)."""
-    host, _, port = text.rpartition(":")
-    host = unbracket(host) or "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{option} {text!r}: expected [HOST:]PORT, e.g. {option} 127.0.0.1:8022")
-    return host, int(port)
+    from deployer.tunnel.settings import TunnelSettings
 
 
 def _utc(ts: float | None) -> str | None:
@@ -160,3 +151,30 @@ class StatusBoard:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def read_status_file(path: Path) -> tuple[dict[str, Any], bool]:
+    """A keeper's status document and whether it says up (a keeper that is gone is not up)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the status file {path}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError(f"the status file {path} does not hold a status document")
+    healthy = bool(document.get("healthy"))
+    pid = document.get("pid")
+    if healthy and isinstance(pid, int) and not _alive(pid):
+        healthy = False
+        document["state"], document["healthy"] = "dead", False
+        document["reason"] = f"the keeper (pid {pid}) is not running"
+    return document, healthy
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

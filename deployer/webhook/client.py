@@ -23,9 +23,9 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from deployer import __version__
-from deployer.cli.push_modes import WebhookOptions
 from deployer.deploy.outcome import Status
 from deployer.errors import ConfigError, ConnectError, DeployerError, ExitCode, WebhookError
+from deployer.webhook.options import WebhookOptions
 
 READ_TIMEOUT = 60.0  # the receiver sends a heartbeat line every 15 s while a deploy is quiet
 FOLLOW_RETRIES = 5  # reconnects in a row without progress before giving up on the status

@@ -21,7 +21,7 @@ from deployer.errors import DeployerError
 from deployer.output import Reporter
 from deployer.remote.local import LocalExecutor
 from deployer.webhook.receiver import deploy_from_source
-from deployer.webhook.sources import FetchSettings, GitlabSource, gitlab_client
+from deployer.webhook.sources import FetchSettings, GitlabSource, settings_client
 
 DEFAULT_INTERVAL = 60.0
 POLLED_BY = "deployer serve --poll"
@@ -63,7 +63,7 @@ class Poller:
         self.fetching = fetching
         self.reporter = reporter
         self.label = label
-        self.project: Any = gitlab_client(fetching).projects.get(poll.project, lazy=True)
+        self.project: Any = settings_client(fetching).projects.get(poll.project, lazy=True)
         self.handled = self._last_deployed()
 
     def _last_deployed(self) -> str:

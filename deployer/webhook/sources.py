@@ -20,10 +20,10 @@ from typing import IO, Any
 
 from deployer import __version__
 from deployer.artifact.model import SUPPORTED, TAR_SUFFIXES
+from deployer.ci.gitlab_api import DEFAULT_GITLAB_URL, gitlab_client
 from deployer.errors import ArtifactError, ConfigError
 from deployer.output import human_size
 
-DEFAULT_GITLAB_URL = "https://gitlab.com"
 DEFAULT_MAX_BYTES = 4 << 30
 CHUNK = 1 << 16
 
@@ -221,15 +221,13 @@ def _fetch_https(source: HttpsSource, settings: FetchSettings, download: _Downlo
         raise ArtifactError(f"downloading {what} failed: {exc}") from exc
 
 
-def gitlab_client(settings: FetchSettings) -> Any:
+def settings_client(settings: FetchSettings) -> Any:
     """A python-gitlab client with the receiver's token and CA bundle."""
-    import gitlab
-
-    return gitlab.Gitlab(
+    return gitlab_client(
         settings.gitlab_url,
-        private_token=settings.gitlab_token,
+        settings.gitlab_token,
         timeout=settings.timeout,
-        ssl_verify=str(settings.ca_bundle) if settings.ca_bundle else True,
+        ca_bundle=settings.ca_bundle,
     )
 
 
@@ -243,7 +241,7 @@ def _fetch_gitlab(source: GitlabSource, settings: FetchSettings, download: _Down
             f"cannot fetch {what}: the receiver has no GitLab token — set DEPLOYER_GITLAB_TOKEN"
             " (a read_api token) where `deployer serve` runs"
         )
-    project = gitlab_client(settings).projects.get(source.project, lazy=True)
+    project = settings_client(settings).projects.get(source.project, lazy=True)
     try:
         if source.job is not None:
             job = project.jobs.get(source.job, lazy=True)

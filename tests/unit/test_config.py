@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deployer.config import (
-    build_default_map,
-    find_config_file,
-    is_ci,
-    provenance_fields,
-    read_config_file,
-)
+from deployer.ci.environment import is_ci, provenance_fields
+from deployer.config import build_default_map, find_config_file, read_config_file
 from deployer.errors import ConfigError
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from deployer.addresses import parse_listen_address
 from deployer.cli.tunnel import authorized_keys, tunnel
 from deployer.errors import ConfigError, ExitCode
 from deployer.sandbox.topology import write_keypair
@@ -33,7 +34,6 @@ from deployer.ssh.forwards import Forward, forwards_key, parse_forward, parse_fo
 from deployer.ssh.route import Endpoint
 from deployer.systemd import HARDENING, Specifier, quote_word
 from deployer.tunnel.autossh_env import AutosshConfig, autossh_config
-from deployer.tunnel.keeper import RuntimePaths, TunnelSettings, reclaim_argv, tunnel_argv
 from deployer.tunnel.policy import (
     TRANSITIONS,
     Backoff,
@@ -45,7 +45,9 @@ from deployer.tunnel.policy import (
     plan_after_failure,
     transition,
 )
-from deployer.tunnel.status import StatusBoard, parse_listen_address
+from deployer.tunnel.settings import TunnelSettings
+from deployer.tunnel.ssh_argv import RuntimePaths, reclaim_argv, tunnel_argv
+from deployer.tunnel.status import StatusBoard
 
 JUMP = Endpoint("jump", "jump.example.com", 2222)
 
@@ -140,11 +142,11 @@ def test_settings_validation() -> None:
         TunnelSettings(JUMP, forward, alive_interval=0)
     with pytest.raises(ConfigError, match="max-backoff"):
         TunnelSettings(JUMP, forward, max_backoff=0.5)
-    assert parse_listen_address("8022") == ("127.0.0.1", 8022)
-    assert parse_listen_address("0.0.0.0:8022") == ("0.0.0.0", 8022)
-    assert parse_listen_address("[::1]:8022") == ("::1", 8022)
+    assert parse_listen_address("8022", "--healthz") == ("127.0.0.1", 8022)
+    assert parse_listen_address("0.0.0.0:8022", "--healthz") == ("0.0.0.0", 8022)
+    assert parse_listen_address("[::1]:8022", "--healthz") == ("::1", 8022)
     with pytest.raises(ConfigError, match="healthz"):
-        parse_listen_address("localhost:http")
+        parse_listen_address("localhost:http", "--healthz")
 
 
 # ---------------------------------------------------------------------------- backoff

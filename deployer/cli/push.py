@@ -1,0 +1,232 @@
+"""``deployer push``: upload an artifact as a new release and switch to it (SSH, webhook or auto)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deployer.ci.environment import provenance_fields
+from deployer.cli import render
+from deployer.cli.options import (
+    F,
+    Lines,
+    apply,
+    environment,
+    path_option,
+    route_options,
+)
+from deployer.errors import ConfigError, ConnectError
+from deployer.ssh.access import Access, RouteRequest, split_values
+from deployer.webhook.options import MODES, WebhookOptions
+
+
+def webhook_options(func: F) -> F:
+    """push's --mode, --webhook-url and where the receiver fetches the artifact from (as `webhook`)."""
+    options = [
+        click.option("--mode", type=click.Choice(MODES), default="ssh", show_default=True, envvar="DEPLOYER_MODE",
+                     help="ssh; webhook (a signed request to `deployer serve`); auto (webhook only when the"
+                          " SSH route cannot be established)."),
+        click.option("--webhook-url", envvar="DEPLOYER_WEBHOOK_URL", metavar="URL",
+                     help="Base URL of `deployer serve` (secret: DEPLOYER_WEBHOOK_SECRET)."),
+        click.option("--webhook-ca-bundle", type=click.Path(dir_okay=False, path_type=Path),
+                     envvar="DEPLOYER_WEBHOOK_CA_BUNDLE", help="CA certificates to trust for --webhook-url."),
+        click.option("--webhook-timeout", type=click.FloatRange(min=1), default=3600.0, show_default=True,
+                     envvar="DEPLOYER_WEBHOOK_TIMEOUT", help="Seconds to follow a webhook deploy."),
+        click.option("--artifact-url", envvar="DEPLOYER_ARTIFACT_URL", metavar="URL",
+                     help="Webhook: the receiver downloads ARTIFACT from this https:// URL."),
+        click.option("--gitlab-job", type=click.IntRange(min=1), envvar="DEPLOYER_GITLAB_JOB", metavar="ID",
+                     help="Webhook: the receiver fetches ARTIFACT from this job's artifacts."),
+        click.option("--gitlab-ref", envvar="DEPLOYER_GITLAB_REF",
+                     help="Webhook: ... or from the latest successful --gitlab-job-name job on this ref."),
+        click.option("--gitlab-job-name", envvar="DEPLOYER_GITLAB_JOB_NAME"),
+        click.option("--gitlab-project", envvar="DEPLOYER_GITLAB_PROJECT",
+                     help="Webhook: project id or path (default: CI_PROJECT_ID)."),
+    ]  # fmt: skip
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        names = [f.name for f in dataclasses.fields(WebhookOptions)]
+        webhook = WebhookOptions(**{name: kwargs.pop(name) for name in names})
+        return func(webhook=webhook, **kwargs)
+
+    return apply(command, options)  # type: ignore[return-value]
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path), envvar="DEPLOYER_ARTIFACT")
+@route_options
+@path_option
+@click.option(
+    "--before",
+    multiple=True,
+    type=Lines(),
+    envvar="DEPLOYER_BEFORE",
+    help="Command run in the new release before the switch (repeatable); failure aborts.",
+)
+@click.option(
+    "--after",
+    multiple=True,
+    type=Lines(),
+    envvar="DEPLOYER_AFTER",
+    help="Command run after the switch (repeatable); failure switches back.",
+)
+@click.option(
+    "--healthcheck",
+    envvar="DEPLOYER_HEALTHCHECK",
+    help="Command run after the switch; failure switches back and exits 9.",
+)
+@click.option(
+    "--hook-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    envvar="DEPLOYER_HOOK_TIMEOUT",
+    help="Seconds each hook may run.",
+)
+@click.option(
+    "--healthcheck-retries",
+    type=int,
+    default=2,
+    show_default=True,
+    envvar="DEPLOYER_HEALTHCHECK_RETRIES",
+)
+@click.option(
+    "--healthcheck-interval",
+    type=float,
+    default=3.0,
+    show_default=True,
+    envvar="DEPLOYER_HEALTHCHECK_INTERVAL",
+    help="Seconds between healthcheck attempts.",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    envvar="DEPLOYER_KEEP",
+    help="Releases to keep (the live one is never removed).",
+)
+@click.option(
+    "--shared",
+    multiple=True,
+    envvar="DEPLOYER_SHARED",
+    metavar="PATH",
+    help="Path linked from DIR/shared into each release ('dir/' for a directory; repeatable).",
+)
+@click.option(
+    "--compress-level",
+    type=click.IntRange(0, 9),
+    envvar="DEPLOYER_COMPRESS_LEVEL",
+    help="gzip level of the upload stream (0: none). Default: gzip -1, none for incompressible content.",
+)
+@click.option(
+    "--no-delta",
+    is_flag=True,
+    envvar="DEPLOYER_NO_DELTA",
+    help="Send every file, even those unchanged since the live release.",
+)
+@click.option(
+    "--link-unchanged",
+    is_flag=True,
+    envvar="DEPLOYER_LINK_UNCHANGED",
+    help="Hard-link unchanged files from the live release instead of copying them"
+    " (faster, but a file changed in place changes in every release sharing it).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    envvar="DEPLOYER_DRY_RUN",
+    help="Connect and check everything, print the plan, change nothing.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    envvar="DEPLOYER_PARALLEL",
+    help="Targets worked on at the same time.",
+)
+@click.option(
+    "--batch",
+    envvar="DEPLOYER_BATCH",
+    metavar="N|P%",
+    help="Switch targets in rolling batches of N (or P% of them); default: all together.",
+)
+@click.option(
+    "--shard",
+    envvar="DEPLOYER_SHARD",
+    metavar="K/N|auto",
+    help="Deploy only every N-th target starting at K (auto: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL).",
+)
+@webhook_options
+def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json: bool,
+         before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
+         healthcheck_retries: int, healthcheck_interval: float, keep: int, shared: tuple[str, ...],
+         compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool, parallel: int,
+         batch: str | None, shard: str | None, webhook: WebhookOptions) -> None:  # fmt: skip
+    """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
+    from deployer.artifact.scan import open_artifact
+    from deployer.deploy.hooks import HookSettings
+    from deployer.deploy.outcome import Provenance
+    from deployer.deploy.payload import prepare_payload
+    from deployer.deploy.settings import PushSettings
+    from deployer.deploy.upload import TransferSettings
+    from deployer.push.fleet import FleetSettings, parse_batch, parse_shard, select_shard
+    from deployer.push.service import push_over_ssh
+    from deployer.remote.layout import validate_path, validate_shared
+    from deployer.ssh.access import build_routes
+
+    env = environment()
+    reporter = render.reporter()
+    settings = PushSettings(
+        path=validate_path(path),
+        keep=keep,
+        shared=validate_shared(split_values(shared)),
+        hooks=HookSettings(before=before, after=after, healthcheck=healthcheck or None, timeout=hook_timeout,
+                           healthcheck_retries=healthcheck_retries, healthcheck_interval=healthcheck_interval),
+        dry_run=dry_run,
+        transfer=TransferSettings(delta=not no_delta, hardlink=link_unchanged, compresslevel=compress_level),
+    )  # fmt: skip
+    provenance = Provenance(**provenance_fields(env))
+    if webhook.mode != "ssh":
+        from deployer.webhook.client import WebhookPush
+
+        if dry_run:
+            raise ConfigError(
+                f"--dry-run works over SSH only — drop it or use --mode ssh, not {webhook.mode}"
+            )
+        via_webhook = WebhookPush(webhook, artifact, settings.path, env)
+    if webhook.mode == "webhook":
+        outcomes, error = via_webhook.run(settings, provenance, reporter)
+        render.finish("push", outcomes, as_json, error)
+        return
+    routes = select_shard(build_routes(route, access), parse_shard(shard, env))
+    if webhook.mode == "auto" and len(routes) != 1:
+        raise ConfigError("--mode auto deploys to one target (one --to and one --webhook-url)")
+    if not routes:
+        raise ConfigError(
+            f"--shard {shard} selects no target out of {len(split_values(route.to))} — use fewer shards"
+        )
+    fleet = FleetSettings(parallel=parallel, batch=parse_batch(batch, len(routes)))
+    payload = prepare_payload(open_artifact(artifact), targets=len(routes))
+    if len(routes) > 1:
+        reporter = render.reporter(bars=False)  # one bar cannot show several uploads
+    reporter.line(
+        f"deploying {artifact} ({payload.artifact.file_count} files) to {', '.join(str(r) for r in routes)}"
+        + (" [dry run]" if dry_run else "")
+    )
+    result = push_over_ssh(routes, access, payload, settings, provenance, reporter, fleet)
+    outcomes, error = result.outcomes, result.error
+    if webhook.mode == "auto" and isinstance(error, ConnectError) and not result.established:
+        # nothing ran on the target: deploying through the receiver cannot double anything up
+        reporter.line(
+            f"SSH route to {routes[0]} cannot be established ({error});"
+            f" falling back to the webhook at {webhook.webhook_url}"
+        )
+        outcomes, error = via_webhook.run(settings, provenance, reporter)
+    render.summarize(reporter, outcomes)
+    render.finish("push", outcomes, as_json, error)

@@ -1,0 +1,150 @@
+"""Commands on the releases of each target: ``releases``, ``rollback``, ``unlock`` and ``exec``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from deployer.ci.environment import provenance_fields
+from deployer.cli import render
+from deployer.cli.options import Lines, environment, path_option, route_options
+from deployer.output import Reporter
+from deployer.ssh.access import Access, RouteRequest
+
+if TYPE_CHECKING:
+    from deployer.deploy.outcome import Outcome
+    from deployer.ssh.connection import Connection
+
+
+def on_each_target(
+    command: str,
+    route: RouteRequest,
+    access: Access,
+    as_json: bool,
+    reporter: Reporter,
+    action: Callable[[Connection], Outcome],
+) -> list[Outcome]:
+    """Run action on every target in turn, then print the summary and --json; raise the first error."""
+    from deployer.push.service import for_each_target
+    from deployer.ssh.access import build_routes
+
+    outcomes, error = for_each_target(build_routes(route, access), access, reporter, action)
+    render.summarize(reporter, outcomes)
+    render.finish(command, outcomes, as_json, error)
+    return outcomes
+
+
+@click.command()
+@route_options
+@path_option
+def releases(route: RouteRequest, access: Access, path: str, as_json: bool) -> None:
+    """List the releases on each target, the live one marked."""
+    from deployer.deploy.manage import list_target
+    from deployer.remote.layout import validate_path
+
+    directory = validate_path(path)
+    outcomes = on_each_target(
+        "releases", route, access, as_json, render.reporter(),
+        lambda connection: list_target(connection, directory),
+    )  # fmt: skip
+    if as_json:
+        return
+    for outcome in outcomes:
+        details = outcome.details
+        click.echo(
+            f"{outcome.target}:{details['path']}"
+            + (f"  (locked: {details['lock']})" if details["lock"] else "")
+        )
+        rows: Any = details["releases"]
+        if not rows:
+            click.echo("  (no releases)")
+        for row in rows:
+            marker = "* live" if row["live"] else "      "
+            extra = " ".join(x for x in (row["by"], row["commit"][:12]) if x)
+            click.echo(f"  {marker}  {row['id']}  {extra}".rstrip())
+
+
+@click.command()
+@route_options
+@path_option
+@click.option(
+    "--release", "release_id", help="Release id to switch to (default: the one before current)."
+)
+@click.option(
+    "--after",
+    multiple=True,
+    type=Lines(),
+    envvar="DEPLOYER_AFTER",
+    help="Command run after the switch (repeatable), e.g. a service reload.",
+)
+@click.option(
+    "--hook-timeout", type=float, default=300.0, show_default=True, envvar="DEPLOYER_HOOK_TIMEOUT"
+)
+def rollback(route: RouteRequest, access: Access, path: str, as_json: bool, release_id: str | None,
+             after: tuple[str, ...], hook_timeout: float) -> None:  # fmt: skip
+    """Switch current back to the previous release (or --release ID)."""
+    from deployer.deploy.hooks import HookSettings
+    from deployer.deploy.manage import rollback_target
+    from deployer.deploy.outcome import Provenance
+    from deployer.remote.layout import validate_path
+
+    reporter = render.reporter()
+    hooks = HookSettings(after=after, timeout=hook_timeout)
+    provenance = Provenance(**provenance_fields(environment()))
+    directory = validate_path(path)
+    on_each_target(
+        "rollback", route, access, as_json, reporter,
+        lambda connection: rollback_target(connection, directory, release_id, hooks, provenance, reporter),
+    )  # fmt: skip
+
+
+@click.command()
+@route_options
+@path_option
+def unlock(route: RouteRequest, access: Access, path: str, as_json: bool) -> None:
+    """Remove a deploy lock left behind by a deploy that died."""
+    from deployer.deploy.manage import unlock_target
+    from deployer.remote.layout import validate_path
+
+    reporter = render.reporter()
+    directory = validate_path(path)
+    outcomes = on_each_target(
+        "unlock", route, access, as_json, reporter,
+        lambda connection: unlock_target(connection, directory),
+    )  # fmt: skip
+    for outcome in outcomes:
+        was = outcome.details.get("was")
+        reporter.line(
+            f"{outcome.target}: " + (f"removed lock ({was})" if was else "no lock was held")
+        )
+
+
+@click.command(name="exec", context_settings={"ignore_unknown_options": True})
+@route_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(route: RouteRequest, access: Access, as_json: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND on each target (after --), streaming its output; exit with its status."""
+    from deployer.deploy.outcome import Outcome, Status
+
+    script = " ".join(command)  # like ssh: the words are joined and run by the login shell
+    statuses: list[int] = []
+
+    def run(connection: Connection) -> Outcome:
+        def forward(stream: str, chunk: bytes) -> None:
+            target = sys.stdout if stream == "stdout" else sys.stderr
+            target.buffer.write(chunk)
+            target.flush()
+
+        result = connection.run(script, on_output=None if as_json else forward)
+        statuses.append(result.status)
+        return Outcome(connection.label, Status.RAN, exit_code=result.status,
+                       details={"stdout": result.stdout.decode(errors="replace"),
+                                "stderr": result.stderr.decode(errors="replace")})  # fmt: skip
+
+    on_each_target("exec", route, access, as_json, render.reporter(), run)
+    failed = [s for s in statuses if s != 0]
+    if failed:
+        sys.exit(failed[0])

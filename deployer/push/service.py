@@ -1,0 +1,99 @@
+"""Pushes and target commands over SSH: connect to each target along its route and run the deploy.
+
+``push_over_ssh`` deploys one payload to every route all-or-nothing (see ``push.fleet``);
+``for_each_target`` runs a command (releases, rollback, unlock, exec) on each target in turn.
+Both connect through ``ssh.connect``, so that every command verifies host keys the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from deployer.deploy.outcome import Outcome, Provenance, Status
+from deployer.deploy.payload import Payload
+from deployer.deploy.settings import PushSettings
+from deployer.deploy.target import TargetDeploy
+from deployer.errors import DeployerError
+from deployer.output import Reporter
+from deployer.push.fleet import FleetSettings, push_fleet
+from deployer.ssh.access import Access, connect_options
+from deployer.ssh.connect import connected
+from deployer.ssh.connection import Connection
+from deployer.ssh.route import Route
+
+
+@contextmanager
+def connection_to(route: Route, access: Access, reporter: Reporter) -> Iterator[Connection]:
+    """A connection along route that is closed (every hop) when the block ends."""
+    with connected(route, connect_options(route, access, reporter.line)) as connection:
+        yield connection
+
+
+@dataclass
+class PushResult:
+    """Every target's outcome, the first failure, and which targets were reached at all."""
+
+    outcomes: list[Outcome]
+    error: DeployerError | None
+    established: list[str] = field(default_factory=list)  # labels of targets connected to
+
+
+def push_over_ssh(
+    routes: list[Route],
+    access: Access,
+    payload: Payload,
+    settings: PushSettings,
+    provenance: Provenance,
+    reporter: Reporter,
+    fleet: FleetSettings,
+) -> PushResult:
+    """Deploy payload to every route all-or-nothing; connections are closed when it returns."""
+    established: list[str] = []  # --mode auto falls back only if no connection ever came up
+    with contextlib.ExitStack() as connections:
+        connections.callback(payload.close)  # shared streams go once every upload is done
+
+        def start(index: int) -> TargetDeploy:
+            def connect() -> Connection:
+                connection = connections.enter_context(
+                    connection_to(routes[index], access, reporter)
+                )
+                established.append(connection.label)
+                return connection
+
+            return TargetDeploy(
+                connect(), payload, settings, provenance, reporter, reconnect=connect
+            )
+
+        outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)
+    return PushResult(outcomes, error, established)
+
+
+def for_each_target(
+    routes: list[Route],
+    access: Access,
+    reporter: Reporter,
+    action: Callable[[Connection], Outcome],
+) -> tuple[list[Outcome], DeployerError | None]:
+    """Run action on each target in turn; stop at the first failure and report the rest as skipped."""
+    outcomes: list[Outcome] = []
+    error: DeployerError | None = None
+    for route in routes:
+        if error is not None:
+            outcomes.append(
+                Outcome(str(route.target), Status.SKIPPED, error="an earlier target failed")
+            )
+            continue
+        try:
+            with connection_to(route, access, reporter) as connection:
+                outcomes.append(action(connection))
+        except DeployerError as exc:
+            error = exc
+            outcomes.append(
+                Outcome(
+                    str(route.target), Status.FAILED, error=str(exc), exit_code=int(exc.exit_code)
+                )
+            )
+    return outcomes, error

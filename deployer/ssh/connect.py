@@ -1,0 +1,242 @@
+"""The one way deployer opens SSH: dial, hop-by-hop handshake, host key check, authentication.
+
+One TCP connection to the first hop (directly, or through a proxy); every further hop is a
+``direct-tcpip`` channel opened on the previous hop's transport (what OpenSSH's ProxyJump does).
+Host keys are checked on every hop before authenticating. push, keyscan, setup gitlab and the
+tunnel's check of its jump host all connect through here.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import paramiko
+
+from deployer.errors import (
+    AuthError,
+    ConnectError,
+    DeployerError,
+    HostKeyError,
+    reason,
+)
+from deployer.ssh.connection import Connection
+from deployer.ssh.credentials import Credentials
+from deployer.ssh.hostkeys import HostKeyPolicy, fingerprint
+from deployer.ssh.proxy import dial, open_through
+from deployer.ssh.route import Route
+
+# AES-GCM is the fastest cipher paramiko speaks (no chacha20); CTR stays as the fallback.
+PREFERRED_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+
+
+KEEPALIVE_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """Everything a connection needs besides the route."""
+
+    credentials: Credentials
+    host_keys: HostKeyPolicy
+    keyscan_hint: str
+    timeout: float = 10.0
+    on_notice: Callable[[str], None] = field(default=lambda line: None)
+    hop_credentials: tuple[Credentials, ...] = ()  # per hop, first hop first; else credentials
+    # what to do when a hop refuses the key ({user}: the login name)
+    auth_hint: str = "the public key is in ~{user}/.ssh/authorized_keys there"
+
+    def credentials_for(self, index: int) -> Credentials:
+        """The keys for hop index (a jump host may need another key than the target)."""
+        if index < len(self.hop_credentials):
+            return self.hop_credentials[index]
+        return self.credentials
+
+
+def _tcp_socket(route: Route, timeout: float) -> socket.socket:
+    first = route.hops[0]
+    what = route.describe(0)
+    if route.proxy is not None:
+        return open_through(
+            route.proxy, first.host, first.port, user=first.user, timeout=timeout, hop=what
+        )
+    return dial(
+        first.host, first.port, timeout, what, "is sshd listening on that port?", ConnectError
+    )
+
+
+def _open_hop_channel(
+    transport: paramiko.Transport, route: Route, index: int, timeout: float
+) -> paramiko.Channel:
+    """Open a direct-tcpip channel from hop index-1 to hop index."""
+    hop = route.hops[index]
+    via = route.hops[index - 1]
+    try:
+        return transport.open_channel(
+            "direct-tcpip", (hop.host, hop.port), ("127.0.0.1", 0), timeout=timeout
+        )
+    except paramiko.ChannelException as exc:
+        if exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+            raise ConnectError(
+                f"jump host {via} refused to forward to {hop.address} (administratively prohibited)"
+                f' — allow it with permitopen="{hop.address}" on the jump host\'s key'
+            ) from exc
+        raise ConnectError(
+            f"nothing listens on {hop.address} on {via} — is the tunnel up?"
+            " (check the intranet server's ssh -R / deployer tunnel)"
+        ) from exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise ConnectError(
+            f"jump host {via} did not open a channel to {hop.address}: {reason(exc)}"
+        ) from exc
+
+
+def _handshake(sock: Any, route: Route, index: int, options: ConnectOptions) -> paramiko.Transport:
+    hop = route.hops[index]
+    what = route.describe(index)
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = options.timeout
+    transport.handshake_timeout = options.timeout
+    security = transport.get_security_options()
+    security.ciphers = [c for c in PREFERRED_CIPHERS if c in security.ciphers] + [
+        c for c in security.ciphers if c not in PREFERRED_CIPHERS
+    ]
+    known_as = hop.known_as  # HostKeyAlias: a tunnel port's key pinned under a stable name
+    known_algorithms = options.host_keys.algorithms_for(*known_as)
+    if known_algorithms:
+        offered = list(security.key_types)
+        security.key_types = [a for a in known_algorithms if a in offered] + [
+            a for a in offered if a not in known_algorithms
+        ]
+    try:
+        transport.start_client(timeout=options.timeout)
+        if not transport.is_active():
+            raise paramiko.SSHException(f"no SSH handshake within {options.timeout:g} s")
+        key = transport.get_remote_server_key()
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        transport.close()
+        behind = " (the tunnel is up but nothing answers behind it — is sshd running on the intranet server?)"
+        raise ConnectError(
+            f"{what} closed the connection during the SSH handshake: {reason(exc)}"
+            + (behind if index > 0 else " — is this port an SSH server?")
+        ) from exc
+    try:
+        notice = options.host_keys.check(
+            what, *known_as, key.get_name(), key.asbytes(), options.keyscan_hint
+        )
+    except HostKeyError:
+        transport.close()
+        raise
+    if notice:
+        options.on_notice(notice)
+    _authenticate(transport, route, index, options)
+    transport.set_keepalive(KEEPALIVE_SECONDS)
+    return transport
+
+
+def _authenticate(
+    transport: paramiko.Transport, route: Route, index: int, options: ConnectOptions
+) -> None:
+    hop = route.hops[index]
+    what = route.describe(index)
+    candidates = options.credentials_for(index).candidates()
+    if not candidates:
+        transport.close()
+        jump = "SSH_JUMP_PRIVATE_KEY or --jump-key-file, or " if index < len(route.jumps) else ""
+        raise AuthError(
+            f"no key to log in to {what} — set {jump}SSH_PRIVATE_KEY, pass --key-file,"
+            " or start ssh-agent"
+        )
+    for key in candidates:
+        try:
+            remaining = transport.auth_publickey(hop.user, key)
+        except paramiko.AuthenticationException:
+            continue
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            transport.close()
+            raise ConnectError(
+                f"{what} dropped the connection while authenticating: {reason(exc)}"
+            ) from exc
+        if not remaining and transport.is_authenticated():
+            return
+    transport.close()
+    offered = ", ".join(fingerprint(k.asbytes()) for k in candidates)
+    raise AuthError(
+        f"{what} refused the key ({offered}) for user '{hop.user}' — check the user name and that"
+        f" {options.auth_hint.format(user=hop.user)}"
+    )
+
+
+def connect(route: Route, options: ConnectOptions) -> Connection:
+    """Connect hop by hop, verifying each host key and authenticating, and return the target."""
+    transports: list[paramiko.Transport] = []
+    try:
+        sock: Any = _tcp_socket(route, options.timeout)
+        for index in range(len(route.hops)):
+            if index > 0:
+                sock = _open_hop_channel(transports[-1], route, index, options.timeout)
+            transports.append(_handshake(sock, route, index, options))
+    except BaseException:
+        for transport in reversed(transports):
+            transport.close()
+        raise
+    return Connection(route, transports)
+
+
+@contextmanager
+def connected(route: Route, options: ConnectOptions) -> Iterator[Connection]:
+    """connect() as a context manager that always closes every hop."""
+    connection = connect(route, options)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def scan_host_keys(
+    route: Route, options: ConnectOptions, algorithms: Sequence[str]
+) -> list[tuple[int, str, bytes]]:
+    """Collect every hop's host keys, one handshake per algorithm; (hop index, type, blob)."""
+    found: list[tuple[int, str, bytes]] = []
+    transports: list[paramiko.Transport] = []
+    try:
+        for index in range(len(route.hops)):
+            for algorithm in algorithms:
+                sock: Any = (
+                    _tcp_socket(route, options.timeout)
+                    if index == 0
+                    else _open_hop_channel(transports[-1], route, index, options.timeout)
+                )
+                probe = paramiko.Transport(sock)
+                probe.get_security_options().key_types = [algorithm]
+                try:
+                    probe.start_client(timeout=options.timeout)
+                    key = probe.get_remote_server_key()
+                    found.append((index, key.get_name(), key.asbytes()))
+                except (paramiko.SSHException, EOFError, OSError):
+                    pass  # the server has no key of this type
+                finally:
+                    probe.close()
+            if index < len(route.hops) - 1:
+                # to reach the next hop we must log in here; verified keys only
+                sock = (
+                    _tcp_socket(route, options.timeout)
+                    if index == 0
+                    else _open_hop_channel(transports[-1], route, index, options.timeout)
+                )
+                transports.append(_handshake(sock, route, index, options))
+    except DeployerError:
+        for transport in reversed(transports):
+            transport.close()
+        raise
+    for transport in reversed(transports):
+        transport.close()
+    return found
