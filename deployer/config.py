@@ -1,9 +1,9 @@
-"""Configuration sources below the command line: deployer.toml, [tool.deployer], CI metadata.
+"""The configuration file below the command line: deployer.toml or [tool.deployer] of pyproject.toml.
 
 Precedence is flags > environment (DEPLOYER_*) > configuration file > defaults. Flags and the
 environment are click's job; this module turns the configuration file into click's
-``default_map`` (validated: an unknown key is an error naming the file) and reads what CI tells
-us about who is deploying what. Nothing here imports paramiko, so ``deployer --help`` stays fast.
+``default_map`` (validated: an unknown key is an error naming the file). What CI tells us about
+who deploys what is ``ci.environment``'s.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from deployer.sandbox.topology import Sandbox, find_sshd
+from deployer.sandbox.servers import find_sshd
+from deployer.sandbox.topology import Sandbox
 
 TEST_USER = "deployer-test"  # the unprivileged login used when the suite runs as root
 HERMETIC_PREFIXES = ("DEPLOYER_", "SSH_", "GITLAB_", "GITHUB_", "CI_")

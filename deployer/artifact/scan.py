@@ -3,8 +3,9 @@
 ``open_artifact`` reads the whole artifact once and refuses anything that could write outside the
 release (absolute or ``..`` members, members under a symlink, symlinks leading out of the tree,
 hard links to elsewhere, device files, duplicates) or that is damaged (truncated or corrupt
-archives, unreadable files). ``write_tar`` then streams the tree as one tar (gzip) stream in
-fixed-size chunks, so memory stays flat whatever the artifact size.
+archives, unreadable files); ``artifact.safety`` holds the checks on names and on the tree.
+Reading the contents again later (``artifact.contents``, ``artifact.tar``) re-checks that the
+artifact is still what was checked.
 """
 
 from __future__ import annotations

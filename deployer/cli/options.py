@@ -131,7 +131,38 @@ path_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")
 
 
+def after_option(
+    help: str = "Command run after the switch (repeatable); failure switches back.",
+) -> Callable[[F], F]:
+    """--after COMMAND (repeatable; one command per line in DEPLOYER_AFTER)."""
+    return click.option("--after", multiple=True, type=Lines(), envvar="DEPLOYER_AFTER", help=help)
+
+
+hook_timeout_option = click.option(
+    "--hook-timeout", type=float, default=300.0, show_default=True, envvar="DEPLOYER_HOOK_TIMEOUT",
+    help="Seconds each hook may run.",
+)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- option sets
+
+
+def hook_options(func: F) -> F:
+    """--before, --after, --healthcheck and their limits."""
+    options = [
+        click.option("--before", multiple=True, type=Lines(), envvar="DEPLOYER_BEFORE",
+                     help="Command run in the new release before the switch (repeatable); failure aborts."),
+        after_option(),
+        click.option("--healthcheck", envvar="DEPLOYER_HEALTHCHECK",
+                     help="Command run after the switch; failure switches back and exits 9."),
+        hook_timeout_option,
+        click.option("--healthcheck-retries", type=int, default=2, show_default=True,
+                     envvar="DEPLOYER_HEALTHCHECK_RETRIES"),
+        click.option("--healthcheck-interval", type=float, default=3.0, show_default=True,
+                     envvar="DEPLOYER_HEALTHCHECK_INTERVAL", help="Seconds between healthcheck attempts."),
+    ]  # fmt: skip
+    return apply(func, options)
+
 
 _ROUTE_NAMES = (
     "to",

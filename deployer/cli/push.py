@@ -13,9 +13,9 @@ from deployer.ci.environment import provenance_fields
 from deployer.cli import render
 from deployer.cli.options import (
     F,
-    Lines,
     apply,
     environment,
+    hook_options,
     path_option,
     route_options,
 )
@@ -56,112 +56,39 @@ def webhook_options(func: F) -> F:
     return apply(command, options)  # type: ignore[return-value]
 
 
+def transfer_options(func: F) -> F:
+    """--keep, --shared, compression, delta, --dry-run and the fleet options."""
+    options = [
+        click.option("--keep", type=click.IntRange(min=1), default=5, show_default=True, envvar="DEPLOYER_KEEP",
+                     help="Releases to keep (the live one is never removed)."),
+        click.option("--shared", multiple=True, envvar="DEPLOYER_SHARED", metavar="PATH",
+                     help="Path linked from DIR/shared into each release ('dir/' for a directory; repeatable)."),
+        click.option("--compress-level", type=click.IntRange(0, 9), envvar="DEPLOYER_COMPRESS_LEVEL",
+                     help="gzip level of the upload stream (0: none). Default: gzip -1, none for incompressible"
+                          " content."),
+        click.option("--no-delta", is_flag=True, envvar="DEPLOYER_NO_DELTA",
+                     help="Send every file, even those unchanged since the live release."),
+        click.option("--link-unchanged", is_flag=True, envvar="DEPLOYER_LINK_UNCHANGED",
+                     help="Hard-link unchanged files from the live release instead of copying them"
+                          " (faster, but a file changed in place changes in every release sharing it)."),
+        click.option("--dry-run", is_flag=True, envvar="DEPLOYER_DRY_RUN",
+                     help="Connect and check everything, print the plan, change nothing."),
+        click.option("--parallel", type=click.IntRange(min=1), default=10, show_default=True,
+                     envvar="DEPLOYER_PARALLEL", help="Targets worked on at the same time."),
+        click.option("--batch", envvar="DEPLOYER_BATCH", metavar="N|P%",
+                     help="Switch targets in rolling batches of N (or P% of them); default: all together."),
+        click.option("--shard", envvar="DEPLOYER_SHARD", metavar="K/N|auto",
+                     help="Deploy only every N-th target starting at K (auto: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL)."),
+    ]  # fmt: skip
+    return apply(func, options)
+
+
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path), envvar="DEPLOYER_ARTIFACT")
 @route_options
 @path_option
-@click.option(
-    "--before",
-    multiple=True,
-    type=Lines(),
-    envvar="DEPLOYER_BEFORE",
-    help="Command run in the new release before the switch (repeatable); failure aborts.",
-)
-@click.option(
-    "--after",
-    multiple=True,
-    type=Lines(),
-    envvar="DEPLOYER_AFTER",
-    help="Command run after the switch (repeatable); failure switches back.",
-)
-@click.option(
-    "--healthcheck",
-    envvar="DEPLOYER_HEALTHCHECK",
-    help="Command run after the switch; failure switches back and exits 9.",
-)
-@click.option(
-    "--hook-timeout",
-    type=float,
-    default=300.0,
-    show_default=True,
-    envvar="DEPLOYER_HOOK_TIMEOUT",
-    help="Seconds each hook may run.",
-)
-@click.option(
-    "--healthcheck-retries",
-    type=int,
-    default=2,
-    show_default=True,
-    envvar="DEPLOYER_HEALTHCHECK_RETRIES",
-)
-@click.option(
-    "--healthcheck-interval",
-    type=float,
-    default=3.0,
-    show_default=True,
-    envvar="DEPLOYER_HEALTHCHECK_INTERVAL",
-    help="Seconds between healthcheck attempts.",
-)
-@click.option(
-    "--keep",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    envvar="DEPLOYER_KEEP",
-    help="Releases to keep (the live one is never removed).",
-)
-@click.option(
-    "--shared",
-    multiple=True,
-    envvar="DEPLOYER_SHARED",
-    metavar="PATH",
-    help="Path linked from DIR/shared into each release ('dir/' for a directory; repeatable).",
-)
-@click.option(
-    "--compress-level",
-    type=click.IntRange(0, 9),
-    envvar="DEPLOYER_COMPRESS_LEVEL",
-    help="gzip level of the upload stream (0: none). Default: gzip -1, none for incompressible content.",
-)
-@click.option(
-    "--no-delta",
-    is_flag=True,
-    envvar="DEPLOYER_NO_DELTA",
-    help="Send every file, even those unchanged since the live release.",
-)
-@click.option(
-    "--link-unchanged",
-    is_flag=True,
-    envvar="DEPLOYER_LINK_UNCHANGED",
-    help="Hard-link unchanged files from the live release instead of copying them"
-    " (faster, but a file changed in place changes in every release sharing it).",
-)
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    envvar="DEPLOYER_DRY_RUN",
-    help="Connect and check everything, print the plan, change nothing.",
-)
-@click.option(
-    "--parallel",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    envvar="DEPLOYER_PARALLEL",
-    help="Targets worked on at the same time.",
-)
-@click.option(
-    "--batch",
-    envvar="DEPLOYER_BATCH",
-    metavar="N|P%",
-    help="Switch targets in rolling batches of N (or P% of them); default: all together.",
-)
-@click.option(
-    "--shard",
-    envvar="DEPLOYER_SHARD",
-    metavar="K/N|auto",
-    help="Deploy only every N-th target starting at K (auto: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL).",
-)
+@hook_options
+@transfer_options
 @webhook_options
 def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json: bool,
          before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,

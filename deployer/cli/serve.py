@@ -131,7 +131,8 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
         watch = PollSettings(gitlab_project, ref, job_name, artifact_path, interval)
         Poller(watch, settings, fetching, reporter, socket.gethostname()).run()
         return
-    from deployer.webhook.receiver import ReceiverSettings, serve, tls_context
+    from deployer.webhook.deployments import ReceiverSettings
+    from deployer.webhook.receiver import serve, tls_context
     from deployer.webhook.signing import load_secret
 
     secret = load_secret(*read_secret(env, "DEPLOYER_WEBHOOK_SECRET", secret_file))

@@ -10,7 +10,13 @@ import click
 
 from deployer.ci.environment import provenance_fields
 from deployer.cli import render
-from deployer.cli.options import Lines, environment, path_option, route_options
+from deployer.cli.options import (
+    after_option,
+    environment,
+    hook_timeout_option,
+    path_option,
+    route_options,
+)
 from deployer.output import Reporter
 from deployer.ssh.access import Access, RouteRequest
 
@@ -73,16 +79,8 @@ def releases(route: RouteRequest, access: Access, path: str, as_json: bool) -> N
 @click.option(
     "--release", "release_id", help="Release id to switch to (default: the one before current)."
 )
-@click.option(
-    "--after",
-    multiple=True,
-    type=Lines(),
-    envvar="DEPLOYER_AFTER",
-    help="Command run after the switch (repeatable), e.g. a service reload.",
-)
-@click.option(
-    "--hook-timeout", type=float, default=300.0, show_default=True, envvar="DEPLOYER_HOOK_TIMEOUT"
-)
+@after_option("Command run after the switch (repeatable), e.g. a service reload.")
+@hook_timeout_option
 def rollback(route: RouteRequest, access: Access, path: str, as_json: bool, release_id: str | None,
              after: tuple[str, ...], hook_timeout: float) -> None:  # fmt: skip
     """Switch current back to the previous release (or --release ID)."""

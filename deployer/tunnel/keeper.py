@@ -14,10 +14,11 @@ bare ``ssh``/autossh lacks for a keeper that must never sit broken:
   seconds; retries use bounded, jittered backoff short enough to be back soon after the jump
   host reaps a stale session, and --reclaim removes our own stale session at once.
 
-The pure parts live in their own modules: forwards (-R parsing), tunnel_policy (states, failure
-classification, backoff), authorized_keys (the jump host's lines and forced command), tunnel_check
-(end-to-end checks), tunnel_status (status file, /healthz), autossh_env (autossh's variables).
-This module holds the settings, the ssh command lines and the Keeper that supervises ssh.
+This module holds the Keeper's loop: attempt, verify, supervise, back off. Around it: settings,
+ssh_argv (the command lines), session (what ssh's output says), policy (states, failure
+classification, backoff: pure), check (end-to-end checks), reclaim, processes (children that
+never outlive the keeper), status (status file, /healthz); ssh.forwards and ssh.authorized_keys
+hold the -R syntax and the jump host's lines.
 """
 
 from __future__ import annotations
@@ -396,30 +397,35 @@ class Keeper:
 
     def _check(self, session: Session, *, refresh: bool) -> tuple[str | None, list[str]]:
         """Check every forward end to end; (what failed through the tunnel, targets down here)."""
-        assert self._paths is not None
         down: list[str] = []
         for index, forward in enumerate(self.settings.forwards):
-            expect = self._expect.get(index)
-            if expect is None or refresh:
+            problem, target_down = self._check_forward(index, forward, refresh=refresh)
+            if target_down:
+                down.append(f"{bracket(forward.host)}:{forward.host_port}")
+            elif problem is not None:
+                return f"-R {forward.spec}: {problem}", down
+        return None, down
+
+    def _check_forward(
+        self, index: int, forward: Forward, *, refresh: bool
+    ) -> tuple[str | None, bool]:
+        """One forward: (what failed through the tunnel, or None; whether its target is down here)."""
+        assert self._paths is not None
+        expect = None if refresh else self._expect.get(index)
+        problem: str | None = None
+        # a failed check is repeated with a fresh look at the target: it may have changed
+        # (restart, upgrade) since it was last read, and that is not the tunnel's fault
+        for attempt in range(1 if refresh else 2):
+            if expect is None or attempt:
                 expect = self._expectation(index, forward)
             if expect is None:
-                down.append(f"{bracket(forward.host)}:{forward.host_port}")
-                continue
+                return None, True
             problem = check_through(
                 self._paths.check_socket(index), expect, self.settings.check_timeout
             )
-            if problem is not None and not refresh:
-                # the target may have changed (restart, upgrade): look again before blaming the tunnel
-                fresh = self._expectation(index, forward)
-                if fresh is None:
-                    down.append(f"{bracket(forward.host)}:{forward.host_port}")
-                    continue
-                problem = check_through(
-                    self._paths.check_socket(index), fresh, self.settings.check_timeout
-                )
-            if problem is not None:
-                return f"-R {forward.spec}: {problem}", down
-        return None, down
+            if problem is None:
+                break
+        return problem, False
 
     def _run_check(self, session: Session, *, refresh: bool) -> tuple[str | None, list[str]] | None:
         """_check in a worker; None when ssh exited meanwhile."""

@@ -201,7 +201,7 @@ class WebhookPush:
         """Send the request and follow the deploy; (one outcome, the error if it failed)."""
         from deployer.artifact.scan import open_artifact
         from deployer.deploy.outcome import Outcome
-        from deployer.webhook.receiver import DeployRequest
+        from deployer.webhook.request import DeployRequest
 
         try:
             opened = open_artifact(self.artifact)  # refuse an unsafe archive before asking anyone

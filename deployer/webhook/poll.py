@@ -20,7 +20,7 @@ from deployer.deploy.settings import PushSettings
 from deployer.errors import DeployerError
 from deployer.output import Reporter
 from deployer.remote.local import LocalExecutor
-from deployer.webhook.receiver import deploy_from_source
+from deployer.webhook.deployments import deploy_from_source
 from deployer.webhook.sources import FetchSettings, GitlabSource, settings_client
 
 DEFAULT_INTERVAL = 60.0

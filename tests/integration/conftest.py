@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_app
+
+from tests.integration.helpers import make_app
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deployer.sandbox.topology import SshServer, find_sshd, wait_for_banner
+from deployer.sandbox.servers import SshServer, find_sshd, wait_for_banner
 
 NFT_TABLE = "deployer_fault"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.sandbox.topology import free_port
+from deployer.sandbox.servers import free_port
 
 PROXY_USER = "deployer-proxy"  # SOCKS username auth checks system passwords (Dante)
 PROXY_PASSWORD = "pr0xy-pass"

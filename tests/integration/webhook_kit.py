@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from deployer.webhook.receiver import Receiver, ReceiverSettings
+from deployer.webhook.deployments import ReceiverSettings
+from deployer.webhook.receiver import Receiver
 from deployer.webhook.signing import sign_headers
 from deployer.webhook.sources import FetchSettings
 

@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import responses
-from helpers import live, make_app
 
 from deployer.cli.main import main
 from deployer.ssh.keys import load_private_key, public_key_line
+from tests.integration.helpers import live, make_app
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-RELAY = Path(__file__).resolve().parents[2] / "bench" / "relay.py"
+RELAY = Path(__file__).resolve().parents[3] / "bench" / "relay.py"
 RTT_MS = 60.0
 RATE_MBIT = 40.0
 

@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import live, make_app, releases
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.helpers import live, make_app, releases
+
+ROOT = Path(__file__).resolve().parents[3]
 GITLAB_CI_LOCAL = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "gitlab-ci-local"
 PIPELINE_TIMEOUT = 240.0  # a job creates a venv and installs deployer (about 20 s here)
 

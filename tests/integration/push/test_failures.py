@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import live, make_app, releases
 
 from deployer.errors import ExitCode
-from deployer.sandbox.topology import free_port, write_keypair
+from deployer.sandbox.servers import free_port, write_keypair
+from tests.integration.helpers import live, make_app, releases
 
 pytestmark = pytest.mark.integration
 

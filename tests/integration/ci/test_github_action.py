@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import live, make_app, releases
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.helpers import live, make_app, releases
+
+ROOT = Path(__file__).resolve().parents[3]
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

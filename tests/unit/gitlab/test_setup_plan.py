@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 
 from deployer.gitlab.setup import (
-    Variable,
     generate_key,
     merge_known_hosts,
-    plan_change,
     public_key_of,
     render_ci_key_lines,
 )
+from deployer.gitlab.variables import Variable, plan_change
 from deployer.ssh.keyscan import ScannedKey
 from deployer.ssh.route import build_route
 

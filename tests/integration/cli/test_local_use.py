@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import live, make_app
+
+from tests.integration.helpers import live, make_app
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import live, make_app, releases
+
+from tests.integration.helpers import live, make_app, releases
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +182,7 @@ def test_sandbox_demo_runs(deployer, tmp_path: Path) -> None:
 
 
 def test_several_targets_all_or_nothing(topology, deployer, tmp_path: Path) -> None:
-    from deployer.sandbox.topology import free_port
+    from deployer.sandbox.servers import free_port
 
     target = topology.deploy_path("fleet")
     jump = f"{topology.user}@127.0.0.1:{topology.box.jump.port}"

@@ -18,7 +18,7 @@ import yaml
 
 from deployer.ci.summary import render_summary, step_outputs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ACTION = ROOT / "action.yml"
 TEMPLATE = ROOT / "gitlab-templates" / "deploy.gitlab-ci.yml"
 COMPONENT = ROOT / "gitlab-templates" / "templates" / "deploy.yml"

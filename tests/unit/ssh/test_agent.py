@@ -29,7 +29,7 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExce
 KINDS = ("ed25519", "ecdsa", "rsa")
 FAILURE = b"\x05"
 TIMEOUT = 30  # seconds; every subprocess and socket wait below is bounded
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)

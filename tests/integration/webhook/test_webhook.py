@@ -18,9 +18,22 @@ from typing import Any
 
 import pytest
 import responses
-from helpers import live, releases
 from responses import matchers
-from webhook_kit import (
+
+from deployer.deploy.hooks import HookSettings
+from deployer.deploy.outcome import Provenance
+from deployer.deploy.settings import PushSettings
+from deployer.errors import ExitCode
+from deployer.output import Reporter
+from deployer.sandbox.servers import free_port
+from deployer.webhook.client import WebhookClient
+from deployer.webhook.poll import Poller, PollSettings
+from deployer.webhook.receiver import tls_context
+from deployer.webhook.request import DeployRequest
+from deployer.webhook.signing import sign_headers
+from deployer.webhook.sources import FetchSettings, GitlabSource, HttpsSource
+from tests.integration.helpers import live, releases
+from tests.integration.webhook_kit import (
     SECRET,
     https_files,
     make_tls,
@@ -29,18 +42,6 @@ from webhook_kit import (
     tarball,
     wait_final,
 )
-
-from deployer.deploy.hooks import HookSettings
-from deployer.deploy.outcome import Provenance
-from deployer.deploy.settings import PushSettings
-from deployer.errors import ExitCode
-from deployer.output import Reporter
-from deployer.sandbox.topology import free_port
-from deployer.webhook.client import WebhookClient
-from deployer.webhook.poll import Poller, PollSettings
-from deployer.webhook.receiver import DeployRequest, tls_context
-from deployer.webhook.signing import sign_headers
-from deployer.webhook.sources import FetchSettings, GitlabSource, HttpsSource
 
 pytestmark = pytest.mark.integration
 

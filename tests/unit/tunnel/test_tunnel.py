@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from deployer.addresses import parse_listen_address
 from deployer.cli.tunnel import authorized_keys, tunnel
 from deployer.errors import ConfigError, ExitCode
-from deployer.sandbox.topology import write_keypair
+from deployer.sandbox.servers import write_keypair
 from deployer.ssh.authorized_keys import (
     HOLDING_LINE,
     NOTHING_LINE,

@@ -14,7 +14,8 @@ from deployer.deploy.hooks import HookSettings
 from deployer.deploy.outcome import Provenance
 from deployer.deploy.settings import PushSettings
 from deployer.systemd import HARDENING
-from deployer.webhook.receiver import DeployRequest, exposure_warning, parse_request
+from deployer.webhook.receiver import exposure_warning
+from deployer.webhook.request import DeployRequest, parse_request
 from deployer.webhook.signing import Rejected
 from deployer.webhook.sources import GitlabSource, HttpsSource, parse_source
 

@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import (
+
+from deployer.errors import ExitCode
+from deployer.sandbox.servers import SshServer, free_port, write_keypair
+from deployer.ssh.authorized_keys import render_authorized_keys
+from deployer.ssh.forwards import parse_forwards
+from tests.integration.netns import (
     Netns,
     available,
     children,
@@ -33,11 +38,6 @@ from netns import (
     stop_sshd,
     tcp_client_ports,
 )
-
-from deployer.errors import ExitCode
-from deployer.sandbox.topology import SshServer, free_port, write_keypair
-from deployer.ssh.authorized_keys import render_authorized_keys
-from deployer.ssh.forwards import parse_forwards
 
 pytestmark = pytest.mark.integration
 
@@ -487,7 +487,7 @@ def test_autossh_environment(
     assert jump.banner(port).startswith(b"SSH-2.0-OpenSSH")
 
 
-DOCKERFILE = Path(__file__).resolve().parents[2] / "Dockerfile.tunnel"
+DOCKERFILE = Path(__file__).resolve().parents[3] / "Dockerfile.tunnel"
 CONTAINER_STATUS = "/tmp/deployer-tunnel.json"  # the image's status file (its /tmp is its own)
 
 

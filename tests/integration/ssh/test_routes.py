@@ -16,12 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import live, make_app, releases
-from proxies import PROXY_PASSWORD, PROXY_USER, Proxy, start_dante, start_tinyproxy
 
-from deployer.sandbox.topology import free_port, write_keypair
+from deployer.sandbox.servers import free_port, write_keypair
 from deployer.ssh.authorized_keys import render_authorized_keys
 from deployer.ssh.forwards import parse_forwards
+from tests.integration.helpers import live, make_app, releases
+from tests.integration.proxies import (
+    PROXY_PASSWORD,
+    PROXY_USER,
+    Proxy,
+    start_dante,
+    start_tinyproxy,
+)
 
 pytestmark = pytest.mark.integration
 
