@@ -87,10 +87,8 @@ def stage_script(
         "ok=1",
         'for p in $pids; do wait "$p" || ok=0; done',
         # what GNU's --strict does, on any sha256sum: every line was read and its file checked
-        'for f in "$W".verify.[0-9]; do',
-        '  [ -f "$f" ] || continue',
-        '  [ "$(sed -n \'/: OK$/p\' "$f.check" | wc -l)" -eq "$(wc -l <"$f")" ] || ok=0',
-        "done",
+        f'[ -z "$pids" ] || awk {q(_EVERY_LINE_OK_AWK)} "$W".verify.[0-9] "$W".verify.[0-9].check ||'
+        " ok=0",
         'if [ "$ok" = 0 ]; then',
         "  cat -- \"$W\".verify.*.check | sed -n 's/: FAILED.*$//p'",
         "  cat -- \"$W\".verify.*.check | grep -q ': FAILED' ||",
@@ -137,6 +135,14 @@ FILENAME == ARGV[1] && FNR == 1 { mark = substr($0, 2); next }
 NF < 5 || $1 !~ /^[0-9]+$/ { next }
 FILENAME == ARGV[1] { if ((link ? $3 : $4) < mark) snap[name()] = key(); next }
 (name() in snap) && snap[name()] == key() { print name() }
+"""
+
+
+# Exits 0 when the sha256sum -c output (the .check files) has one OK for every line of the lists.
+_EVERY_LINE_OK_AWK = r"""
+FILENAME ~ /[.]check$/ { if (/: OK$/) ok++; next }
+{ lines++ }
+END { exit ok != lines }
 """
 
 
