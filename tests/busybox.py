@@ -28,14 +28,28 @@ def find_busybox() -> str | None:
     )
 
 
-def require_busybox() -> str:
-    """The busybox binary; without it, fail under CI=true and skip elsewhere (./dev setup installs it)."""
-    found = find_busybox()
-    if found is None:
-        problem = "busybox is not installed (apt-get install -y busybox; ./dev setup does it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem, pytrace=False)
+# read at import, before the tests' hermetic environment hides CI from them
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require(problem: str | None) -> None:
+    """Go on when problem is None; else fail under CI=true (./dev setup installs what is needed)
+    and skip elsewhere."""
+    if problem is not None:
+        if IN_CI:
+            pytest.fail(f"{problem} — these tests need it", pytrace=False)
         pytest.skip(problem)
+
+
+def require_busybox() -> str:
+    """The busybox binary (see `require`)."""
+    found = find_busybox()
+    require(
+        None
+        if found
+        else "busybox is not installed (apt-get install -y busybox; ./dev setup does it)"
+    )
+    assert found is not None
     return found
 
 
