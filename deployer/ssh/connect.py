@@ -8,6 +8,7 @@ tunnel's check of its jump host all connect through here.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,11 @@ from deployer.ssh.credentials import Credentials
 from deployer.ssh.hostkeys import HostKeyPolicy, fingerprint
 from deployer.ssh.proxy import dial, open_through
 from deployer.ssh.route import Route
+
+# paramiko logs handshake failures with tracebacks (its transport thread, to stderr when no
+# handler is set); we report them ourselves in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 # AES-GCM is the fastest cipher paramiko speaks (no chacha20); CTR stays as the fallback.
 PREFERRED_CIPHERS = (
