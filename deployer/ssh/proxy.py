@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from deployer.environment import child_environment
 from deployer.errors import ConfigError, DeployerError, ProxyError
 
 ProxyKind = Literal["http", "socks5", "socks5h", "command"]
@@ -356,6 +357,7 @@ def _spawn(proxy: ProxySpec, command: str, timeout: float, hop: str) -> socket.s
             stdin=theirs.fileno(),
             stdout=theirs.fileno(),
             stderr=subprocess.PIPE,
+            env=child_environment(os.environ),
         )
     except OSError as exc:
         ours.close()
