@@ -133,8 +133,12 @@ def parse_proxy_command(command: str, option: str = "--proxy-command") -> ProxyS
 
 
 def expand_command(template: str, host: str, port: int, user: str) -> str:
-    """Expand %h, %p, %r and %% the way ssh does in ProxyCommand."""
-    values = {"h": host, "p": str(port), "r": user, "%": "%"}
+    """Expand %h, %p, %r and %% as ssh does in ProxyCommand, host and user shell-quoted.
+
+    Routes only hold checked host and user names (ssh.route), for which quoting changes
+    nothing; it is the second wall against a name that would otherwise run as a command.
+    """
+    values = {"h": shlex.quote(host), "p": str(port), "r": shlex.quote(user), "%": "%"}
     return _TOKEN.sub(lambda m: values[m[1]], template)
 
 

@@ -122,9 +122,10 @@ def tunnel_argv(
         argv += ["-R", forward.spec]
     for index, forward in enumerate(settings.forwards):
         argv += ["-L", f"{paths.check_socket(index)}:{bracket(forward.probe_host)}:{forward.port}"]
+    # `--`: the destination can never be read as an option, whatever it holds
     if hold:
-        return [*argv, settings.jump.host, HOLD_COMMAND]
-    return [*argv, "-N", settings.jump.host]
+        return [*argv, "--", settings.jump.host, HOLD_COMMAND]
+    return [*argv, "-N", "--", settings.jump.host]
 
 
 def guard_argv(
@@ -138,6 +139,7 @@ def guard_argv(
         "LogLevel=VERBOSE",  # "Authenticated to": from then on a live holder answers at once
         "-W",
         f"{forward.probe_host}:{forward.port}",
+        "--",
         settings.jump.host,
     ]
 
@@ -148,4 +150,4 @@ def reclaim_argv(
     """A separate ssh that runs the forced command's reclaim (of exactly holder, when known)."""
     argv = common_ssh_options(settings, paths, key_type)
     command = RECLAIM_COMMAND + ("" if holder is None else f" {holder[0]} {holder[1]}")
-    return [*argv, "-o", "LogLevel=ERROR", "-T", settings.jump.host, command]
+    return [*argv, "-o", "LogLevel=ERROR", "-T", "--", settings.jump.host, command]

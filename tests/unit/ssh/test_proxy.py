@@ -76,6 +76,13 @@ def test_a_password_with_a_slash_or_an_at_sign_never_shows(url: str) -> None:
     assert "s3" not in str(caught.value) and "cr3t" not in str(caught.value), caught.value
 
 
+def test_expanded_host_and_user_are_quoted_for_the_shell() -> None:
+    assert expand_command("ssh -W %h:%p %r@bastion", "app.example.com", 22, "ci") == (
+        "ssh -W app.example.com:22 ci@bastion"
+    )
+    assert expand_command("nc %h %p # %r", "x$(id)", 22, "a;b") == "nc 'x$(id)' 22 # 'a;b'"
+
+
 def test_a_password_may_hold_a_slash_or_an_at_sign() -> None:
     spec = parse_proxy("http://ci:s3/cr@t:x@proxy.corp:3128", {})
     assert (spec.username, spec.password, spec.host, spec.port) == (

@@ -46,7 +46,7 @@ from deployer.tunnel.policy import (
     transition,
 )
 from deployer.tunnel.settings import TunnelSettings
-from deployer.tunnel.ssh_argv import RuntimePaths, reclaim_argv, tunnel_argv
+from deployer.tunnel.ssh_argv import RuntimePaths, guard_argv, reclaim_argv, tunnel_argv
 from deployer.tunnel.status import StatusBoard
 
 JUMP = Endpoint("jump", "jump.example.com", 2222)
@@ -402,7 +402,7 @@ def test_tunnel_argv(tmp_path: Path) -> None:
     paths = RuntimePaths(tmp_path, "/run/agent.sock")
     argv = tunnel_argv(settings, paths, "ssh-rsa", hold=False)
     text = " ".join(argv)
-    assert argv[0] == "ssh" and argv[-2:] == ["-N", "jump.example.com"]
+    assert argv[0] == "ssh" and argv[-3:] == ["-N", "--", "jump.example.com"]
     for option in ("ExitOnForwardFailure=yes", "StrictHostKeyChecking=yes", "BatchMode=yes", "IdentityFile=none",
                    "IdentityAgent=/run/agent.sock", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
                    "GlobalKnownHostsFile=/dev/null", "HostKeyAlgorithms=rsa-sha2-512,rsa-sha2-256",
@@ -414,8 +414,14 @@ def test_tunnel_argv(tmp_path: Path) -> None:
     assert f"{tmp_path / 'check-1.sock'}:127.0.0.1:8080" in argv
     assert argv[argv.index("-l") : argv.index("-l") + 4] == ["-l", "jump", "-p", "2222"]
     held = tunnel_argv(settings, paths, "ssh-ed25519", hold=True)
-    assert held[-2:] == ["jump.example.com", "hold"] and "-N" not in held
-    assert reclaim_argv(settings, paths, "ssh-ed25519", (12, 34))[-1] == "reclaim 12 34"
+    assert held[-3:] == ["--", "jump.example.com", "hold"] and "-N" not in held
+    assert reclaim_argv(settings, paths, "ssh-ed25519", (12, 34))[-3:] == [
+        "--",
+        "jump.example.com",
+        "reclaim 12 34",
+    ]
+    guard = guard_argv(settings, paths, "ssh-ed25519", settings.forwards[0])
+    assert guard[-4:] == ["-W", "127.0.0.1:22022", "--", "jump.example.com"]
     assert reclaim_argv(settings, paths, "ssh-ed25519", None)[-1] == "reclaim"
 
 
