@@ -318,13 +318,17 @@ class HostKeyPolicy:
             return Verdict.CHANGED, None
         return Verdict.UNKNOWN, None
 
-    def algorithms_for(self, host: str, port: int) -> list[str]:
-        """Host key algorithms known for this hop, most preferred first (OpenSSH order), [] if none."""
-        known = {
+    def known_types(self, host: str, port: int) -> set[str]:
+        """The key types (as stored: ssh-rsa, not rsa-sha2-*) this hop has plain entries for."""
+        return {
             stored_key_type(entry.key_type)
             for entry in self._matching(host, port)
             if entry.marker == "" and not self._revoked(entry.key_blob)
         }
+
+    def algorithms_for(self, host: str, port: int) -> list[str]:
+        """Host key algorithms known for this hop, most preferred first (OpenSSH order), [] if none."""
+        known = self.known_types(host, port)
         return [algorithm for key_type, algorithm in _HOST_KEY_ALGORITHMS if key_type in known]
 
     def _revoked(self, key_blob: bytes) -> bool:
