@@ -8,8 +8,10 @@ import http.client
 import http.server
 import ipaddress
 import json
+import shutil
 import ssl
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -118,6 +120,8 @@ def running_receiver(
 ) -> Iterator[Receiver]:
     """The real receiver on a free loopback port, in this process (so `responses` sees GitLab calls)."""
     log: list[str] = []
+    state = Path(tempfile.mkdtemp(prefix="deployer-receiver-"))
+    settings.setdefault("replay_file", state / "webhook-requests")
     receiver = Receiver(
         ("127.0.0.1", 0),
         ReceiverSettings(secret=SECRET, paths=paths, fetching=fetching, **settings),
@@ -135,6 +139,7 @@ def running_receiver(
         receiver.server_close()
         receiver.deployments.stop("test over")
         thread.join(timeout=10)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def tarball(folder: Path, name: str, files: dict[str, str], *, evil: str | None = None) -> Path:
