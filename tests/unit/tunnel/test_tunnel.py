@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import time
 import urllib.error
@@ -47,7 +48,7 @@ from deployer.tunnel.policy import (
 )
 from deployer.tunnel.settings import TunnelSettings
 from deployer.tunnel.ssh_argv import RuntimePaths, guard_argv, reclaim_argv, tunnel_argv
-from deployer.tunnel.status import StatusBoard
+from deployer.tunnel.status import HEALTHZ_TIMEOUT, StatusBoard
 
 JUMP = Endpoint("jump", "jump.example.com", 2222)
 
@@ -250,6 +251,44 @@ def test_status_board_logs_writes_and_validates(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "s.json").read_text())["healthy"] is True
     assert lines == ["tunnel: connecting — attempt 1", "tunnel: verifying", "tunnel: up — checked"]
     assert not list(tmp_path.glob(".*tmp"))  # written atomically, no leftovers
+
+
+def test_status_file_is_never_written_through_a_symlink(tmp_path: Path) -> None:
+    """The old temporary name was predictable (.NAME.PID.tmp) and written through symlinks."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    status = tmp_path / "status.json"
+    (tmp_path / f".status.json.{os.getpid()}.tmp").symlink_to(victim)
+    settings = TunnelSettings(JUMP, (parse_forward("22022:localhost:22"),), status_file=status)
+    board = StatusBoard(settings, lambda line: None)
+    board.write()
+    assert victim.read_text() == "precious\n" and (victim.stat().st_mode & 0o777) == 0o600
+    assert json.loads(status.read_text())["state"] == "starting"
+    assert (status.stat().st_mode & 0o777) == 0o644
+    status.unlink()
+    status.symlink_to(victim)  # a symlink at the status path itself is replaced, not followed
+    board.write()
+    assert victim.read_text() == "precious\n" and not status.is_symlink()
+
+
+def test_healthz_closes_a_client_that_sends_nothing() -> None:
+    settings = TunnelSettings(
+        JUMP, (parse_forward("22022:localhost:22"),), healthz=("127.0.0.1", 0)
+    )
+    board = StatusBoard(settings, lambda line: None)
+    board.serve()
+    try:
+        port = board._server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as idle:
+            started = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the server, not left waiting forever
+            assert time.monotonic() - started < HEALTHZ_TIMEOUT + 3
+        with pytest.raises(urllib.error.HTTPError) as starting:  # and it still answers others
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert starting.value.code == 503
+    finally:
+        board.close()
 
 
 def test_healthz_endpoint() -> None:
