@@ -64,7 +64,10 @@ def deploy_from_source(
             + ("; sha256 matches the signed request" if sha256 else ""),
         )
         payload = prepare_payload(open_artifact(file))  # refuses unsafe archives, extracts nothing
-        return push_target(LocalExecutor(label), payload, settings, provenance, reporter)
+        try:
+            return push_target(LocalExecutor(label), payload, settings, provenance, reporter)
+        finally:
+            payload.close()  # a failed deploy stops reading the file before it is removed
 
 
 class DeployRecord:
