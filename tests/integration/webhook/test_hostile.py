@@ -7,13 +7,11 @@ were never signed by the receiver.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from deployer.webhook.limits import Limits
 from deployer.webhook.receiver import Receiver
 from deployer.webhook.signing import sign_headers
 from deployer.webhook.sources import FetchSettings
-from tests.integration.webhook_kit import SECRET, request, running_receiver, tarball
+from tests.integration.webhook_kit import SECRET, request, running_receiver, serving, tarball
 
 pytestmark = pytest.mark.integration
 
@@ -263,18 +261,10 @@ class _Forger(http.server.BaseHTTPRequestHandler):
         self._send(200, self.stream or (json.dumps(final) + "\n").encode(), "application/x-ndjson")
 
 
-@contextmanager
-def forger(stream: bytes = b"") -> Iterator[str]:
+def forger(stream: bytes = b"") -> contextlib.AbstractContextManager[str]:
+    """A loopback server answering like _Forger (its follow stream: stream, when given)."""
     handler = type("Forger", (_Forger,), {"stream": stream})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    return serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
 
 
 def test_an_unsigned_deployed_does_not_pass_the_job(deployer, tmp_path: Path) -> None:
