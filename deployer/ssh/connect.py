@@ -208,9 +208,16 @@ def connected(route: Route, options: ConnectOptions) -> Iterator[Connection]:
 
 
 def scan_host_keys(
-    route: Route, options: ConnectOptions, algorithms: Sequence[str]
+    route: Route,
+    options: ConnectOptions,
+    algorithms: Sequence[str],
+    on_hop: Callable[[int, list[tuple[str, bytes]]], None] = lambda index, keys: None,
 ) -> list[tuple[int, str, bytes]]:
-    """Collect every hop's host keys, one handshake per algorithm; (hop index, type, blob)."""
+    """Collect every hop's host keys, one handshake per algorithm; (hop index, type, blob).
+
+    on_hop sees each hop's keys before that hop is logged in to (to reach the next one); it may
+    raise to stop there. Logins check host keys with options.host_keys.
+    """
     found: list[tuple[int, str, bytes]] = []
     transports: list[paramiko.Transport] = []
     try:
@@ -231,6 +238,7 @@ def scan_host_keys(
                     pass  # the server has no key of this type
                 finally:
                     probe.close()
+            on_hop(index, [(key_type, blob) for i, key_type, blob in found if i == index])
             if index < len(route.hops) - 1:
                 # to reach the next hop we must log in here; verified keys only
                 sock = (
