@@ -22,15 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path[:0] = [str(BENCH), str(REPO), str(REPO / "tests" / "integration")]
+# Run as a script (`sudo python bench/proxy.py`), Python puts bench/ on sys.path, not the
+# repository root: the root makes `bench.*`, `tests.integration.*` and this checkout's `deployer`
+# importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxies import PROXY_PASSWORD, PROXY_USER, start_dante, start_tinyproxy  # noqa: E402
-from relay import Link, Relay  # noqa: E402
-from run import login_user  # noqa: E402
-
-from deployer.sandbox.topology import Sandbox  # noqa: E402
+from bench.login import login_user
+from bench.relay import Link, Relay
+from deployer.sandbox.topology import Sandbox
+from tests.integration.proxies import PROXY_PASSWORD, PROXY_USER, start_dante, start_tinyproxy
 
 GOAL = 0.90  # a proxied route keeps at least 90 % of the direct route's throughput
 HTTP_USER, HTTP_PASSWORD = "bench", "bench-pw"

@@ -266,12 +266,14 @@ class Relay:
             threading.Thread(target=conn.run, daemon=True, name="relay-conn").start()
 
     def account(self, conn: _Connection) -> None:
+        """Add a finished connection's bytes (each direction) to the relay's totals."""
         with self.lock:
             if conn.directions:
                 self.bytes_up += conn.directions[0].moved
                 self.bytes_down += conn.directions[1].moved
 
     def forget(self, conn: _Connection) -> None:
+        """Drop a finished connection from the live set."""
         with self.lock:
             self.connections.discard(conn)
 
@@ -444,6 +446,7 @@ def _wait_for_signal(max_seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: relay, serve (echo + sink) or probe (RTT + throughput, JSON out)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     relay = sub.add_parser("relay", help="run the link emulator")

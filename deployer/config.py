@@ -80,6 +80,18 @@ def build_default_map(
     }
 
 
+def nest_default_map(flat: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """click's nested default_map: 'serve run' -> {'serve': {'run': ...}} (a group's commands)."""
+    nested: dict[str, Any] = {}
+    for key, values in flat.items():
+        group, _, command = key.partition(" ")
+        if command:
+            nested.setdefault(group, {})[command] = values
+        else:
+            nested[key] = values
+    return nested
+
+
 def _as_list(value: Any) -> list[Any]:
     """A repeatable option may be written as one value or a list in the file."""
     return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -9,11 +9,13 @@ whole tree with ``sha256sum -c`` before anything is switched.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from deployer.artifact.contents import read_in_order
 from deployer.artifact.model import Artifact
+from deployer.errors import ArtifactError
 
 READ = 1 << 20
 
@@ -31,9 +33,14 @@ Manifest = Mapping[str, FileDigest]
 
 
 def digest_files(
-    artifact: Artifact, on_progress: Callable[[int], None] | None = None
+    artifact: Artifact,
+    on_progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, FileDigest]:
-    """sha256, size and mode of every regular file, read in chunks (memory stays flat)."""
+    """sha256, size and mode of every regular file, read in chunks (memory stays flat).
+
+    Once stop is set, reading ends at the next chunk (ArtifactError): nobody needs the digests.
+    """
     digests: dict[str, FileDigest] = {}
     with read_in_order(artifact) as items:
         for entry, handle in items:
@@ -41,6 +48,8 @@ def digest_files(
                 continue
             digest = hashlib.sha256()
             while chunk := handle.read(READ):
+                if stop is not None and stop.is_set():
+                    raise ArtifactError(f"reading {artifact.source} was stopped: the deploy ended")
                 digest.update(chunk)
                 if on_progress is not None:
                     on_progress(len(chunk))

@@ -20,7 +20,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from deployer.artifact.model import CHUNK, SUPPORTED, TAR_SUFFIXES, Artifact, Entry, Origin
 from deployer.artifact.safety import (
@@ -47,7 +47,19 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- opening
 
 
-def open_artifact(path: Path) -> Artifact:
+# Entries an artifact may hold: each costs memory while it is checked, and an archive of tiny
+# members compresses to almost nothing (a few MB can name millions).
+MAX_MEMBERS = 500_000
+
+
+def _too_many(label: str, limit: int) -> ArtifactError:
+    return ArtifactError(
+        f"artifact {label} has more than {limit} entries — that many files are no release;"
+        " package fewer (e.g. an archive of the dependencies as one file)"
+    )
+
+
+def open_artifact(path: Path, max_members: int = MAX_MEMBERS) -> Artifact:
     """Inspect and validate an artifact; raises ArtifactError before anything is written anywhere."""
     label = label_of(path)
     try:
@@ -66,18 +78,18 @@ def open_artifact(path: Path) -> Artifact:
             f"artifact {label} cannot be read ({reason(exc)}) — check the path"
         ) from exc
     if stat.S_ISDIR(info.st_mode):
-        return assemble(path, label, "dir", _scan_dir(path, label), {})
+        return assemble(path, label, "dir", _scan_dir(path, label, max_members), {})
     lowered = path.name.lower()
     if not stat.S_ISREG(info.st_mode) or not lowered.endswith((*TAR_SUFFIXES, ".zip")):
         raise ArtifactError(f"artifact {label} is not {SUPPORTED} — package it as one of those")
     if lowered.endswith(".zip"):
-        entries, origins = _scan_zip(path, label)
+        entries, origins = _scan_zip(path, label, max_members)
         return assemble(path, label, "zip", entries, origins)
-    entries, origins = _scan_tar(path, label)
+    entries, origins = _scan_tar(path, label, max_members)
     return assemble(path, label, "tar", entries, origins)
 
 
-def _scan_dir(root: Path, label: str) -> list[Entry]:
+def _scan_dir(root: Path, label: str, max_members: int) -> list[Entry]:
     entries: list[Entry] = []
     pending = [""]
     while pending:
@@ -125,14 +137,20 @@ def _scan_dir(root: Path, label: str) -> list[Entry]:
                 raise ArtifactError(
                     f"artifact {label}: {rel!r} cannot be read ({reason(exc)}) — check the file"
                 ) from exc
+        if len(entries) > max_members:
+            raise _too_many(label, max_members)
     return entries
 
 
-def _scan_tar(path: Path, label: str) -> tuple[list[Entry], dict[str, Origin]]:
+def _scan_tar(path: Path, label: str, max_members: int) -> tuple[list[Entry], dict[str, Origin]]:
     try:
         with TarSource(path) as source:
             tar = tarfile.TarFile(fileobj=source, mode="r")
-            members = tar.getmembers()
+            members: list[tarfile.TarInfo] = []
+            for member in tar:  # header by header: stop at the limit, not after reading them all
+                members.append(member)
+                if len(members) > max_members:
+                    raise _too_many(label, max_members)
             source.check_end(tar.offset)
     except PermissionError:
         raise unreadable_error(label) from None
@@ -185,11 +203,17 @@ def _scan_tar(path: Path, label: str) -> tuple[list[Entry], dict[str, Origin]]:
     return entries, origins
 
 
-def _scan_zip(path: Path, label: str) -> tuple[list[Entry], dict[str, Origin]]:
+def _scan_zip(path: Path, label: str, max_members: int) -> tuple[list[Entry], dict[str, Origin]]:
     try:
-        with open(path, "rb") as raw, zipfile.ZipFile(raw) as archive:
-            entries, origins = _zip_entries(archive, label)
-            _verify_zip(archive, label, entries, origins)
+        with open(path, "rb") as raw:
+            declared = zip_entry_count(raw)
+            if declared is not None and declared > max_members:
+                raise _too_many(label, max_members)  # before zipfile reads them all into memory
+            with zipfile.ZipFile(raw) as archive:
+                if len(archive.infolist()) > max_members:
+                    raise _too_many(label, max_members)
+                entries, origins = _zip_entries(archive, label)
+                _verify_zip(archive, label, entries, origins)
     except PermissionError:
         raise unreadable_error(label) from None
     except READ_ERRORS as exc:
@@ -197,6 +221,33 @@ def _scan_zip(path: Path, label: str) -> tuple[list[Entry], dict[str, Origin]]:
             f"artifact {label} is not a valid zip archive ({reason(exc)}) — rebuild it"
         ) from exc
     return entries, origins
+
+
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory record (APPNOTE 4.3.16)
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")  # zip64 end of central directory locator (4.3.15)
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # zip64 end of central directory record (4.3.14)
+
+
+def zip_entry_count(raw: BinaryIO) -> int | None:
+    """The number of entries a zip's end records declare (None when they cannot be read)."""
+    size = raw.seek(0, os.SEEK_END)
+    tail_size = min(size, _EOCD.size + 0xFFFF)  # the record, then a comment of up to 64 KiB
+    raw.seek(size - tail_size)
+    tail = raw.read(tail_size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _EOCD.size:
+        return None
+    entries = int(_EOCD.unpack_from(tail, at)[4])
+    if entries != 0xFFFF or at < _ZIP64_LOCATOR.size:
+        return entries
+    signature, _, offset, _ = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)
+    if signature != b"PK\x06\x07" or offset + _ZIP64_EOCD.size > size:
+        return None
+    raw.seek(offset)
+    record = raw.read(_ZIP64_EOCD.size)
+    if len(record) < _ZIP64_EOCD.size or record[:4] != b"PK\x06\x06":
+        return None
+    return int(_ZIP64_EOCD.unpack(record)[7])
 
 
 def _zip_entries(archive: zipfile.ZipFile, label: str) -> tuple[list[Entry], dict[str, Origin]]:

@@ -14,7 +14,8 @@ from deployer.output import emit_json
 from deployer.ssh.access import Access, RouteRequest
 
 _NOTES = {"known": "already trusted", "new": "not yet trusted", "changed": "CHANGED from what you trust",
-          "revoked": "REVOKED in what you trust"}  # fmt: skip
+          "revoked": "REVOKED in what you trust",
+          "unpinned": "not trusted: you trust this host's key of another type"}  # fmt: skip
 
 
 @click.command()

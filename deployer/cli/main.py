@@ -18,7 +18,12 @@ from pathlib import Path
 import click
 
 from deployer import __version__
-from deployer.config import build_default_map, find_config_file, read_config_file
+from deployer.config import (
+    build_default_map,
+    find_config_file,
+    nest_default_map,
+    read_config_file,
+)
 from deployer.errors import DeployerError, ExitCode
 
 # Every command lives in its own module, imported only when it is used or listed.
@@ -76,9 +81,21 @@ def cli(ctx: click.Context, config_file: Path | None, traceback: bool) -> None:
         commands = {}
         for name in cli.list_commands(ctx):
             command = cli.get_command(ctx, name)
-            if command is not None:
-                commands[name] = {p.name: p.multiple for p in command.params if p.name}
-        ctx.default_map = build_default_map(read_config_file(path), commands, path)
+            # a group's commands (serve run, serve install-service, ...) take the file's values too
+            subcommands = (
+                [
+                    (f"{name} {sub}", command.get_command(ctx, sub))
+                    for sub in command.list_commands(ctx)
+                ]
+                if isinstance(command, click.Group)
+                else [(name, command)]
+            )
+            for key, each in subcommands:
+                if each is not None:
+                    commands[key] = {p.name: p.multiple for p in each.params if p.name}
+        ctx.default_map = nest_default_map(
+            build_default_map(read_config_file(path), commands, path)
+        )
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -36,6 +36,8 @@ def webhook_options(func: F) -> F:
                      envvar="DEPLOYER_WEBHOOK_CA_BUNDLE", help="CA certificates to trust for --webhook-url."),
         click.option("--webhook-timeout", type=click.FloatRange(min=1), default=3600.0, show_default=True,
                      envvar="DEPLOYER_WEBHOOK_TIMEOUT", help="Seconds to follow a webhook deploy."),
+        click.option("--webhook-allow-http", is_flag=True, envvar="DEPLOYER_WEBHOOK_ALLOW_HTTP",
+                     help="Allow a plain http:// --webhook-url to another machine (default: loopback only)."),
         click.option("--artifact-url", envvar="DEPLOYER_ARTIFACT_URL", metavar="URL",
                      help="Webhook: the receiver downloads ARTIFACT from this https:// URL."),
         click.option("--gitlab-job", type=click.IntRange(min=1), envvar="DEPLOYER_GITLAB_JOB", metavar="ID",

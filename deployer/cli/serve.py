@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from deployer.addresses import parse_listen_address
 from deployer.ci.gitlab_api import DEFAULT_GITLAB_URL
-from deployer.cli.options import DefaultCommandGroup, F, apply, environment, install_service_options
+from deployer.cli.options import (
+    DefaultCommandGroup,
+    F,
+    apply,
+    environment,
+    hook_options,
+    install_service_options,
+)
 from deployer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deployer.deploy.hooks import HookSettings
 
 
 def receiver_options(func: F) -> F:
@@ -39,8 +50,22 @@ def receiver_options(func: F) -> F:
         click.option("--window", type=click.FloatRange(min=1), default=300.0, show_default=True,
                      envvar="DEPLOYER_WEBHOOK_WINDOW", metavar="SECONDS",
                      help="Accepted clock difference; request ids are remembered for this long."),
+        click.option("--allow-request-hooks", is_flag=True, envvar="DEPLOYER_ALLOW_REQUEST_HOOKS",
+                     help="Run the hooks a request names (then the webhook secret can run any command here)."),
+        # deployer.toml's [served."/srv/app"] tables: hooks per served path, over the flags
+        click.option("--served", "served", type=click.UNPROCESSED, hidden=True, default=None),
     ]  # fmt: skip
-    return apply(func, options)
+    # the hooks every served path runs (--poll's too): set here, never by a request
+    return apply(hook_options(func), options)
+
+
+def _hooks(before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, timeout: float,
+           retries: int, interval: float) -> HookSettings:  # fmt: skip
+    """The hook flags as settings (every served path's, unless deployer.toml says otherwise)."""
+    from deployer.deploy.hooks import HookSettings
+
+    return HookSettings(before=before, after=after, healthcheck=healthcheck or None, timeout=timeout,
+                        healthcheck_retries=retries, healthcheck_interval=interval)  # fmt: skip
 
 
 class ServeGroup(DefaultCommandGroup):
@@ -78,29 +103,34 @@ def serve() -> None:
               help="--poll: the .tar.gz/.zip inside that job's artifacts, like dist/app.tar.gz.")  # fmt: skip
 @click.option("--interval", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="--poll: seconds between looks at GitLab.")  # fmt: skip
-@click.option("--before", multiple=True, help="--poll: before hook (repeatable).")
-@click.option("--after", multiple=True, help="--poll: after hook (repeatable).")
-@click.option("--healthcheck", help="--poll: healthcheck command.")
-@click.option("--hook-timeout", type=float, default=300.0, show_default=True)
+@click.option("--replay-file", type=click.Path(dir_okay=False, path_type=Path), envvar="DEPLOYER_REPLAY_FILE",
+              help="Where accepted request ids are kept across restarts (default: in systemd's StateDirectory,"
+                   " else ~/.local/state/deployer/webhook-requests-PORT).")  # fmt: skip
 @click.option("--keep", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--shared", multiple=True, metavar="PATH", help="--poll: shared entry (repeatable).")
 def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: Path | None, gitlab_url: str,
-        max_artifact_size: int, max_body: int, window: float, secret_file: Path | None,
+        max_artifact_size: int, max_body: int, window: float, allow_request_hooks: bool, served: object,
+        before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
+        healthcheck_retries: int, healthcheck_interval: float, secret_file: Path | None,
         gitlab_token_file: Path | None, tls_key: Path | None, poll: bool, gitlab_project: str | None,
         ref: str | None, job_name: str | None, artifact_path: str | None, interval: float,
-        before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
-        keep: int, shared: tuple[str, ...]) -> None:  # fmt: skip
+        replay_file: Path | None, keep: int, shared: tuple[str, ...]) -> None:  # fmt: skip
     """Receive deploys for --path DIR on --listen HOST:PORT until SIGTERM (or --poll GitLab).
 
     \b
     DEPLOYER_WEBHOOK_SECRET=... deployer serve --path /srv/app --listen 0.0.0.0:8700 \\
-        --tls-cert /etc/deployer/tls.pem --tls-key /etc/deployer/tls.key
+        --tls-cert /etc/deployer/tls.pem --tls-key /etc/deployer/tls.key --healthcheck 'curl -fsS localhost/up'
     GitLab artifacts are fetched with DEPLOYER_GITLAB_TOKEN (read_api), never a token from a request.
+    Hooks are the receiver's (--before/--after/--healthcheck, per path in deployer.toml): a request
+    naming others is refused unless --allow-request-hooks.
     """
     from deployer.output import Reporter
-    from deployer.webhook.service import read_secret, served_paths
+    from deployer.webhook.service import read_secret, served_hooks, served_paths
     from deployer.webhook.sources import FetchSettings
 
+    common = _hooks(
+        before, after, healthcheck, hook_timeout, healthcheck_retries, healthcheck_interval
+    )
     env = environment()
     token, _ = read_secret(env, "DEPLOYER_GITLAB_TOKEN", gitlab_token_file)
     fetching = FetchSettings(
@@ -108,31 +138,34 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
         max_bytes=max_artifact_size << 20,
     )  # fmt: skip
     reporter = Reporter(tty=False)  # a service: always timestamped lines
-    served = served_paths(paths)
+    directories = served_paths(paths)
+    hooks = served_hooks(directories, common, served)
     if poll:
-        from deployer.deploy.hooks import HookSettings
         from deployer.deploy.settings import PushSettings
         from deployer.remote.layout import validate_shared
         from deployer.webhook.poll import Poller, PollSettings
 
         missing = [f"--{n}" for n, v in (("gitlab-project", gitlab_project), ("ref", ref), ("job-name", job_name),
                                          ("artifact-path", artifact_path)) if not v]  # fmt: skip
-        if missing or len(served) != 1 or not token.strip():
+        if missing or len(directories) != 1 or not token.strip():
             raise ConfigError(
                 "--poll needs one --path, --gitlab-project, --ref, --job-name, --artifact-path and a"
                 " GitLab token (DEPLOYER_GITLAB_TOKEN or --gitlab-token-file)"
                 + (f"; missing: {', '.join(missing)}" if missing else "")
             )
         settings = PushSettings(
-            path=served[0], keep=keep, shared=validate_shared(shared),
-            hooks=HookSettings(before=before, after=after, healthcheck=healthcheck or None, timeout=hook_timeout),
-        )  # fmt: skip
+            path=directories[0],
+            keep=keep,
+            shared=validate_shared(shared),
+            hooks=hooks[directories[0]],
+        )
         assert gitlab_project and ref and job_name and artifact_path
         watch = PollSettings(gitlab_project, ref, job_name, artifact_path, interval)
         Poller(watch, settings, fetching, reporter, socket.gethostname()).run()
         return
     from deployer.webhook.deployments import ReceiverSettings
     from deployer.webhook.receiver import serve, tls_context
+    from deployer.webhook.replay import default_replay_file
     from deployer.webhook.signing import load_secret
 
     secret = load_secret(*read_secret(env, "DEPLOYER_WEBHOOK_SECRET", secret_file))
@@ -141,8 +174,15 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
         raise ConfigError("--tls-key needs --tls-cert")
     tls = tls_context(tls_cert, tls_key) if tls_cert is not None else None
     settings_ = ReceiverSettings(
-        secret=secret, paths=served, fetching=fetching, window=window, max_body=max_body
-    )
+        secret=secret, paths=directories, fetching=fetching, window=window, max_body=max_body,
+        hooks=hooks, allow_request_hooks=allow_request_hooks,
+        replay_file=replay_file or default_replay_file(env, port),
+    )  # fmt: skip
+    if allow_request_hooks:
+        reporter.line(
+            "WARNING: --allow-request-hooks: requests may name hooks, so the webhook secret runs any"
+            " command as this user here"
+        )
     serve(host, port, settings_, reporter.line, tls)
 
 
@@ -161,22 +201,35 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
     "The user deploys run as (owns the deploy directories; runs the hooks).",
 )
 def install_service(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: Path | None,
-                    gitlab_url: str, max_artifact_size: int, max_body: int, window: float, secret_file: Path,
-                    gitlab_token_file: Path | None, tls_key: Path | None, name: str, service_user: str,
-                    unit_dir: Path, deployer_path: str | None, print_only: bool) -> None:  # fmt: skip
+                    gitlab_url: str, max_artifact_size: int, max_body: int, window: float,
+                    allow_request_hooks: bool, served: object, before: tuple[str, ...], after: tuple[str, ...],
+                    healthcheck: str | None, hook_timeout: float, healthcheck_retries: int,
+                    healthcheck_interval: float, secret_file: Path, gitlab_token_file: Path | None,
+                    tls_key: Path | None, name: str, service_user: str, unit_dir: Path, deployer_path: str | None,
+                    print_only: bool) -> None:  # fmt: skip
     """Write a hardened systemd unit running `deployer serve` and print how to enable it."""
     from deployer.systemd import check_name, deployer_argv, write_unit
     from deployer.webhook.receiver import exposure_warning
-    from deployer.webhook.service import next_steps, receiver_unit, served_paths
+    from deployer.webhook.service import hook_arguments, next_steps, receiver_unit, served_paths
 
     check_name(name)
-    served = served_paths(paths)
+    directories = served_paths(paths)
+    if served is not None:
+        raise ConfigError(
+            "install-service writes the hook flags into the unit; per-path [served] tables stay in a"
+            " deployer.toml the service reads: run it with `deployer --config FILE serve ...`"
+            " (systemctl edit), or give the flags instead"
+        )
+    hooks = _hooks(
+        before, after, healthcheck, hook_timeout, healthcheck_retries, healthcheck_interval
+    )
     host, port = parse_listen_address(listen, "--listen")
     unit = receiver_unit(
-        served=served, host=host, port=port, secret_file=secret_file, gitlab_url=gitlab_url,
+        served=directories, host=host, port=port, secret_file=secret_file, gitlab_url=gitlab_url,
         max_artifact_size=max_artifact_size, max_body=max_body, window=window, tls_cert=tls_cert,
         tls_key=tls_key, ca_bundle=ca_bundle, gitlab_token_file=gitlab_token_file, name=name,
         user=service_user, deployer=deployer_argv(deployer_path),
+        hooks=hook_arguments(hooks, allow_request_hooks),
     )  # fmt: skip
     if print_only:
         click.echo(unit, nl=False)
@@ -185,6 +238,6 @@ def install_service(paths: tuple[str, ...], listen: str, tls_cert: Path | None, 
     warning = exposure_warning(host, tls_cert is not None)
     for line in [
         *([warning] if warning else []),
-        *next_steps(name, service_user, served, secret_file),
+        *next_steps(name, service_user, directories, secret_file),
     ]:
         click.echo(line, err=True)

@@ -41,11 +41,15 @@ def setup() -> None:
 @click.option(
     "--yes", is_flag=True, help="Store the scanned host keys without asking (non-interactive use)."
 )
+@click.option("--replace-host-key", "replace_keys", multiple=True, metavar="HOST[:PORT]",
+              help="Take this hop's scanned keys in place of the ones SSH_KNOWN_HOSTS holds (a reinstalled"
+                   " server); without it a changed key stops setup.")  # fmt: skip
 @click.option(
     "--dry-run", is_flag=True, help="Read and scan, print what would change, change nothing."
 )
 def gitlab(route: RouteRequest, access: Access, as_json: bool, project: str, environment: str,
-           forwards: tuple[str, ...], rotate: bool, yes: bool, dry_run: bool) -> None:  # fmt: skip
+           forwards: tuple[str, ...], rotate: bool, yes: bool, replace_keys: tuple[str, ...],
+           dry_run: bool) -> None:  # fmt: skip
     """Generate a deploy key and store it and the route's host keys as CI/CD variables of a project."""
     from deployer.gitlab.setup import (
         KNOWN_HOSTS,
@@ -62,9 +66,14 @@ def gitlab(route: RouteRequest, access: Access, as_json: bool, project: str, env
     settings = GitLabSettings.from_env(environment_variables())
     check_project(project, environment)
     routes = build_routes(route, access) if route.to else []
+    if replace_keys and not routes:
+        raise ConfigError(
+            "--replace-host-key needs the route (--to, --jump) whose host keys to scan"
+        )
     api = ProjectVariables(settings, project)
     options = connect_options(routes[0], access, reporter.line) if routes else None
-    plan = plan_setup(api.list(), project, environment, routes, options, rotate=rotate)
+    plan = plan_setup(api.list(), project, environment, routes, options, rotate=rotate,
+                      replace_keys=replace_keys)  # fmt: skip
     if routes:
         _show_fingerprints(reporter, plan.scanned)
     else:
@@ -104,8 +113,10 @@ def gitlab(route: RouteRequest, access: Access, as_json: bool, project: str, env
 def _show_fingerprints(reporter: Reporter, scanned: Sequence[ScannedKey]) -> None:
     from deployer.gitlab.setup import KNOWN_HOSTS
 
-    notes = {"known": f"already in {KNOWN_HOSTS}", "new": "new", "changed": f"CHANGED from {KNOWN_HOSTS}",
-             "revoked": f"REVOKED in {KNOWN_HOSTS}"}  # fmt: skip
+    notes = {"known": f"already in {KNOWN_HOSTS}", "new": "new",
+             "changed": f"CHANGED from {KNOWN_HOSTS}: replacing it (--replace-host-key)",
+             "revoked": f"REVOKED in {KNOWN_HOSTS}",
+             "unpinned": "not stored: the host is pinned by its key of another type"}  # fmt: skip
     reporter.line(
         "host keys found — compare with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on each server:"
     )

@@ -16,6 +16,8 @@ from deployer.artifact.model import Artifact, Sink
 from deployer.artifact.tar import write_tar
 from deployer.deploy.spool import Spool
 
+CLOSE_WAIT = 5.0  # seconds close() waits for the hashing thread (one 1 MiB read)
+
 
 class Payload:
     """An artifact with its file digests, computed once for every target.
@@ -34,12 +36,13 @@ class Payload:
         self._spools: dict[tuple[frozenset[str], int], Spool] = {}
         self._lock = threading.Lock()  # guards _ratios and _spools
         self._digests: dict[str, FileDigest] | BaseException | None = None
+        self._stop = threading.Event()
         self._hashing = threading.Thread(target=self._hash, name="deployer-hash", daemon=True)
         self._hashing.start()
 
     def _hash(self) -> None:
         try:
-            self._digests = digest_files(self.artifact)
+            self._digests = digest_files(self.artifact, stop=self._stop)
         except BaseException as exc:  # re-raised by the caller of `digests`
             self._digests = exc
 
@@ -91,11 +94,14 @@ class Payload:
         write_tar(self.artifact, out, compresslevel=level, on_progress=on_progress, only=send)
 
     def close(self) -> None:
-        """Drop the shared streams (call when every upload is done)."""
+        """Stop hashing and drop the shared streams (call when the deploy is over, however it
+        ended: a failed deploy must not keep reading the artifact)."""
+        self._stop.set()
         with self._lock:
             spools, self._spools = list(self._spools.values()), {}
         for spool in spools:
             spool.close()
+        self._hashing.join(timeout=CLOSE_WAIT)  # it stops within one chunk: the file is closed
 
 
 def prepare_payload(artifact: Artifact, targets: int = 1) -> Payload:

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from deployer.errors import ConfigError, PrivateKeyError
+from deployer.errors import ConfigError, HostKeyError, PrivateKeyError
 from deployer.gitlab.variables import Change, Variable, find, plan_change
 from deployer.ssh.authorized_keys import ci_jump_key_options, ci_target_key_options
 from deployer.ssh.forwards import Forward, parse_forwards
-from deployer.ssh.hostkeys import HostKeyPolicy, parse_known_hosts
+from deployer.ssh.hostkeys import HostKeyPolicy, host_id, parse_known_hosts
 from deployer.ssh.route import Route
 
 if TYPE_CHECKING:  # keyscan brings paramiko: imported only when a route is scanned
@@ -63,19 +63,71 @@ def public_key_of(value: str, comment: str) -> str:
 
 
 def merge_known_hosts(
-    existing: str, scanned: Sequence[ScannedKey], hops: Sequence[tuple[str, int]]
+    existing: str, scanned: Sequence[ScannedKey], replaced: Sequence[tuple[str, int]] = ()
 ) -> str:
-    """The existing lines for other hosts (and markers, comments), then the scanned lines."""
+    """The existing lines, then the keys of hosts that had none; a replaced hop's lines are new.
+
+    Lines of hops named by --replace-host-key give way to every key scanned there; elsewhere only
+    new hosts' keys are added (a known host keeps the lines it has: keys of other types it
+    offers are not trusted behind the user's back).
+    """
     kept: list[str] = []
     for line in existing.splitlines():
         entries = parse_known_hosts(line, KNOWN_HOSTS, lenient=True)
-        replaced = (
-            entries and entries[0].marker == "" and any(entries[0].matches(h, p) for h, p in hops)
+        dropped = (
+            entries
+            and entries[0].marker == ""
+            and any(entries[0].matches(h, p) for h, p in replaced)
         )
-        if line.strip() and not replaced:
+        if line.strip() and not dropped:
             kept.append(line.rstrip())
-    lines = kept + [key.line for key in scanned if key.line not in kept]
-    return "\n".join(dict.fromkeys(lines)) + "\n"
+    names = {host_id(h, p) for h, p in replaced}
+    added = [
+        key.line
+        for key in scanned
+        if key.status == "new" or (key.host_id in names and key.status != "revoked")
+    ]
+    return "\n".join(dict.fromkeys(kept + added)) + "\n"
+
+
+def replaced_hops(values: Sequence[str], routes: Sequence[Route]) -> list[tuple[str, int]]:
+    """The hops --replace-host-key names (HOST for every port, HOST:PORT or [HOST]:PORT)."""
+    hops = list(dict.fromkeys(hop.known_as for route in routes for hop in route.hops))
+    chosen: list[tuple[str, int]] = []
+    for value in values:
+        wanted = value.strip().lower()
+        named = [
+            (h, p) for h, p in hops
+            if wanted in (host_id(h, p).lower(), h.lower(), f"{h}:{p}".lower())
+        ]  # fmt: skip
+        if not named:
+            raise ConfigError(
+                f"--replace-host-key {value!r} names no hop of the route — use one of:"
+                f" {', '.join(host_id(h, p) for h, p in hops)}"
+            )
+        chosen += named
+    return list(dict.fromkeys(chosen))
+
+
+def refuse_changed(
+    keys: Sequence[ScannedKey], replaced: Sequence[tuple[str, int]], environment: str
+) -> None:
+    """A hop whose key differs from the project's SSH_KNOWN_HOSTS stops setup, unless replaced."""
+    names = {host_id(h, p) for h, p in replaced}
+    for key in keys:
+        presented = f"{key.host_id} {key.key_type} {key.fingerprint}"
+        if key.status == "revoked":
+            raise HostKeyError(
+                f"{key.hop} presents a key that {KNOWN_HOSTS} [{environment}] marks @revoked"
+                f" ({presented}) — nothing was changed; ask the server's owner"
+            )
+        if key.status == "changed" and key.host_id not in names:
+            raise HostKeyError(
+                f"the host key of {key.hop} CHANGED: it presents {presented}, but {KNOWN_HOSTS}"
+                f" [{environment}] holds another key for {key.host_id} — possible man-in-the-middle;"
+                " nothing was changed. If the server was reinstalled, verify the new key with its"
+                f" owner and rerun with --replace-host-key '{key.host_id}'"
+            )
 
 
 def route_forwards(route: Route, given: Sequence[str]) -> tuple[Forward, ...]:
@@ -135,21 +187,41 @@ def plan_key(
 
 
 def plan_known_hosts(
-    existing: Sequence[Variable], environment: str, routes: Sequence[Route], options: ConnectOptions
+    existing: Sequence[Variable],
+    environment: str,
+    routes: Sequence[Route],
+    options: ConnectOptions,
+    replace_keys: Sequence[str] = (),
 ) -> tuple[Change, list[ScannedKey]]:
-    """Scan every hop (statuses relative to the project's SSH_KNOWN_HOSTS) and plan the merged value."""
+    """Scan every hop (statuses relative to the project's SSH_KNOWN_HOSTS) and plan the merged value.
+
+    Hops already known are checked against what is known: a jump host is logged in to only with
+    a key the project (or the local known hosts) trusts or has no key for, and a changed or
+    revoked key stops everything, unless --replace-host-key names that hop.
+    """
     from deployer.ssh.keyscan import scan
 
     current = find(existing, KNOWN_HOSTS, environment)
     text = (current.value or "") if current is not None else ""
-    trusted = HostKeyPolicy(known=tuple(parse_known_hosts(text, KNOWN_HOSTS, lenient=True)))
+    project = tuple(parse_known_hosts(text, KNOWN_HOSTS, lenient=True))
+    trusted = HostKeyPolicy(known=project)
+    replaced = replaced_hops(replace_keys, routes)
+    login = HostKeyPolicy(
+        known=tuple(
+            entry
+            for entry in (*project, *options.host_keys.known)
+            if not any(entry.matches(h, p) for h, p in replaced)
+        ),
+        pins=options.host_keys.pins,
+        accept_new=True,  # a host nothing is known about: its keys are shown and confirmed
+    )
     scanned: list[ScannedKey] = []
-    hops: list[tuple[str, int]] = []
     for route in routes:
         seen = {key.line for key in scanned}
-        scanned += [k for k in scan(route, options, trusted, hashed=False) if k.line not in seen]
-        hops += [hop.known_as for hop in route.hops]
-    merged = merge_known_hosts(text, scanned, hops)
+        found = scan(route, options, trusted, hashed=False, login=login,
+                     accept=lambda keys: refuse_changed(keys, replaced, environment))  # fmt: skip
+        scanned += [k for k in found if k.line not in seen]
+    merged = merge_known_hosts(text, scanned, replaced)
     wanted = Variable(
         KNOWN_HOSTS, merged, masked=False, protected=False, environment_scope=environment
     )
@@ -191,6 +263,7 @@ def plan_setup(
     options: ConnectOptions | None,
     *,
     rotate: bool,
+    replace_keys: Sequence[str] = (),
 ) -> SetupPlan:
     """The key and (with routes) the known_hosts changes; routes are scanned, nothing is written."""
     key_change, public = plan_key(
@@ -199,7 +272,9 @@ def plan_setup(
     changes = [key_change]
     scanned: list[ScannedKey] = []
     if routes and options is not None:
-        hosts_change, scanned = plan_known_hosts(existing, environment, routes, options)
+        hosts_change, scanned = plan_known_hosts(
+            existing, environment, routes, options, replace_keys
+        )
         changes.append(hosts_change)
     new_key = key_change.action == "create" or "--rotate" in key_change.reason
     return SetupPlan(changes, scanned, public, new_key)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from typing import BinaryIO, cast
 
+from deployer.environment import child_environment
 from deployer.errors import DeployerError, TransferError
 from deployer.remote.executor import OutputSink, RunResult
 
@@ -36,6 +38,8 @@ class LocalExecutor:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            # hooks (and what they run) never see the receiver's webhook secret or token
+            env=child_environment(os.environ),
         )
         buffers = {"stdout": bytearray(), "stderr": bytearray()}
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deployer.environment import child_environment
 from deployer.errors import ExitCode, HookError
 from deployer.sandbox.topology import Sandbox
 
@@ -52,7 +53,8 @@ def run_demo(directory: Path, *, keep_running: bool) -> None:
             f"sandbox: jump sshd on 127.0.0.1:{box.jump.port}; target sshd on 127.0.0.1:{box.target.port},"
             f" reachable only as localhost:{box.tunnel_port} on the jump host through the tunnel"
         )
-        env = {**os.environ, **box.environment(), "CI": "true"}
+        # the sandbox's own key and known hosts, never the caller's secrets
+        env = child_environment(os.environ, extra={**box.environment(), "CI": "true"})
         env.pop("SSH_AUTH_SOCK", None)
         route = box.route_args()
         common = [*route, "--path", deploy_path, "--before", "./bin/migrate"]

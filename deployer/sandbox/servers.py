@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from deployer.environment import child_environment
 from deployer.errors import ConfigError, ConnectError
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
@@ -163,6 +164,7 @@ class SshServer:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                env=child_environment(os.environ),
             )
         if not wait_for_banner(self.port, time.monotonic() + START_TIMEOUT):
             self.stop()

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployer.environment import child_environment
 from deployer.errors import ConnectError
 from deployer.sandbox.servers import (
     START_TIMEOUT,
@@ -112,8 +113,9 @@ class Sandbox:
         ]  # fmt: skip
         with self.tunnel_log.open("ab") as log:
             self.tunnel = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env=child_environment(os.environ),
+            )  # fmt: skip
         if not wait_for_banner(self.tunnel_port, time.monotonic() + START_TIMEOUT):
             self.close_tunnel()
             raise ConnectError(f"sandbox tunnel did not come up — see {self.tunnel_log}")

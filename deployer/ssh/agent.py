@@ -21,6 +21,7 @@ from types import FrameType
 
 import paramiko
 
+from deployer.environment import child_environment
 from deployer.errors import ConfigError
 
 # Message numbers and sign flags from draft-miller-ssh-agent.
@@ -249,10 +250,13 @@ class MemoryAgent:
 def run_with_agent(
     keys: Sequence[paramiko.PKey], argv: Sequence[str], env: Mapping[str, str] | None = None
 ) -> int:
-    """Run argv with SSH_AUTH_SOCK set to a MemoryAgent holding keys; return its exit status."""
+    """Run argv with SSH_AUTH_SOCK set to a MemoryAgent holding keys; return its exit status.
+
+    The command gets env (default: ours) without its secrets: the key it needs is in the agent.
+    """
     if not argv:
         raise ConfigError("no command given — put the command to run after --")
-    child_env = dict(os.environ if env is None else env)
+    child_env = child_environment(os.environ if env is None else env)
     child_env.pop("SSH_AGENT_PID", None)  # that agent is not the one SSH_AUTH_SOCK names
     with MemoryAgent(keys) as agent:
         child_env["SSH_AUTH_SOCK"] = agent.socket_path

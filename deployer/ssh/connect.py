@@ -8,6 +8,7 @@ tunnel's check of its jump host all connect through here.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,11 @@ from deployer.ssh.credentials import Credentials
 from deployer.ssh.hostkeys import HostKeyPolicy, fingerprint
 from deployer.ssh.proxy import dial, open_through
 from deployer.ssh.route import Route
+
+# paramiko logs handshake failures with tracebacks (its transport thread, to stderr when no
+# handler is set); we report them ourselves in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 # AES-GCM is the fastest cipher paramiko speaks (no chacha20); CTR stays as the fallback.
 PREFERRED_CIPHERS = (
@@ -202,9 +208,16 @@ def connected(route: Route, options: ConnectOptions) -> Iterator[Connection]:
 
 
 def scan_host_keys(
-    route: Route, options: ConnectOptions, algorithms: Sequence[str]
+    route: Route,
+    options: ConnectOptions,
+    algorithms: Sequence[str],
+    on_hop: Callable[[int, list[tuple[str, bytes]]], None] = lambda index, keys: None,
 ) -> list[tuple[int, str, bytes]]:
-    """Collect every hop's host keys, one handshake per algorithm; (hop index, type, blob)."""
+    """Collect every hop's host keys, one handshake per algorithm; (hop index, type, blob).
+
+    on_hop sees each hop's keys before that hop is logged in to (to reach the next one); it may
+    raise to stop there. Logins check host keys with options.host_keys.
+    """
     found: list[tuple[int, str, bytes]] = []
     transports: list[paramiko.Transport] = []
     try:
@@ -225,6 +238,7 @@ def scan_host_keys(
                     pass  # the server has no key of this type
                 finally:
                     probe.close()
+            on_hop(index, [(key_type, blob) for i, key_type, blob in found if i == index])
             if index < len(route.hops) - 1:
                 # to reach the next hop we must log in here; verified keys only
                 sock = (

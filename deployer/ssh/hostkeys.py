@@ -210,6 +210,11 @@ def _parse_hosts(hosts: str, where: str) -> tuple[tuple[bytes, bytes] | None, tu
     return None, patterns
 
 
+def _other_type(known_type: str, shown_type: str) -> str:
+    """'ssh-ed25519 ' when the known key is of another type than the one presented, else ''."""
+    return "" if stored_key_type(known_type) == shown_type else f"{stored_key_type(known_type)} "
+
+
 class Verdict(Enum):
     """How a presented host key compares with what the user trusts."""
 
@@ -286,6 +291,11 @@ class HostKeyPolicy:
                 return True
         return False
 
+    def _scoped_pins(self, host: str, port: int) -> list[str]:
+        """The HOST[:PORT]= pins naming this hop (an unscoped pin names no host in particular)."""
+        ident = host_id(host, port).lower()
+        return [pin for pin in self.pins if pin.rpartition("=")[0].lower() == ident]
+
     def _assess(
         self, host: str, port: int, key_type: str, key_blob: bytes
     ) -> tuple[Verdict, KnownHost | None]:
@@ -297,26 +307,35 @@ class HostKeyPolicy:
         plain = [entry for entry in self._matching(host, port) if entry.marker == ""]
         if any(entry.key_blob == key_blob for entry in plain) or self._pinned(host, port, key_blob):
             return Verdict.MATCH, None
+        # A host with any pinned key is known: a key of another type is as changed as another key
+        # of the same type (a man in the middle offers whatever type it holds). Stricter than
+        # OpenSSH, which takes a new type for a known host as new.
         wanted = stored_key_type(key_type)
-        for entry in plain:
-            if stored_key_type(entry.key_type) == wanted:
-                return Verdict.CHANGED, entry
+        same_type = [e for e in plain if stored_key_type(e.key_type) == wanted]
+        if same_type or plain:
+            return Verdict.CHANGED, (same_type or plain)[0]
+        if self._scoped_pins(host, port):
+            return Verdict.CHANGED, None
         return Verdict.UNKNOWN, None
 
-    def algorithms_for(self, host: str, port: int) -> list[str]:
-        """Host key algorithms known for this hop, most preferred first (OpenSSH order), [] if none."""
-        known = {
+    def known_types(self, host: str, port: int) -> set[str]:
+        """The key types (as stored: ssh-rsa, not rsa-sha2-*) this hop has plain entries for."""
+        return {
             stored_key_type(entry.key_type)
             for entry in self._matching(host, port)
             if entry.marker == "" and not self._revoked(entry.key_blob)
         }
+
+    def algorithms_for(self, host: str, port: int) -> list[str]:
+        """Host key algorithms known for this hop, most preferred first (OpenSSH order), [] if none."""
+        known = self.known_types(host, port)
         return [algorithm for key_type, algorithm in _HOST_KEY_ALGORITHMS if key_type in known]
 
     def _revoked(self, key_blob: bytes) -> bool:
         return any(e.marker == "revoked" and e.key_blob == key_blob for e in self.known)
 
     def verdict(self, host: str, port: int, key_type: str, key_blob: bytes) -> Verdict:
-        """MATCH (plain entry or pin), REVOKED, CHANGED (same key type, other key) or UNKNOWN."""
+        """MATCH (plain entry or pin), REVOKED, CHANGED (another key for a known host) or UNKNOWN."""
         return self._assess(host, port, key_type, key_blob)[0]
 
     def check(
@@ -339,12 +358,21 @@ class HostKeyPolicy:
                 " — refusing to connect: that key must not be trusted again; ask the server's owner"
             )
         if verdict is Verdict.CHANGED:
-            assert entry is not None
+            known = (
+                f"{entry.source} has {_other_type(entry.key_type, shown_type)}"
+                f"{fingerprint(entry.key_blob)}"
+                if entry is not None
+                else f"--host-key-fingerprint pins {self._scoped_pins(host, port)[0]}"
+            )
+            fix = (
+                f"replace that line with the output of `{keyscan_hint}`"
+                if entry is not None
+                else f"pin the fingerprint `{keyscan_hint}` prints instead"
+            )
             raise HostKeyError(
                 f"the host key of {hop} CHANGED: {ident} presented {shown_type} {print_} but"
-                f" {entry.source} has {fingerprint(entry.key_blob)} — possible man-in-the-middle;"
-                f" if the server was reinstalled, verify the new key and replace that line with the"
-                f" output of `{keyscan_hint}`"
+                f" {known} — possible man-in-the-middle (--accept-new-host-keys never takes a"
+                f" changed key); if the server was reinstalled, verify the new key and {fix}"
             )
         if self.accept_new:
             return (
@@ -367,10 +395,6 @@ class HostKeyPolicy:
                 " (a @cert-authority line matches, but host certificates are not supported: pin the"
                 f" host key itself; the CA line is {authority.source})"
             )
-        others = sorted({e.key_type for e in matching if e.marker == ""})
-        where = next((e.source for e in matching if e.marker == ""), "")
-        if others:
-            return f" (only {', '.join(others)} is known for it, {where})"
         if self.pins:
             return " and matches no --host-key-fingerprint pin"
         return ""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from deployer.environment import child_environment
 from deployer.errors import ConfigError, DeployerError, ProxyError
 
 ProxyKind = Literal["http", "socks5", "socks5h", "command"]
@@ -63,7 +64,7 @@ def parse_proxy(text: str, env: Mapping[str, str], option: str = "--proxy") -> P
     scheme = scheme.lower()
     if not sep:
         raise ConfigError(
-            f"{option} {value!r} has no scheme — write http://HOST:PORT, socks5://HOST:PORT"
+            f"{option} {_without_password(value)!r} has no scheme — write http://HOST:PORT, socks5://HOST:PORT"
             " or socks5h://HOST:PORT"
         )
     if scheme in ("https", "socks4", "socks4a", "socks"):
@@ -74,24 +75,29 @@ def parse_proxy(text: str, env: Mapping[str, str], option: str = "--proxy") -> P
             f"{option} {_without_password(value)!r}: unknown scheme {scheme!r} — use http://,"
             " socks5:// or socks5h://"
         )
+    shown = _without_password(value)
+    # The last @ ends the user info, so a password may hold '/', '@' or ':' as typed; only the
+    # part after it is a URL (and only that part ever shows in a message).
+    userinfo, _, location = value.partition("://")[2].rpartition("@")
     try:
-        parts = urlsplit(value)
+        parts = urlsplit(f"{scheme}://{location}")
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"{option} {_without_password(value)!r}: {exc}") from exc
+        raise ConfigError(f"{option} {shown!r}: {exc}") from exc
     if not parts.hostname:
-        raise ConfigError(f"{option} {_without_password(value)!r} names no proxy host")
+        raise ConfigError(f"{option} {shown!r} names no proxy host")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(
-            f"{option} {_without_password(value)!r}: a proxy URL has no path — write {scheme}://HOST:PORT"
+            f"{option} {shown!r}: a proxy URL has no path — write {scheme}://HOST:PORT"
         )
     port = port or _DEFAULT_PORTS.get(scheme)
     if not port:
         raise ConfigError(
-            f"{option} {_without_password(value)!r} has no port — add one, e.g. {scheme}://{parts.hostname}:3128"
+            f"{option} {shown!r} has no port — add one, e.g. {scheme}://{parts.hostname}:3128"
         )
-    username = unquote(parts.username or "")
-    password = env.get(PASSWORD_ENV) or unquote(parts.password or "")
+    user_text, _, password_text = userinfo.partition(":")
+    username = unquote(user_text)
+    password = env.get(PASSWORD_ENV) or unquote(password_text)
     if password and not username:
         raise ConfigError(
             f"{PASSWORD_ENV} is set but {option} names no user — write {scheme}://USER@HOST:PORT"
@@ -104,8 +110,13 @@ def parse_proxy(text: str, env: Mapping[str, str], option: str = "--proxy") -> P
 
 
 def _without_password(url: str) -> str:
-    """A URL fit for a message: user:secret@ becomes user:***@."""
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+    """A URL fit for a message: USER:anything@ up to the last @ becomes USER:***@."""
+    scheme, sep, rest = url.partition("://")
+    prefix = f"{scheme}://" if sep else ""
+    userinfo, at, location = (rest if sep else url).rpartition("@")
+    if not (at and ":" in userinfo):
+        return url
+    return f"{prefix}{userinfo.partition(':')[0]}:***@{location}"
 
 
 def parse_proxy_command(command: str, option: str = "--proxy-command") -> ProxySpec:
@@ -122,8 +133,12 @@ def parse_proxy_command(command: str, option: str = "--proxy-command") -> ProxyS
 
 
 def expand_command(template: str, host: str, port: int, user: str) -> str:
-    """Expand %h, %p, %r and %% the way ssh does in ProxyCommand."""
-    values = {"h": host, "p": str(port), "r": user, "%": "%"}
+    """Expand %h, %p, %r and %% as ssh does in ProxyCommand, host and user shell-quoted.
+
+    Routes only hold checked host and user names (ssh.route), for which quoting changes
+    nothing; it is the second wall against a name that would otherwise run as a command.
+    """
+    values = {"h": shlex.quote(host), "p": str(port), "r": shlex.quote(user), "%": "%"}
     return _TOKEN.sub(lambda m: values[m[1]], template)
 
 
@@ -356,6 +371,7 @@ def _spawn(proxy: ProxySpec, command: str, timeout: float, hop: str) -> socket.s
             stdin=theirs.fileno(),
             stdout=theirs.fileno(),
             stderr=subprocess.PIPE,
+            env=child_environment(os.environ),
         )
     except OSError as exc:
         ours.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -16,6 +17,12 @@ _ENDPOINT = re.compile(
         (?::(?P<port>\d{1,5}))?$""",
     re.VERBOSE,
 )
+# What a host or user name may be: it reaches a shell when a ProxyCommand's %h and %r are expanded
+# (the CVE-2023-51385 pattern), so nothing a shell would read as syntax. Stricter than OpenSSH's
+# valid_hostname/valid_ruser: DNS names (letters, digits, '-', '_', '.'), IP literals, and POSIX
+# portable user names (letters, digits, '.', '_', '-'; no leading '-').
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
+_USER_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,255}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,25 @@ def default_user() -> str:
 Lookup = Callable[[str], Mapping[str, str]]
 
 
+def valid_host(host: str) -> bool:
+    """A DNS name, an IPv4 address or an IPv6 address (with a %zone): nothing a shell would parse."""
+    if _HOST_NAME.fullmatch(host):
+        return True
+    if ":" not in host:
+        return False
+    address, _, zone = host.partition("%")
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return False
+    return not zone or bool(_HOST_NAME.fullmatch(zone))
+
+
+def valid_user(user: str) -> bool:
+    """A POSIX portable user name: letters, digits, '.', '_' and '-', not starting with '-'."""
+    return bool(_USER_NAME.fullmatch(user))
+
+
 def parse_endpoint(
     text: str, *, default_user: str, option: str = "--to", lookup: Lookup | None = None
 ) -> Endpoint:
@@ -72,10 +98,22 @@ def parse_endpoint(
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{option} {text!r}: port {port_text} is out of range (1-65535)")
     user = match["user"] or config.get("user") or default_user
+    hostname = config.get("hostname") or host
+    where = f"{option} {text!r}" + (f" (after ssh_config's Host {host})" if config else "")
+    if not valid_host(hostname):
+        raise ConfigError(
+            f"{where}: {hostname!r} is not a host name or an IP address — use letters, digits,"
+            " '.', '-' and '_' (shell characters are refused: a ProxyCommand would run them)"
+        )
+    if not valid_user(user):
+        raise ConfigError(
+            f"{where}: {user!r} is not a user name — use letters, digits, '.', '_' and '-',"
+            " not starting with '-' (shell characters are refused: a ProxyCommand would run them)"
+        )
     identities = tuple(path for path in config.get("identityfile", "").split("\n") if path)
     return Endpoint(
         user,
-        config.get("hostname") or host,
+        hostname,
         int(port_text),
         host_key_alias=config.get("hostkeyalias", ""),
         identity_files=identities,

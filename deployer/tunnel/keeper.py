@@ -62,7 +62,12 @@ from deployer.tunnel.processes import Helpers, parent_death_signal, private_dire
 from deployer.tunnel.reclaim import Reclaimer
 from deployer.tunnel.session import Event, Session
 from deployer.tunnel.settings import TunnelSettings
-from deployer.tunnel.ssh_argv import RuntimePaths, pinned_known_hosts, tunnel_argv
+from deployer.tunnel.ssh_argv import (
+    RuntimePaths,
+    pinned_known_hosts,
+    ssh_environment,
+    tunnel_argv,
+)
 from deployer.tunnel.status import StatusBoard
 
 if TYPE_CHECKING:
@@ -345,9 +350,7 @@ class Keeper:
 
     def _ssh_env(self) -> dict[str, str]:
         assert self._paths is not None
-        env = {k: v for k, v in os.environ.items() if k != "SSH_AGENT_PID"}
-        env["SSH_AUTH_SOCK"] = self._paths.agent_socket
-        return env
+        return ssh_environment(os.environ, self._paths, self.settings.proxy)
 
     def _failure(self, session: Session) -> Failure:
         return classify_ssh_exit(

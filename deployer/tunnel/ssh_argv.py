@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deployer.addresses import bracket
+from deployer.environment import child_environment
 from deployer.ssh.authorized_keys import (
     HOLD_COMMAND,
     RECLAIM_COMMAND,
 )
 from deployer.ssh.forwards import Forward
-from deployer.ssh.proxy import proxy_command_line
+from deployer.ssh.proxy import PASSWORD_ENV, ProxySpec, proxy_command_line
 from deployer.tunnel.settings import TunnelSettings
 
 if TYPE_CHECKING:
@@ -52,6 +54,23 @@ class RuntimePaths:
     def check_socket(self, index: int) -> Path:
         """The -L Unix socket through which forward number index is checked."""
         return self.directory / f"check-{index}.sock"
+
+
+def ssh_environment(
+    parent: Mapping[str, str], paths: RuntimePaths, proxy: ProxySpec | None
+) -> dict[str, str]:
+    """The environment of every ssh the keeper runs (and of its ProxyCommand).
+
+    Ours without secrets or another agent's pid, SSH_AUTH_SOCK naming our agent, and the proxy
+    password only when a proxy URL has one: `deployer proxy-connect`, the ProxyCommand that
+    uses it, reads it there (never from its command line). A ProxyCommand of the user's own
+    gets no password.
+    """
+    env = child_environment(parent, extra={"SSH_AUTH_SOCK": paths.agent_socket})
+    env.pop("SSH_AGENT_PID", None)
+    if proxy is not None and proxy.kind != "command" and proxy.password:
+        env[PASSWORD_ENV] = proxy.password
+    return env
 
 
 def common_ssh_options(settings: TunnelSettings, paths: RuntimePaths, key_type: str) -> list[str]:
@@ -103,9 +122,10 @@ def tunnel_argv(
         argv += ["-R", forward.spec]
     for index, forward in enumerate(settings.forwards):
         argv += ["-L", f"{paths.check_socket(index)}:{bracket(forward.probe_host)}:{forward.port}"]
+    # `--`: the destination can never be read as an option, whatever it holds
     if hold:
-        return [*argv, settings.jump.host, HOLD_COMMAND]
-    return [*argv, "-N", settings.jump.host]
+        return [*argv, "--", settings.jump.host, HOLD_COMMAND]
+    return [*argv, "-N", "--", settings.jump.host]
 
 
 def guard_argv(
@@ -119,6 +139,7 @@ def guard_argv(
         "LogLevel=VERBOSE",  # "Authenticated to": from then on a live holder answers at once
         "-W",
         f"{forward.probe_host}:{forward.port}",
+        "--",
         settings.jump.host,
     ]
 
@@ -129,4 +150,4 @@ def reclaim_argv(
     """A separate ssh that runs the forced command's reclaim (of exactly holder, when known)."""
     argv = common_ssh_options(settings, paths, key_type)
     command = RECLAIM_COMMAND + ("" if holder is None else f" {holder[0]} {holder[1]}")
-    return [*argv, "-o", "LogLevel=ERROR", "-T", settings.jump.host, command]
+    return [*argv, "-o", "LogLevel=ERROR", "-T", "--", settings.jump.host, command]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +19,8 @@ from deployer.tunnel.policy import State, transition
 
 if TYPE_CHECKING:
     from deployer.tunnel.settings import TunnelSettings
+
+HEALTHZ_TIMEOUT = 5.0  # seconds a /healthz client may take to send its request
 
 
 def _utc(ts: float | None) -> str | None:
@@ -96,17 +100,29 @@ class StatusBoard:
             return self.status.document(self.settings, time.time())
 
     def write(self) -> None:
-        """Atomically replace the status file (when one was asked for)."""
+        """Atomically replace the status file (when one was asked for).
+
+        The new text goes into a fresh file of an unpredictable name (created exclusively, so a
+        symlink planted in the directory is never followed), then is renamed over the path
+        (which replaces a symlink there rather than writing through it).
+        """
         path = self.settings.status_file
         if path is None:
             return
         text = json.dumps(self.document(), indent=2, sort_keys=True) + "\n"
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary = ""
         try:
-            temporary.write_text(text)
-            temporary.chmod(0o644)  # not secret; monitoring may run as another user
+            fd, temporary = tempfile.mkstemp(
+                prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+            )
+            with os.fdopen(fd, "w") as stream:
+                os.fchmod(stream.fileno(), 0o644)  # not secret; monitoring may run as another user
+                stream.write(text)
             os.replace(temporary, path)
         except OSError as exc:
+            if temporary:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
             self._log(f"tunnel: cannot write the status file {path}: {exc.strerror or exc}")
 
     def serve(self) -> None:
@@ -118,6 +134,8 @@ class StatusBoard:
         board = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = HEALTHZ_TIMEOUT  # a client that sends nothing does not keep a thread
+
             def do_GET(self) -> None:
                 if self.path.split("?")[0] not in ("/healthz", "/status"):
                     self.send_error(404)
@@ -132,6 +150,10 @@ class StatusBoard:
 
             def log_message(self, format: str, *args: Any) -> None:
                 return  # monitoring polls; do not fill the log
+
+            def handle(self) -> None:
+                with contextlib.suppress(OSError):  # a timed-out or vanished client: nothing to say
+                    super().handle()
 
         host, port = self.settings.healthz
         try:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import http.client
+import ipaddress
 import json
 import ssl
 import time
@@ -31,13 +32,31 @@ READ_TIMEOUT = 60.0  # the receiver sends a heartbeat line every 15 s while a de
 FOLLOW_RETRIES = 5  # reconnects in a row without progress before giving up on the status
 
 
-class WebhookClient:
-    """Signed requests to one receiver."""
+def is_loopback(host: str) -> bool:
+    """localhost or a loopback address literal (a name is not resolved to find out)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, url: str, secret: bytes, ca_bundle: Path | None = None) -> None:
+
+class WebhookClient:
+    """Signed requests to one receiver, whose signed answers alone are believed."""
+
+    def __init__(
+        self, url: str, secret: bytes, ca_bundle: Path | None = None, allow_http: bool = False
+    ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"--webhook-url {url!r} must be an http:// or https:// URL")
+        if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname or ""):
+            raise ConfigError(
+                f"--webhook-url {url!r}: plain http:// only goes to this machine (localhost or"
+                " 127.0.0.1) — use https:// (deployer serve --tls-cert), or pass"
+                " --webhook-allow-http if the network in between is trusted"
+            )
         # a path in the URL is a proxy's prefix: the receiver sees (and verifies) what follows it
         self.base = url.rstrip("/")
         self.host = parts.netloc
@@ -50,11 +69,19 @@ class WebhookClient:
                 raise ConfigError(f"cannot read --webhook-ca-bundle {ca_bundle}: {exc}") from exc
         self.opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
 
-    def _open(self, method: str, path: str, body: bytes | None, timeout: float) -> IO[bytes]:
-        from deployer.webhook.signing import sign_headers
+    def _open(
+        self, method: str, path: str, body: bytes | None, timeout: float
+    ) -> tuple[IO[bytes], str]:
+        """The receiver's answer to a freshly signed request, and that request's id."""
+        from deployer.webhook.signing import (
+            ID_HEADER,
+            RESPONSE_SIGNATURE_HEADER,
+            answer_is_signed,
+            sign_headers,
+        )
 
-        headers = {"User-Agent": f"deployer/{__version__}", **sign_headers(
-            self.secret, method, path, body or b"", time.time())}  # fmt: skip
+        signed = sign_headers(self.secret, method, path, body or b"", time.time())
+        headers = {"User-Agent": f"deployer/{__version__}", **signed}
         if body is not None:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(
@@ -64,9 +91,16 @@ class WebhookClient:
             response: IO[bytes] = self.opener.open(request, timeout=timeout)
         except urllib.error.HTTPError as exc:
             try:
-                message = json.loads(exc.read()).get("error") or exc.reason
-            except (ValueError, AttributeError, OSError):
+                raw = exc.read()
+            except OSError:
+                raw = b""
+            try:
+                message = json.loads(raw).get("error") or exc.reason
+            except (ValueError, AttributeError):
                 message = exc.reason
+            given = exc.headers.get(RESPONSE_SIGNATURE_HEADER)
+            if not answer_is_signed(self.secret, exc.code, signed[ID_HEADER], raw, given):
+                message = f"{message} (an unsigned answer: maybe not from the receiver)"
             raise WebhookError(
                 f"the webhook receiver at {self.host} refused {method} {path} (HTTP {exc.code}): {message}"
             ) from exc
@@ -81,29 +115,56 @@ class WebhookClient:
             ) from exc
         except (TimeoutError, OSError) as exc:
             raise ConnectError(f"cannot reach the webhook receiver at {self.base}: {exc}") from exc
-        return response
+        return response, signed[ID_HEADER]
+
+    def _forged(self, what: str) -> WebhookError:
+        return WebhookError(
+            f"{what} from {self.host} is not signed with DEPLOYER_WEBHOOK_SECRET for this request"
+            " — an older deployer serve, another secret, or something between CI and the receiver"
+            " changed it; the deploy's outcome is unknown: see the receiver's log"
+        )
 
     def submit(self, document: Mapping[str, Any]) -> dict[str, Any]:
-        """POST a deploy request; return the receiver's answer (id, status_url)."""
+        """POST a deploy request; return the receiver's signed answer (id, status_url)."""
+        from deployer.webhook.signing import RESPONSE_SIGNATURE_HEADER, answer_is_signed
+
         body = json.dumps(document, sort_keys=True).encode()
-        with self._open("POST", "/deploys", body, READ_TIMEOUT) as response:
-            answer: dict[str, Any] = json.loads(response.read())
+        response, request_id = self._open("POST", "/deploys", body, READ_TIMEOUT)
+        with response:
+            raw = response.read()
+            status = int(response.status)  # type: ignore[attr-defined]
+            given = response.headers.get(RESPONSE_SIGNATURE_HEADER)  # type: ignore[attr-defined]
+        if not answer_is_signed(self.secret, status, request_id, raw, given):
+            raise self._forged("the answer to POST /deploys")
+        try:
+            answer: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            raise self._forged("the answer to POST /deploys") from None
         return answer
 
     def follow(
         self, deploy_id: str, on_line: Callable[[str], None], deadline: float
     ) -> dict[str, Any]:
-        """Stream the deploy's log to on_line until its final state (reconnecting if cut off)."""
+        """Stream the deploy's log to on_line until its final state (reconnecting if cut off).
+
+        Every line must carry the receiver's signature for this request, in order: a line
+        that does not ends the job (exit 12), it is never shown or believed."""
+        from deployer.webhook.signing import StreamVerifier
+
         seen, failures = 0, 0
         while True:
             try:
-                with self._open(
+                response, request_id = self._open(
                     "GET", f"/deploys/{deploy_id}?follow=1&from={seen}", None, READ_TIMEOUT
-                ) as response:
+                )
+                verifier = StreamVerifier(self.secret, request_id)
+                with response:
                     for raw in response:
                         item: dict[str, Any] = json.loads(raw)
+                        if not isinstance(item, dict) or not verifier.check(item):
+                            raise self._forged(f"a status line of deploy {deploy_id}")
                         if "line" in item:
-                            on_line(item["line"])
+                            on_line(str(item["line"]))
                             seen, failures = seen + 1, 0
                         elif "state" in item:
                             return item
@@ -164,6 +225,7 @@ class WebhookPush:
             options.webhook_url,
             load_secret(env.get("DEPLOYER_WEBHOOK_SECRET")),
             options.webhook_ca_bundle,
+            options.webhook_allow_http,
         )
         source: Source
         if options.artifact_url:

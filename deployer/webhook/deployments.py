@@ -11,13 +11,14 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal, TextIO, cast
 
 from deployer.artifact.scan import open_artifact
+from deployer.deploy.hooks import HookSettings
 from deployer.deploy.outcome import Outcome, Provenance
 from deployer.deploy.payload import prepare_payload
 from deployer.deploy.settings import PushSettings
@@ -25,6 +26,7 @@ from deployer.deploy.target import push_target
 from deployer.errors import DeployerError
 from deployer.output import Reporter, human_size
 from deployer.remote.local import LocalExecutor
+from deployer.webhook.limits import Limits
 from deployer.webhook.request import MAX_BODY, DeployRequest
 from deployer.webhook.signing import DEFAULT_WINDOW, Rejected
 from deployer.webhook.sources import FetchSettings, Source, fetch
@@ -62,7 +64,10 @@ def deploy_from_source(
             + ("; sha256 matches the signed request" if sha256 else ""),
         )
         payload = prepare_payload(open_artifact(file))  # refuses unsafe archives, extracts nothing
-        return push_target(LocalExecutor(label), payload, settings, provenance, reporter)
+        try:
+            return push_target(LocalExecutor(label), payload, settings, provenance, reporter)
+        finally:
+            payload.close()  # a failed deploy stops reading the file before it is removed
 
 
 class DeployRecord:
@@ -169,6 +174,14 @@ class ReceiverSettings:
     keep_finished: int = 200  # finished deploys still answered on GET
     follow_seconds: float = 3600.0  # longest a GET ?follow=1 stays open
     label: str = field(default_factory=socket.gethostname)
+    hooks: Mapping[str, HookSettings] = field(default_factory=dict)  # per served path
+    allow_request_hooks: bool = False  # run the hooks a request names (the secret runs commands)
+    limits: Limits = field(default_factory=Limits)
+    replay_file: Path | None = None  # accepted request ids, kept across restarts (required)
+
+    def hooks_for(self, path: str) -> HookSettings:
+        """The hooks configured on the receiver for one served path (none: no hooks)."""
+        return self.hooks.get(path) or HookSettings()
 
 
 class Deployments:

@@ -21,6 +21,7 @@ class WebhookOptions:
     webhook_url: str | None = None
     webhook_ca_bundle: Path | None = None
     webhook_timeout: float = 3600.0
+    webhook_allow_http: bool = False  # plain http:// to a host other than this machine
     artifact_url: str | None = None
     gitlab_job: int | None = None
     gitlab_ref: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -141,3 +141,28 @@ def parse_request(body: bytes, paths: tuple[str, ...]) -> DeployRequest:
         pipeline=origin.get("pipeline", ""),
     )
     return DeployRequest(path, source, sha256, settings, provenance)
+
+
+def with_receiver_hooks(
+    request: DeployRequest, configured: HookSettings, allow: bool
+) -> DeployRequest:
+    """The request with the hooks the receiver runs for its path: those configured there.
+
+    Hooks are commands run on the server, so the webhook secret must not choose them: a request
+    naming hook commands other than the configured ones is refused (403), unless the receiver
+    was started with --allow-request-hooks; the same ones (a push configured like its receiver)
+    are no widening and pass.
+    """
+    asked = request.settings.hooks
+    named = (asked.before, asked.after, asked.healthcheck)
+    if allow and any(named):
+        return request
+    if any(named) and named != (configured.before, configured.after, configured.healthcheck):
+        raise Rejected(
+            HTTPStatus.FORBIDDEN,
+            f"this receiver runs the hooks configured for {request.path} and refuses hooks named in"
+            " a request — drop --before/--after/--healthcheck from the push (or give it exactly the"
+            " receiver's), configure them on the receiver (deployer serve --before/--after/"
+            "--healthcheck, or its deployer.toml), or start it with --allow-request-hooks",
+        )
+    return replace(request, settings=replace(request.settings, hooks=configured))

@@ -8,14 +8,17 @@ or the unit file.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from deployer.deploy.hooks import HookSettings
 from deployer.errors import ConfigError
 from deployer.systemd import Specifier, UnitSpec, render_unit
 
 SECRET_CREDENTIAL = "webhook-secret"
 TOKEN_CREDENTIAL = "gitlab-token"
 TLS_KEY_CREDENTIAL = "tls-key"
+REPLAY_FILE = "webhook-requests"
 
 
 def read_secret(env: Mapping[str, str], variable: str, file: Path | None) -> tuple[str, str]:
@@ -38,6 +41,79 @@ def served_paths(paths: Sequence[str]) -> tuple[str, ...]:
     return tuple(p.rstrip("/") or "/" for p in paths)
 
 
+_HOOK_FIELDS = {"before": "before", "after": "after", "healthcheck": "healthcheck",
+                "hook_timeout": "timeout", "healthcheck_retries": "healthcheck_retries",
+                "healthcheck_interval": "healthcheck_interval"}  # fmt: skip
+
+
+def served_hooks(
+    served: Sequence[str], common: HookSettings, per_path: object
+) -> dict[str, HookSettings]:
+    """Each served path's hooks: common (the flags), with its [served."PATH"] table on top.
+
+    per_path is what deployer.toml holds under `served` (None when nothing): a table per served
+    path with before, after, healthcheck, hook_timeout, healthcheck_retries, healthcheck_interval.
+    """
+    hooks = {path: common for path in served}
+    if per_path is None:
+        return hooks
+    where = 'deployer.toml: [served."/srv/app"]'
+    if not isinstance(per_path, Mapping):
+        raise ConfigError(
+            f"per-path hooks go into {where} tables (before, after, healthcheck, ...)"
+        )
+    for raw, table in per_path.items():
+        path = str(raw).rstrip("/") or "/"
+        if path not in hooks:
+            raise ConfigError(
+                f"deployer.toml: [served.{str(raw)!r}] is not a served path — this receiver serves"
+                f" {', '.join(served)}"
+            )
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"deployer.toml: served.{str(raw)!r} must be a table like {where}")
+        unknown = sorted(str(k) for k in table if str(k).replace("-", "_") not in _HOOK_FIELDS)
+        if unknown:
+            raise ConfigError(
+                f"deployer.toml: [served.{str(raw)!r}] has unknown keys {', '.join(unknown)} — known:"
+                f" {', '.join(_HOOK_FIELDS)}"
+            )
+        changes = {_HOOK_FIELDS[str(k).replace("-", "_")]: v for k, v in table.items()}
+        for name in ("before", "after"):
+            if name in changes:
+                value = changes[name]
+                changes[name] = (value,) if isinstance(value, str) else value
+                if not isinstance(changes[name], (list, tuple)) or not all(
+                    isinstance(c, str) for c in changes[name]
+                ):
+                    raise ConfigError(f"deployer.toml: served.{str(raw)!r}.{name} must be commands")
+                changes[name] = tuple(changes[name])
+        if not isinstance(changes.get("healthcheck", ""), str):
+            raise ConfigError(f"deployer.toml: served.{str(raw)!r}.healthcheck must be a command")
+        for name in ("timeout", "healthcheck_retries", "healthcheck_interval"):
+            value = changes.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"deployer.toml: served.{str(raw)!r}: {name} must be a number")
+        hooks[path] = replace(hooks[path], **changes)
+    return hooks
+
+
+def hook_arguments(hooks: HookSettings, allow_request_hooks: bool) -> list[str]:
+    """The receiver's hook flags as command-line words (for the unit's ExecStart)."""
+    words = [word for command in hooks.before for word in ("--before", command)]
+    words += [word for command in hooks.after for word in ("--after", command)]
+    if hooks.healthcheck:
+        words += ["--healthcheck", hooks.healthcheck]
+    defaults = HookSettings()
+    for flag, value, default in (
+        ("--hook-timeout", hooks.timeout, defaults.timeout),
+        ("--healthcheck-retries", hooks.healthcheck_retries, defaults.healthcheck_retries),
+        ("--healthcheck-interval", hooks.healthcheck_interval, defaults.healthcheck_interval),
+    ):
+        if value != default:
+            words += [flag, f"{value:g}"]
+    return [*words, *(["--allow-request-hooks"] if allow_request_hooks else [])]
+
+
 def receiver_unit(
     *,
     served: Sequence[str],
@@ -55,19 +131,25 @@ def receiver_unit(
     name: str,
     user: str,
     deployer: Sequence[str],
+    hooks: Sequence[str] = (),
 ) -> str:
-    """The unit file text for a receiver (deployer: how the service starts deployer)."""
+    """The unit file text for a receiver (deployer: how the service starts deployer, hooks: its
+    hook flags, from hook_arguments)."""
     argv = [*deployer, "serve", "--listen", f"{host}:{port}"]
     for path in served:
         argv += ["--path", path]
+    state = name.replace("@", "-")  # StateDirectory=: the replay record survives restarts there
     argv += [
         "--secret-file", Specifier(f"%d/{SECRET_CREDENTIAL}"), "--gitlab-url", gitlab_url,
+        "--replay-file", Specifier(f"%S/{state}/{REPLAY_FILE}"),
         "--max-artifact-size", str(max_artifact_size), "--max-body", str(max_body), "--window", f"{window:g}",
+        *hooks,
     ]  # fmt: skip
     # releases stay readable by the web server; a running deploy ends before the service stops
     # (SIGTERM makes deployer exit 130 once it has)
     extra = [
         f"ReadWritePaths={' '.join(served)}", "UMask=0022", "TimeoutStopSec=infinity", "SuccessExitStatus=130",
+        f"StateDirectory={state}", "StateDirectoryMode=0700",
     ]  # fmt: skip
     if tls_cert is not None:
         argv += ["--tls-cert", str(tls_cert.absolute())]

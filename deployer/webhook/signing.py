@@ -1,8 +1,15 @@
-"""Signed webhook requests: HMAC-SHA256 over method, path, timestamp, a unique id and the body.
+"""Signed webhook requests and answers: HMAC-SHA256 with the one shared secret, both ways.
 
-The receiver refuses a request whose signature does not match (constant-time comparison), whose
-timestamp is outside the tolerance window, or whose id it has already seen within that window
-(the replay cache only records ids of correctly signed requests, so forgeries cannot fill it).
+A request is signed over method, path, timestamp, a unique id and the body. The receiver refuses
+a request whose signature does not match (constant-time comparison), whose timestamp is outside
+the tolerance window, or whose id it has already seen within that window (the replay cache only
+records ids of correctly signed requests, so forgeries cannot fill it; ``webhook.replay`` keeps
+it on disk across restarts).
+
+The receiver signs what it answers, bound to the id of the request it answers: a JSON answer in
+a header over its status and body, each line of a status stream in the line itself, chained to
+the line before it. The pipeline side believes nothing else, so the answer that decides whether
+a job passes cannot be forged, replayed from another request, reordered or cut short unnoticed.
 Pure apart from the clock the caller passes in.
 """
 
@@ -10,20 +17,27 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import re
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
+from typing import Any
 
 from deployer.errors import ConfigError
 
 TIMESTAMP_HEADER = "X-Deployer-Timestamp"
 ID_HEADER = "X-Deployer-Request-Id"
 SIGNATURE_HEADER = "X-Deployer-Signature"
+RESPONSE_SIGNATURE_HEADER = "X-Deployer-Response-Signature"
+LINE_MAC = "mac"  # the key of a status stream line that holds its signature
 SCHEME = "v1"
 DEFAULT_WINDOW = 300.0  # seconds of clock difference tolerated between CI and the receiver
 MIN_SECRET_BYTES = 16
 MAX_ID_LENGTH = 128
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # ASCII digits only: '²'.isdigit() is true
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
 
 
 class Rejected(Exception):
@@ -70,14 +84,92 @@ def sign_headers(secret: bytes, method: str, path: str, body: bytes, now: float)
     }
 
 
-class ReplayCache:
-    """Request ids seen within the window; thread-safe, bounded in size."""
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The request's id when it is well formed (safe to sign an answer with and to log), else ''."""
+    request_id = headers.get(ID_HEADER, "")
+    return request_id if _REQUEST_ID.fullmatch(request_id) else ""
 
-    def __init__(self, window: float = DEFAULT_WINDOW, capacity: int = 100_000) -> None:
+
+def response_signature(secret: bytes, status: int, request_id: str, body: bytes) -> str:
+    """The receiver's signature of a JSON answer: 'v1=' + HMAC over status, request id and body."""
+    canonical = f"{SCHEME}-response\n{status}\n{request_id}\n".encode() + body
+    return f"{SCHEME}=" + hmac.new(secret, canonical, hashlib.sha256).hexdigest()
+
+
+def _line_mac(secret: bytes, request_id: str, previous: str, payload: bytes) -> str:
+    canonical = f"{SCHEME}-stream\n{request_id}\n{previous}\n".encode() + payload
+    return f"{SCHEME}=" + hmac.new(secret, canonical, hashlib.sha256).hexdigest()
+
+
+def _canonical(document: Mapping[str, Any]) -> bytes:
+    """The bytes a stream line's signature covers: the line's JSON object without its mac."""
+    return json.dumps({k: v for k, v in document.items() if k != LINE_MAC}, sort_keys=True).encode()
+
+
+class StreamSigner:
+    """Signs the lines of one status stream, each chained to the one before (receiver side)."""
+
+    def __init__(self, secret: bytes, request_id: str) -> None:
+        self._secret, self._request_id, self._previous = secret, request_id, ""
+
+    def line(self, document: Mapping[str, Any]) -> bytes:
+        """One JSON line carrying its signature under 'mac'."""
+        self._previous = _line_mac(
+            self._secret, self._request_id, self._previous, _canonical(document)
+        )
+        return (json.dumps({**document, LINE_MAC: self._previous}, sort_keys=True) + "\n").encode()
+
+
+class StreamVerifier:
+    """Checks the lines of one status stream in order (pipeline side); False for a bad line."""
+
+    def __init__(self, secret: bytes, request_id: str) -> None:
+        self._secret, self._request_id, self._previous = secret, request_id, ""
+
+    def check(self, document: Mapping[str, Any]) -> bool:
+        """Whether this line was signed by the receiver for our request, right after the last one."""
+        given = document.get(LINE_MAC)
+        expected = _line_mac(self._secret, self._request_id, self._previous, _canonical(document))
+        if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
+            return False
+        self._previous = expected
+        return True
+
+
+def answer_is_signed(
+    secret: bytes, status: int, request_id: str, body: bytes, given: str | None
+) -> bool:
+    """Whether given (the answer's RESPONSE_SIGNATURE_HEADER) signs this answer to this request."""
+    expected = response_signature(secret, status, request_id, body)
+    return hmac.compare_digest((given or "").encode(), expected.encode())
+
+
+class ReplayCache:
+    """Request ids seen within the window; thread-safe, bounded in size.
+
+    seen: ids already recorded (id -> time after which it can be forgotten); journal: called
+    with each new id and that time before the request is accepted (webhook.replay writes them
+    to disk); if it raises, the request is refused.
+    """
+
+    def __init__(
+        self,
+        window: float = DEFAULT_WINDOW,
+        capacity: int = 100_000,
+        *,
+        seen: Mapping[str, float] | None = None,
+        journal: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.window = window
         self.capacity = capacity
-        self._seen: dict[str, float] = {}  # id -> time after which it can be forgotten
+        self._seen: dict[str, float] = dict(seen or {})
+        self._journal = journal
         self._lock = threading.Lock()
+
+    def snapshot(self, now: float) -> dict[str, float]:
+        """The ids still remembered at now (to compact a journal)."""
+        with self._lock:
+            return {k: t for k, t in self._seen.items() if t > now}
 
     def remember(self, request_id: str, now: float) -> None:
         """Record an id, or raise Rejected if it was already used (or the cache is full)."""
@@ -95,7 +187,16 @@ class ReplayCache:
                     "too many signed requests within the replay window — retry later",
                 )
             # a timestamp may be up to `window` in the future: keep ids for twice that long
-            self._seen[request_id] = now + 2 * self.window
+            expires = now + 2 * self.window
+            if self._journal is not None:
+                try:
+                    self._journal(request_id, expires)
+                except OSError as exc:
+                    raise Rejected(
+                        HTTPStatus.SERVICE_UNAVAILABLE,
+                        f"the receiver cannot record request ids ({exc.strerror or exc}) — see its log",
+                    ) from exc
+            self._seen[request_id] = expires
 
 
 def verify(
@@ -119,7 +220,7 @@ def verify(
             f"unsigned request — send {TIMESTAMP_HEADER}, {ID_HEADER} and {SIGNATURE_HEADER}"
             " (deployer push --mode webhook does)",
         )
-    if not timestamp.isdigit() or len(request_id) > MAX_ID_LENGTH:
+    if not _TIMESTAMP.fullmatch(timestamp) or not _REQUEST_ID.fullmatch(request_id):
         raise Rejected(HTTPStatus.UNAUTHORIZED, "malformed signature headers")
     expected = signature(secret, method, path, timestamp, request_id, body)
     if not hmac.compare_digest(expected.encode(), given.encode()):

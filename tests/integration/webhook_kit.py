@@ -8,8 +8,10 @@ import http.client
 import http.server
 import ipaddress
 import json
+import shutil
 import ssl
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -93,20 +95,27 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
+def serving(server: http.server.HTTPServer, scheme: str = "http") -> Iterator[str]:
+    """Run a loopback HTTP server in a thread; yields its base URL; stops it afterwards."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@contextmanager
 def https_files(folder: Path, tls: Tls) -> Iterator[str]:
     """Serve folder over HTTPS on loopback; yields the base URL."""
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder))
     )
     server.socket = tls.server_context().wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving(server, "https") as url:
+        yield url
 
 
 @contextmanager
@@ -118,6 +127,8 @@ def running_receiver(
 ) -> Iterator[Receiver]:
     """The real receiver on a free loopback port, in this process (so `responses` sees GitLab calls)."""
     log: list[str] = []
+    state = Path(tempfile.mkdtemp(prefix="deployer-receiver-"))
+    settings.setdefault("replay_file", state / "webhook-requests")
     receiver = Receiver(
         ("127.0.0.1", 0),
         ReceiverSettings(secret=SECRET, paths=paths, fetching=fetching, **settings),
@@ -135,6 +146,7 @@ def running_receiver(
         receiver.server_close()
         receiver.deployments.stop("test over")
         thread.join(timeout=10)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def tarball(folder: Path, name: str, files: dict[str, str], *, evil: str | None = None) -> Path:

@@ -299,3 +299,67 @@ def test_json_plan(topology, api: Api, monkeypatch, capsys) -> None:
         {"key": "SSH_KNOWN_HOSTS", "action": "create", "reason": "not set yet"}]  # fmt: skip
     assert {key["status"] for key in document["host_keys"]} == {"new"}
     assert document["public_key"] == "" and "CI-PUBLIC-KEY" in document["authorized_keys"]
+
+
+# ---------------------------------------------------------------------------- host keys already known
+
+
+def _known_hosts_variable(value: str) -> dict[str, Any]:
+    return _stored({"key": "SSH_KNOWN_HOSTS", "value": value, "masked": False, "protected": False, "raw": True,
+                    "variable_type": "env_var", "environment_scope": "production"})  # fmt: skip
+
+
+def _impostor_line(host_id: str, tmp_path: Path) -> str:
+    """A known_hosts line for host_id with an ed25519 key the real server does not have."""
+    from deployer.sandbox.servers import write_keypair
+
+    key_type, blob = write_keypair(tmp_path / "impostor", "ed25519").split()[:2]
+    return f"{host_id} {key_type} {blob}"
+
+
+@pytest.mark.parametrize("hop", ["jump", "target"])
+def test_a_changed_key_stops_an_unattended_run_unless_named(topology, api: Api, monkeypatch, capsys,
+                                                            tmp_path: Path, hop: str) -> None:  # fmt: skip
+    """A man in the middle during `--yes` must not rewrite the project's SSH_KNOWN_HOSTS."""
+    box = topology.box
+    ident = f"[127.0.0.1]:{box.jump.port}" if hop == "jump" else f"[localhost]:{box.tunnel_port}"
+    stale = _impostor_line(ident, tmp_path)
+    other = f"other.example.com {stale.split(' ', 1)[1]}"
+    api.variables = [_known_hosts_variable(f"{stale}\n{other}\n")]
+    refused = setup_gitlab(monkeypatch, capsys, topology.env, *_route(topology), "--yes")
+    assert refused.status == 5, refused.output
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("deployer: error: the host key of ") and "CHANGED" in line
+    assert f"rerun with --replace-host-key '{ident}'" in line and "nothing was changed" in line
+    assert api.writes() == []
+    api.mock.calls.reset()
+    replaced = setup_gitlab(monkeypatch, capsys, topology.env, *_route(topology), "--yes",
+                            "--replace-host-key", ident)  # fmt: skip
+    assert replaced.status == 0, replaced.output
+    assert "CHANGED from SSH_KNOWN_HOSTS: replacing it (--replace-host-key)" in replaced.stderr
+    stored = next(body["value"] for _, _, body in api.writes() if body["key"] == "SSH_KNOWN_HOSTS")
+    assert stale not in stored and other in stored  # the named hop's line gave way, others stay
+    real = box.jump.host_keys if hop == "jump" else box.target.host_keys
+    assert all(f"{ident} {key}" in stored for key in real)
+
+
+def test_a_host_pinned_by_one_key_type_keeps_it(topology, api: Api, monkeypatch, capsys) -> None:
+    """Keys of other types a known host offers are shown, never stored without being asked for."""
+    box = topology.box
+    ident = f"[127.0.0.1]:{box.jump.port}"
+    ecdsa = next(key for key in box.jump.host_keys if key.startswith("ecdsa"))
+    api.variables = [_known_hosts_variable(f"{ident} {ecdsa}\n")]
+    run = setup_gitlab(monkeypatch, capsys, topology.env, *_route(topology), "--yes")
+    assert run.status == 0, run.output
+    assert "not stored: the host is pinned by its key of another type" in run.stderr
+    stored = next(body["value"] for _, _, body in api.writes() if body["key"] == "SSH_KNOWN_HOSTS")
+    assert [line for line in stored.splitlines() if line.startswith(ident)] == [f"{ident} {ecdsa}"]
+    assert f"[localhost]:{box.tunnel_port} ssh-ed25519 " in stored  # the target was new: stored
+
+
+def test_replace_host_key_must_name_a_hop(topology, api: Api, monkeypatch, capsys) -> None:
+    run = setup_gitlab(monkeypatch, capsys, topology.env, *_route(topology), "--yes",
+                       "--replace-host-key", "elsewhere.example.com")  # fmt: skip
+    assert run.status == 2
+    assert "--replace-host-key 'elsewhere.example.com' names no hop of the route" in run.stderr
+    assert api.writes() == []

@@ -221,6 +221,23 @@ def test_each_route_failure_is_one_line_exit_7_and_changes_nothing(
     assert (live(deployed), releases(deployed)) == before
 
 
+@pytest.mark.parametrize("route", [
+    ["--to", "deploy@x$(touch${IFS}pwned-host)"],  # the CVE-2023-51385 pattern, through %h
+    ["--to", "$(touch${IFS}pwned-user)@localhost"],  # ... and through %r
+    ["--to", "deploy@localhost", "--jump", "j@x`touch${IFS}pwned-jump`"],
+])  # fmt: skip
+def test_shell_syntax_in_a_route_never_reaches_the_proxy_command(topology, deployer, tmp_path: Path,
+                                                                 route: list[str]) -> None:  # fmt: skip
+    run = deployer(["exec", *route, "--proxy-command", "sh -c 'exit 3' %h %r", "--", "true"],
+                   env=topology.env, cwd=tmp_path)  # fmt: skip
+    assert run.status == 2, run.output
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("deployer: error: ") and (
+        "not a host name" in line or "not a user name" in line
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing ran
+
+
 # ---------------------------------------------------------------------------- deployer tunnel
 
 

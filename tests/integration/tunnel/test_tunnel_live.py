@@ -417,6 +417,43 @@ def test_unknown_jump_host_key_exits_5(
     assert "CHANGED" in changed.log()
 
 
+RELAY = """
+import os, socket, sys, threading
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def up():
+    while data := os.read(0, 65536):
+        sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while data := sock.recv(65536):
+    os.write(1, data)
+"""
+
+
+def test_proxy_command_and_ssh_get_no_secrets(jump: Jump, keepers: Callable[..., Keeper], target_port: int,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """Both ProxyCommand runs (deployer's check of the jump host, then OpenSSH's) see no secret."""
+    relay = tmp_path / "relay.py"
+    relay.write_text(RELAY)
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    spec = f"{free_port()}:127.0.0.1:{target_port}"
+    jump.authorize([spec])
+    secrets = {"DEPLOYER_WEBHOOK_SECRET": "webhook-secret-value-0123456789", "DEPLOYER_GITLAB_TOKEN": "glpat-x",
+               "SSH_PRIVATE_KEY_PASSPHRASE": "passphrase-x", "DEPLOYER_PROXY_PASSWORD": "proxy-x",
+               "CREDENTIALS_DIRECTORY": "/run/credentials/x"}  # fmt: skip
+    command = f"sh -c 'env > {dumps}/env.$$; exec {sys.executable} {relay} %h %p'"
+    keeper = keepers(jump, [spec], "--proxy-command", command, env=secrets)
+    keeper.wait_up(timeout=20)
+    files = sorted(dumps.iterdir())
+    assert len(files) >= 2, keeper.log()  # the preflight's and ssh's
+    seen = [{line.partition("=")[0] for line in dump.read_text().splitlines()} for dump in files]
+    for names in seen:
+        assert names.isdisjoint(secrets), names & set(secrets)
+    # ssh's dump names the keeper's agent: the key is there, in memory
+    assert any("SSH_AUTH_SOCK" in names for names in seen)
+
+
 def test_refused_key_exits_6(jump: Jump, keepers: Callable[..., Keeper], target_port: int) -> None:
     spec = f"{free_port()}:127.0.0.1:{target_port}"
     jump.authorize([spec])

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from deployer.output import Reporter
 from deployer.sandbox.servers import free_port
 from deployer.webhook.client import WebhookClient
 from deployer.webhook.poll import Poller, PollSettings
-from deployer.webhook.receiver import tls_context
+from deployer.webhook.receiver import Receiver, tls_context
 from deployer.webhook.request import DeployRequest
 from deployer.webhook.signing import sign_headers
 from deployer.webhook.sources import FetchSettings, GitlabSource, HttpsSource
@@ -82,9 +84,11 @@ def post(receiver, body: bytes) -> tuple[int, dict[str, Any]]:
 def test_signed_request_deploys_and_status_streams_the_log(site, target: Path) -> None:
     www, url, ca = site
     artifact = tarball(www, "app.tar.gz", APP)
-    with running_receiver((str(target),), FetchSettings(ca_bundle=ca)) as receiver:
-        status, answer = post(receiver, document(target, HttpsSource(f"{url}/app.tar.gz"), sha(artifact),
-                                                 before=("echo before in $PWD",)))  # fmt: skip
+    hooks = {str(target): HookSettings(before=("echo before in $PWD",))}  # the receiver's own
+    with running_receiver((str(target),), FetchSettings(ca_bundle=ca), hooks=hooks) as receiver:
+        status, answer = post(
+            receiver, document(target, HttpsSource(f"{url}/app.tar.gz"), sha(artifact))
+        )
         assert status == 202 and answer["status_url"] == f"/deploys/{answer['id']}"
         lines: list[str] = []
         final = WebhookClient(receiver.url, SECRET).follow(
@@ -117,18 +121,27 @@ def test_tls_receiver_with_a_ca_bundle(site, target: Path, tmp_path: Path) -> No
 # ---------------------------------------------------------------------------- refusals
 
 
-@pytest.fixture
-def live_receiver(site, target: Path):
-    """A receiver with one release already live at target; yields (receiver, site URL, www)."""
+@contextmanager
+def serving_live(site, target: Path, **settings: Any) -> Iterator[tuple[Receiver, str, Path]]:
+    """A receiver (with settings) with one release already live at target."""
     www, url, ca = site
     first = tarball(www, "app.tar.gz", APP)
-    with running_receiver((str(target),), FetchSettings(ca_bundle=ca), max_body=4096) as receiver:
+    with running_receiver(
+        (str(target),), FetchSettings(ca_bundle=ca), max_body=4096, **settings
+    ) as receiver:
         status, answer = post(
             receiver, document(target, HttpsSource(f"{url}/app.tar.gz"), sha(first))
         )
         assert status == 202
         assert wait_final(receiver, answer["id"])["state"] == "deployed"
         yield receiver, url, www
+
+
+@pytest.fixture
+def live_receiver(site, target: Path):
+    """A receiver with one release already live at target; yields (receiver, site URL, www)."""
+    with serving_live(site, target) as running:
+        yield running
 
 
 def assert_live_unchanged(target: Path, before: tuple[str, list[str]]) -> None:
@@ -173,6 +186,96 @@ def test_stale_timestamp_is_refused(live_receiver, target: Path) -> None:
     assert status == 401, answer
     assert re.search(r"is 360[01] s old \(more than 300 s\)", answer["error"]), answer
     assert_live_unchanged(target, before)
+
+
+def test_hooks_named_in_a_request_are_refused(live_receiver, target: Path, tmp_path: Path) -> None:
+    """The webhook secret deploys; it does not choose commands to run on the server."""
+    receiver, url, www = live_receiver
+    before = (live(target), releases(target))
+    known = set(receiver.deployments.records)  # the fixture's first deploy
+    pwned = tmp_path / "pwned"
+    artifact = tarball(www, "v2.tar.gz", {"VERSION": "v2\n"})
+    for hooks in (
+        {"before": (f"touch {pwned}",)},
+        {"after": (f"touch {pwned}",)},
+        {"healthcheck": f"touch {pwned}"},
+    ):
+        status, answer = post(
+            receiver, document(target, HttpsSource(f"{url}/v2.tar.gz"), sha(artifact), **hooks)
+        )
+        assert status == 403, answer
+        assert (
+            "refuses hooks named in a request" in answer["error"]
+            and "--allow-request-hooks" in answer["error"]
+        )
+    time.sleep(0.5)
+    assert not pwned.exists() and set(receiver.deployments.records) == known  # nothing queued
+    assert_live_unchanged(target, before)
+
+
+def test_receiver_hooks_run_without_the_receivers_secrets(
+    site, target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`deployer serve` holds the webhook secret and a GitLab token; its hooks must not."""
+    secrets = {"DEPLOYER_WEBHOOK_SECRET": SECRET.decode(), "DEPLOYER_GITLAB_TOKEN": TOKEN,
+               "CREDENTIALS_DIRECTORY": str(tmp_path / "credentials")}  # fmt: skip
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    dump = tmp_path / "hook-env"
+    hooks = {str(target): HookSettings(before=(f"env > {dump}",), after=(f"env >> {dump}",))}
+    with serving_live(site, target, hooks=hooks):
+        pass
+    names = {line.partition("=")[0] for line in dump.read_text().splitlines()}
+    assert "DEPLOYER_RELEASE_DIR" in names  # the hook's own environment is there
+    assert names.isdisjoint(secrets), names & set(secrets)
+    assert SECRET.decode() not in dump.read_text() and TOKEN not in dump.read_text()
+
+
+def test_serve_takes_hooks_per_path_from_its_deployer_toml(deployer, site, tmp_path: Path) -> None:
+    """A real `deployer serve`: the flags' hooks for every path, a [served] table for one of them."""
+    www, url, ca = site
+    app, api = tmp_path / "srv" / "app", tmp_path / "srv" / "api"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    config = tmp_path / "receiver"
+    config.mkdir()
+    (config / "deployer.toml").write_text(
+        f'paths = ["{app}", "{api}"]\nca_bundle = "{ca}"\nreplay_file = "{tmp_path / "replay"}"\n'
+        f'before = ["touch {marks}/common-$(basename $DEPLOYER_PATH)"]\n'
+        f'[served."{api}"]\nbefore = ["touch {marks}/api-only"]\nhook_timeout = 20\n'
+    )
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "deployer", "serve", "--listen", f"127.0.0.1:{port}"],
+                            cwd=config, env={**os.environ, "DEPLOYER_WEBHOOK_SECRET": SECRET.decode()},
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        seen = ""
+        deadline = time.monotonic() + 20
+        while (
+            "receiving deploys" not in seen and time.monotonic() < deadline and proc.poll() is None
+        ):
+            seen += proc.stderr.readline()  # type: ignore[union-attr]
+        assert "receiving deploys" in seen, seen
+        client = WebhookClient(f"http://127.0.0.1:{port}", SECRET)
+        artifact = tarball(www, "app.tar.gz", APP)
+        for path in (app, api):
+            answer = client.submit(
+                json.loads(document(path, HttpsSource(f"{url}/app.tar.gz"), sha(artifact)))
+            )
+            final = client.follow(answer["id"], lambda line: None, time.monotonic() + 60)
+            assert final["state"] == "deployed", final
+        refused = deployer(["push", str(artifact), "--mode", "webhook", "--webhook-url", f"http://127.0.0.1:{port}",
+                            "--artifact-url", f"{url}/app.tar.gz", "--path", str(app), "--before", "id"],
+                           env=cli_env())  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    assert sorted(p.name for p in marks.iterdir()) == ["api-only", "common-app"]
+    assert refused.status == ExitCode.WEBHOOK
+    assert (
+        "(HTTP 403)" in one_error_line(refused.stderr)
+        and "refuses hooks named in a request" in refused.stderr
+    )
 
 
 def test_wrong_digest_fails_the_deploy_before_anything_changes(live_receiver, target: Path) -> None:
@@ -225,28 +328,26 @@ def test_malformed_requests_are_refused(live_receiver, target: Path) -> None:
     assert_live_unchanged(target, before)
 
 
-def test_concurrent_requests_to_one_path_are_serialized(
-    live_receiver, target: Path, tmp_path: Path
-) -> None:
-    receiver, url, www = live_receiver
+def test_concurrent_requests_to_one_path_are_serialized(site, target: Path, tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     hook = f"echo start $DEPLOYER_RELEASE_ID >> {trace}; sleep 1; echo end $DEPLOYER_RELEASE_ID >> {trace}"
-    bodies = []
-    for version in ("v2", "v3"):
-        artifact = tarball(www, f"{version}.tar.gz", {"VERSION": f"{version}\n"})
-        bodies.append(
-            document(target, HttpsSource(f"{url}/{version}.tar.gz"), sha(artifact), before=(hook,))
-        )
-    answers: list[tuple[int, dict[str, Any]]] = []
-    threads = [
-        threading.Thread(target=lambda b=b: answers.append(post(receiver, b))) for b in bodies
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert sorted(status for status, _ in answers) == [202, 202]
-    finals = [wait_final(receiver, answer["id"]) for _, answer in answers]
+    with serving_live(site, target, hooks={str(target): HookSettings(before=(hook,))}) as running:
+        receiver, url, www = running
+        trace.unlink()  # the first deploy's before hook ran
+        bodies = []
+        for version in ("v2", "v3"):
+            artifact = tarball(www, f"{version}.tar.gz", {"VERSION": f"{version}\n"})
+            bodies.append(document(target, HttpsSource(f"{url}/{version}.tar.gz"), sha(artifact)))
+        answers: list[tuple[int, dict[str, Any]]] = []
+        threads = [
+            threading.Thread(target=lambda b=b: answers.append(post(receiver, b))) for b in bodies
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(status for status, _ in answers) == [202, 202]
+        finals = [wait_final(receiver, answer["id"]) for _, answer in answers]
     assert [f["state"] for f in finals] == ["deployed", "deployed"]
     words = [line.split()[0] for line in trace.read_text().splitlines()]
     assert words == ["start", "end", "start", "end"]  # never two before hooks at once
@@ -379,9 +480,11 @@ def one_error_line(stderr: str) -> str:
 
 
 def test_push_mode_webhook_end_to_end(deployer, site, target: Path) -> None:
+    """A push that names exactly the receiver's hooks asks for nothing more: it goes through."""
     www, url, ca = site
     artifact = tarball(www, "app.tar.gz", APP)
-    with running_receiver((str(target),), FetchSettings(ca_bundle=ca)) as receiver:
+    hooks = {str(target): HookSettings(after=("echo after-hook-ran",))}
+    with running_receiver((str(target),), FetchSettings(ca_bundle=ca), hooks=hooks) as receiver:
         run = deployer(["push", str(artifact), "--mode", "webhook", "--webhook-url", receiver.url,
                         "--artifact-url", f"{url}/app.tar.gz", "--path", str(target),
                         "--after", "echo after-hook-ran"], env=cli_env())  # fmt: skip
@@ -391,14 +494,15 @@ def test_push_mode_webhook_end_to_end(deployer, site, target: Path) -> None:
 
 
 def test_failing_healthcheck_through_the_webhook_fails_the_job(
-    deployer, live_receiver, target: Path
+    deployer, site, target: Path
 ) -> None:
-    receiver, url, www = live_receiver
-    before = (live(target), releases(target))
-    artifact = tarball(www, "v2.tar.gz", {"VERSION": "v2\n"})
-    run = deployer(["push", str(artifact), "--mode", "webhook", "--webhook-url", receiver.url,
-                    "--artifact-url", f"{url}/v2.tar.gz", "--path", str(target), "--healthcheck", "exit 3",
-                    "--healthcheck-retries", "0"], env=cli_env())  # fmt: skip
+    """A receiver started with --allow-request-hooks runs the hooks the push names."""
+    with serving_live(site, target, allow_request_hooks=True) as (receiver, url, www):
+        before = (live(target), releases(target))
+        artifact = tarball(www, "v2.tar.gz", {"VERSION": "v2\n"})
+        run = deployer(["push", str(artifact), "--mode", "webhook", "--webhook-url", receiver.url,
+                        "--artifact-url", f"{url}/v2.tar.gz", "--path", str(target), "--healthcheck", "exit 3",
+                        "--healthcheck-retries", "0"], env=cli_env())  # fmt: skip
     assert run.status == ExitCode.HOOK, run.output
     line = one_error_line(run.stderr)
     assert "healthcheck `exit 3`" in line and f"switched back to {before[0]}" in line

@@ -885,3 +885,47 @@ def test_message_format_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         "artifact dist.tar.gz: member '../etc/passwd' escapes the release directory"
         " — rebuild the archive with relative paths"
     )
+
+
+# --------------------------------------------------------------------------- how many entries
+
+
+def test_an_artifact_with_too_many_entries_is_refused(tmp_path: Path) -> None:
+    from deployer.artifact.scan import open_artifact
+
+    names = [f"f{i}" for i in range(11)]
+    tar = make_tar(tmp_path / "many.tar.gz", *(info(name) for name in names))
+    archive = make_zip(tmp_path / "many.zip", *(zip_member(name, 0o100644) for name in names))
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_text("x")
+    for path in (tar, archive, folder):
+        assert open_artifact(path, max_members=11).file_count == 11
+        with pytest.raises(ArtifactError, match=r"has more than 10 entries") as caught:
+            open_artifact(path, max_members=10)
+        assert caught.value.exit_code == ExitCode.ARTIFACT and "\n" not in str(caught.value)
+
+
+def test_zip_entry_counts_are_read_from_the_end_records(tmp_path: Path) -> None:
+    """A zip is refused by what its end record declares, before zipfile reads every entry."""
+    from deployer.artifact.scan import zip_entry_count
+
+    big = tmp_path / "zip64.zip"
+    with zipfile.ZipFile(big, "w") as archive:  # 70 000 entries: a zip64 end record
+        for i in range(70_000):
+            archive.writestr(f"f{i}", "")
+    with big.open("rb") as raw:
+        assert zip_entry_count(raw) == 70_000
+    commented = tmp_path / "comment.zip"
+    with zipfile.ZipFile(commented, "w") as archive:
+        archive.comment = b"x" * 4000
+        archive.writestr("a", "b")
+    with commented.open("rb") as raw:
+        assert zip_entry_count(raw) == 1
+    with (tmp_path / "many.tar.gz").open("wb") as raw:
+        raw.write(b"\x1f\x8b not a zip")
+    with (tmp_path / "many.tar.gz").open("rb") as raw:
+        assert zip_entry_count(raw) is None
+    with pytest.raises(ArtifactError, match="has more than 69999 entries"):
+        open_artifact(big, max_members=69_999)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deployer.ci.environment import is_ci, provenance_fields
-from deployer.config import build_default_map, find_config_file, read_config_file
+from deployer.config import build_default_map, find_config_file, nest_default_map, read_config_file
 from deployer.errors import ConfigError
 
 
@@ -43,6 +43,16 @@ def test_default_map_per_command_and_unknown_keys(tmp_path: Path) -> None:
     assert result == {"push": {"to": ["a@b"], "keep": 3}, "releases": {"to": ["a@b"]}}
     with pytest.raises(ConfigError, match="unknown setting 'kep'"):
         build_default_map({"kep": 3}, commands, tmp_path / "deployer.toml")
+
+
+def test_a_groups_commands_get_their_values_nested() -> None:
+    flat = {
+        "push": {"path": "/srv/app"},
+        "serve run": {"before": ["x"]},
+        "serve install-service": {"before": ["x"]},
+    }
+    assert nest_default_map(flat) == {"push": {"path": "/srv/app"},
+                                      "serve": {"run": {"before": ["x"]}, "install-service": {"before": ["x"]}}}  # fmt: skip
 
 
 def test_provenance_from_gitlab_and_github() -> None:

@@ -41,9 +41,9 @@ def test_generated_key_is_one_base64_line_that_deployer_loads() -> None:
     assert public_key_of(value, "deployer-ci acme/app production") == public
 
 
-def test_merge_known_hosts_replaces_scanned_hosts_and_keeps_the_rest() -> None:
+def test_merge_known_hosts_replaces_named_hosts_and_keeps_the_rest() -> None:
     existing = "\n".join([
-        f"[localhost]:22022 ssh-ed25519 {OTHER}",  # the scanned host's old key: replaced
+        f"[localhost]:22022 ssh-ed25519 {OTHER}",  # the named host's old key: replaced
         f"other.example.com ssh-ed25519 {OTHER}",  # another host: kept
         f"@revoked * ssh-ed25519 {OTHER}",  # a marker line: kept
         "# a comment",
@@ -58,6 +58,24 @@ def test_merge_known_hosts_replaces_scanned_hosts_and_keeps_the_rest() -> None:
     assert (
         merge_known_hosts(merged, scanned, [("localhost", 22022)]) == merged
     )  # stable: no change next time
+
+
+def test_merge_known_hosts_adds_only_new_hosts_unless_named() -> None:
+    existing = f"jump.example.com ssh-ed25519 {OTHER}\n"
+    scanned = [
+        ScannedKey("jump", "jump.example.com", "ssh-ed25519", "SHA256:a", f"jump.example.com ssh-ed25519 {OTHER}",
+                   "known"),
+        ScannedKey("jump", "jump.example.com", "ecdsa-sha2-nistp256", "SHA256:b", "jump.example.com ecdsa AAA",
+                   "unpinned"),
+        ScannedKey("target", "[localhost]:22022", "ssh-ed25519", "SHA256:c", f"[localhost]:22022 ssh-ed25519 {BLOB}",
+                   "new"),
+    ]  # fmt: skip
+    assert merge_known_hosts(existing, scanned).splitlines() == [
+        f"jump.example.com ssh-ed25519 {OTHER}", f"[localhost]:22022 ssh-ed25519 {BLOB}"]  # fmt: skip
+    # a named hop takes every key scanned there
+    assert "jump.example.com ecdsa AAA" in merge_known_hosts(
+        existing, scanned, [("jump.example.com", 22)]
+    )
 
 
 def test_key_lines_for_a_tunnel_a_lan_host_and_a_direct_target() -> None:

@@ -88,9 +88,11 @@ def policy_of(text: str, *, pins: tuple[str, ...] = (), accept_new: bool = False
     return HostKeyPolicy(tuple(parse_known_hosts(text, "SSH_KNOWN_HOSTS")), pins, accept_new)
 
 
-def refusal(policy: HostKeyPolicy, hop: str, host: str, port: int, key: Key) -> str:
+def refusal(
+    policy: HostKeyPolicy, hop: str, host: str, port: int, key: Key, algorithm: str = ""
+) -> str:
     with pytest.raises(HostKeyError) as caught:
-        policy.check(hop, host, port, key.type, key.blob, HINT)
+        policy.check(hop, host, port, algorithm or key.type, key.blob, HINT)
     message = str(caught.value)
     assert caught.value.exit_code == ExitCode.HOST_KEY
     assert "\n" not in message and "\r" not in message  # one line
@@ -192,7 +194,8 @@ def test_unknown_key_types_are_kept_but_never_match(keys: dict[str, Key]) -> Non
     assert [e.key_type for e in policy.known] == [sk_type, "ssh-ed25519"]
     assert policy.algorithms_for("host", 22) == ["ssh-ed25519"]
     assert policy.verdict("host", 22, keys["ed2"].type, keys["ed2"].blob) is Verdict.CHANGED
-    assert policy.verdict("host", 22, keys["ec"].type, keys["ec"].blob) is Verdict.UNKNOWN
+    # a host with any pinned key is known: another type is a changed key
+    assert policy.verdict("host", 22, keys["ec"].type, keys["ec"].blob) is Verdict.CHANGED
 
 
 @pytest.mark.parametrize(
@@ -414,11 +417,14 @@ def test_changed_vs_unknown(keys: dict[str, Key]) -> None:
     assert fingerprint(ed.blob) in message and fingerprint(keys["ed2"].blob) in message
     assert "SSH_KNOWN_HOSTS:2 has" in message and "possible man-in-the-middle" in message
     assert f"replace that line with the output of `{HINT}`" in message
-    # another key type (even another ECDSA curve) is new, not changed — like OpenSSH
-    assert policy.verdict("localhost", 22022, ec.type, ec.blob) is Verdict.UNKNOWN
+    # another key type (even another ECDSA curve) for a known host is a changed key: a man in
+    # the middle offers whatever type it holds (OpenSSH would call it new; deployer is stricter)
+    assert policy.verdict("localhost", 22022, ec.type, ec.blob) is Verdict.CHANGED
     message = refusal(policy, TARGET, "localhost", 22022, ec)
-    assert "is not in SSH_KNOWN_HOSTS / --known-hosts" in message and "CHANGED" not in message
-    assert "only ecdsa-sha2-nistp384, ssh-ed25519 is known for it" in message
+    assert message.startswith(
+        f"the host key of {TARGET} CHANGED: [localhost]:22022 presented ecdsa-sha2-nistp256"
+        f" {fingerprint(ec.blob)} but SSH_KNOWN_HOSTS:2 has ssh-ed25519 {fingerprint(keys['ed2'].blob)}"
+    )
     # the same key on another port or host is unknown there
     assert policy.verdict("localhost", 22, keys["ed2"].type, keys["ed2"].blob) is Verdict.UNKNOWN
     # rsa: whatever signature algorithm was negotiated, the key is an ssh-rsa key
@@ -465,14 +471,26 @@ def test_accept_new_notices_but_never_overrides_changed_or_revoked(keys: dict[st
     assert fingerprint(ed.blob) in notice and notice.endswith(line)
     # the printed line pins the key
     assert policy_of(line).check(JUMP, "jumphost", 2222, ed.type, ed.blob, HINT) is None
-    # a different key type for a known host is new, so it is accepted too
-    assert policy.check(TARGET, "localhost", 22022, "rsa-sha2-512", keys["rsa"].blob, HINT)
+    # a different key type for a known host is a changed key: never taken on first use
+    message = refusal(policy, TARGET, "localhost", 22022, keys["rsa"], "rsa-sha2-512")
+    assert "CHANGED" in message and "--accept-new-host-keys never takes a changed key" in message
     assert "CHANGED" in refusal(policy, TARGET, "localhost", 22022, ed)
     assert "REVOKED" in refusal(policy, JUMP, "jumphost", 22, ec)
     assert policy.check(TARGET, "localhost", 22022, ed2.type, ed2.blob, HINT) is None
     # without the flag the same key is refused
     strict = policy_of(text)
     assert "--accept-new-host-keys" in refusal(strict, JUMP, "jumphost", 2222, ed)
+
+
+def test_a_scoped_pin_makes_its_host_known(keys: dict[str, Key]) -> None:
+    ed, ec = keys["ed"], keys["ec"]
+    policy = HostKeyPolicy(pins=parse_pins([f"jumphost={fingerprint(ed.blob)}"]), accept_new=True)
+    assert policy.verdict("jumphost", 22, ed.type, ed.blob) is Verdict.MATCH
+    assert policy.verdict("jumphost", 22, ec.type, ec.blob) is Verdict.CHANGED
+    message = refusal(policy, JUMP, "jumphost", 22, ec)
+    assert f"--host-key-fingerprint pins jumphost={fingerprint(ed.blob)}" in message
+    # a pin for one host says nothing about another
+    assert policy.check(JUMP, "other", 22, ec.type, ec.blob, HINT) is not None
 
 
 def test_algorithms_for_prefers_like_openssh(keys: dict[str, Key]) -> None:

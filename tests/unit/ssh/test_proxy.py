@@ -65,6 +65,35 @@ def test_a_bad_url_never_echoes_its_password() -> None:
     assert "hunter2" not in str(caught.value) and "ci:***@" in str(caught.value)
 
 
+@pytest.mark.parametrize("url", [
+    "http://ci:s3/cr3t@proxy.corp", "http://ci:s3@cr3t@proxy.corp", "http://ci:s3/cr3t@proxy.corp:3128/x",
+    "http://ci:s3@cr3t@proxy:99999", "ci:s3/cr3t@proxy:3128", "ftp://ci:s3@/cr3t@gw:21",
+    "http://ci:s3/cr3t@:3128",
+])  # fmt: skip
+def test_a_password_with_a_slash_or_an_at_sign_never_shows(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_proxy(url, {})
+    assert "s3" not in str(caught.value) and "cr3t" not in str(caught.value), caught.value
+
+
+def test_expanded_host_and_user_are_quoted_for_the_shell() -> None:
+    assert expand_command("ssh -W %h:%p %r@bastion", "app.example.com", 22, "ci") == (
+        "ssh -W app.example.com:22 ci@bastion"
+    )
+    assert expand_command("nc %h %p # %r", "x$(id)", 22, "a;b") == "nc 'x$(id)' 22 # 'a;b'"
+
+
+def test_a_password_may_hold_a_slash_or_an_at_sign() -> None:
+    spec = parse_proxy("http://ci:s3/cr@t:x@proxy.corp:3128", {})
+    assert (spec.username, spec.password, spec.host, spec.port) == (
+        "ci",
+        "s3/cr@t:x",
+        "proxy.corp",
+        3128,
+    )
+    assert str(spec) == "http://ci@proxy.corp:3128"
+
+
 def test_password_without_user() -> None:
     with pytest.raises(ConfigError, match="names no user"):
         parse_proxy("http://proxy:3128", {PASSWORD_ENV: "pw"})

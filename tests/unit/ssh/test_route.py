@@ -27,6 +27,42 @@ def test_bad_endpoints_name_the_option(bad: str) -> None:
         parse_endpoint(bad, default_user="me", option="--jump")
 
 
+@pytest.mark.parametrize(("text", "what"), [
+    ("deploy@x$(touch${IFS}pwned)", "host name"), ("deploy@x`id`", "host name"),
+    ("deploy@x;id", "host name"), ("deploy@x|id", "host name"), ("deploy@-oProxyCommand=id", "host name"),
+    ("deploy@x&&id", "host name"), ("deploy@x'y", "host name"), ("deploy@x\\y", "host name"),
+    ("deploy@x\x07y", "host name"), ("$(id)@host", "user name"), ("`id`@host", "user name"),
+    ("-oProxyCommand=id@host", "user name"), ("a;b@host", "user name"), ("a|b@host", "user name"),
+    ("deploy@[::1;id]", "USER@HOST"),
+])  # fmt: skip
+def test_shell_syntax_in_host_and_user_names_is_refused(text: str, what: str) -> None:
+    """The CVE-2023-51385 pattern: %h and %r reach a shell when a ProxyCommand is expanded."""
+    with pytest.raises(ConfigError, match=what):
+        parse_endpoint(text, default_user="me")
+
+
+@pytest.mark.parametrize(("text", "host"), [
+    ("deploy@app-1.example.com", "app-1.example.com"), ("deploy@10.0.0.7", "10.0.0.7"), ("d@[fe80::1%2]:22", "fe80::1%2"),
+    ("d@[2001:db8::7]", "2001:db8::7"), ("first.last@intranet_host", "intranet_host"), ("_svc@h", "h"),
+])  # fmt: skip
+def test_host_names_ip_literals_and_posix_user_names(text: str, host: str) -> None:
+    assert parse_endpoint(text, default_user="me").host == host
+
+
+def test_names_from_ssh_config_are_checked_too(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text(
+        "Host evil\n  HostName x$(id)\nHost badu\n  HostName ok.example.com\n  User $(id)\n"
+    )
+    lookup = ssh_config_lookup(config)
+    with pytest.raises(
+        ConfigError, match=r"after ssh_config's Host evil\): 'x\$\(id\)' is not a host name"
+    ):
+        parse_endpoint("evil", default_user="me", lookup=lookup)
+    with pytest.raises(ConfigError, match="is not a user name"):
+        parse_endpoint("badu", default_user="me", lookup=lookup)
+
+
 def test_jump_chains_like_ssh_dash_j() -> None:
     hops = parse_jumps(["a@one,b@two:2200", "c@three"], default_user="me")
     assert [str(h) for h in hops] == ["a@one", "b@two:2200", "c@three"]

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import time
 import urllib.error
@@ -46,8 +47,8 @@ from deployer.tunnel.policy import (
     transition,
 )
 from deployer.tunnel.settings import TunnelSettings
-from deployer.tunnel.ssh_argv import RuntimePaths, reclaim_argv, tunnel_argv
-from deployer.tunnel.status import StatusBoard
+from deployer.tunnel.ssh_argv import RuntimePaths, guard_argv, reclaim_argv, tunnel_argv
+from deployer.tunnel.status import HEALTHZ_TIMEOUT, StatusBoard
 
 JUMP = Endpoint("jump", "jump.example.com", 2222)
 
@@ -252,6 +253,25 @@ def test_status_board_logs_writes_and_validates(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*tmp"))  # written atomically, no leftovers
 
 
+def test_status_file_is_never_written_through_a_symlink(tmp_path: Path) -> None:
+    """The old temporary name was predictable (.NAME.PID.tmp) and written through symlinks."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    status = tmp_path / "status.json"
+    (tmp_path / f".status.json.{os.getpid()}.tmp").symlink_to(victim)
+    settings = TunnelSettings(JUMP, (parse_forward("22022:localhost:22"),), status_file=status)
+    board = StatusBoard(settings, lambda line: None)
+    board.write()
+    assert victim.read_text() == "precious\n" and (victim.stat().st_mode & 0o777) == 0o600
+    assert json.loads(status.read_text())["state"] == "starting"
+    assert (status.stat().st_mode & 0o777) == 0o644
+    status.unlink()
+    status.symlink_to(victim)  # a symlink at the status path itself is replaced, not followed
+    board.write()
+    assert victim.read_text() == "precious\n" and not status.is_symlink()
+
+
 def test_healthz_endpoint() -> None:
     settings = TunnelSettings(
         JUMP, (parse_forward("22022:localhost:22"),), healthz=("127.0.0.1", 0)
@@ -260,6 +280,10 @@ def test_healthz_endpoint() -> None:
     board.serve()
     try:
         port = board._server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as idle:
+            started = time.monotonic()
+            assert idle.recv(1) == b""  # a client that sends nothing is closed, not waited for
+            assert time.monotonic() - started < HEALTHZ_TIMEOUT + 3
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert error.value.code == 503
@@ -402,7 +426,7 @@ def test_tunnel_argv(tmp_path: Path) -> None:
     paths = RuntimePaths(tmp_path, "/run/agent.sock")
     argv = tunnel_argv(settings, paths, "ssh-rsa", hold=False)
     text = " ".join(argv)
-    assert argv[0] == "ssh" and argv[-2:] == ["-N", "jump.example.com"]
+    assert argv[0] == "ssh" and argv[-3:] == ["-N", "--", "jump.example.com"]
     for option in ("ExitOnForwardFailure=yes", "StrictHostKeyChecking=yes", "BatchMode=yes", "IdentityFile=none",
                    "IdentityAgent=/run/agent.sock", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
                    "GlobalKnownHostsFile=/dev/null", "HostKeyAlgorithms=rsa-sha2-512,rsa-sha2-256",
@@ -414,8 +438,14 @@ def test_tunnel_argv(tmp_path: Path) -> None:
     assert f"{tmp_path / 'check-1.sock'}:127.0.0.1:8080" in argv
     assert argv[argv.index("-l") : argv.index("-l") + 4] == ["-l", "jump", "-p", "2222"]
     held = tunnel_argv(settings, paths, "ssh-ed25519", hold=True)
-    assert held[-2:] == ["jump.example.com", "hold"] and "-N" not in held
-    assert reclaim_argv(settings, paths, "ssh-ed25519", (12, 34))[-1] == "reclaim 12 34"
+    assert held[-3:] == ["--", "jump.example.com", "hold"] and "-N" not in held
+    assert reclaim_argv(settings, paths, "ssh-ed25519", (12, 34))[-3:] == [
+        "--",
+        "jump.example.com",
+        "reclaim 12 34",
+    ]
+    guard = guard_argv(settings, paths, "ssh-ed25519", settings.forwards[0])
+    assert guard[-4:] == ["-W", "127.0.0.1:22022", "--", "jump.example.com"]
     assert reclaim_argv(settings, paths, "ssh-ed25519", None)[-1] == "reclaim"
 
 

@@ -115,6 +115,7 @@ def test_install_service_prints_a_unit_with_credentials_and_write_access() -> No
         "install-service", "--path", "/srv/app", "--path", "/srv/api/", "--listen", "0.0.0.0:8443",
         "--tls-cert", "/etc/deployer/tls.pem", "--tls-key", "/etc/deployer/tls.key",
         "--gitlab-token-file", "/etc/deployer/gitlab.token", "--deployer", "/opt/deployer/bin/deployer", "--print",
+        "--before", "./bin/migrate", "--healthcheck", "curl -fsS localhost:8080/up", "--hook-timeout", "60",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -122,15 +123,18 @@ def test_install_service_prints_a_unit_with_credentials_and_write_access() -> No
                  "LoadCredential=tls-key:/etc/deployer/tls.key",
                  "LoadCredential=gitlab-token:/etc/deployer/gitlab.token",
                  "ReadWritePaths=/srv/app /srv/api", "UMask=0022", "TimeoutStopSec=infinity",
-                 "SuccessExitStatus=130", "User=deployer", "NoNewPrivileges=yes", "ProtectSystem=strict"):  # fmt: skip
+                 "SuccessExitStatus=130", "User=deployer", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                 "StateDirectory=deployer-serve", "StateDirectoryMode=0700"):  # fmt: skip
         assert line in lines, line
     assert "UMask=0077" not in lines and "TimeoutStopSec=15" not in lines
     assert len([h for h in HARDENING if h in lines]) == len(HARDENING) - 1  # all but the umask
     exec_start = next(line for line in lines if line.startswith("ExecStart="))
     assert exec_start == (
         "ExecStart=/opt/deployer/bin/deployer serve --listen 0.0.0.0:8443 --path /srv/app --path /srv/api"
-        " --secret-file %d/webhook-secret --gitlab-url https://gitlab.com --max-artifact-size 4096"
-        " --max-body 65536 --window 300 --tls-cert /etc/deployer/tls.pem --tls-key %d/tls-key"
+        " --secret-file %d/webhook-secret --gitlab-url https://gitlab.com"
+        " --replay-file %S/deployer-serve/webhook-requests --max-artifact-size 4096"
+        ' --max-body 65536 --window 300 --before ./bin/migrate --healthcheck "curl -fsS localhost:8080/up"'
+        " --hook-timeout 60 --tls-cert /etc/deployer/tls.pem --tls-key %d/tls-key"
         " --gitlab-token-file %d/gitlab-token"
     )
     assert "WARNING" not in result.stderr  # TLS is configured
@@ -162,3 +166,52 @@ def test_serve_without_a_secret_exits_2_with_one_line() -> None:
         "deployer: error: no webhook secret — set DEPLOYER_WEBHOOK_SECRET (the same value on the receiver"
         " and in CI; e.g. `openssl rand -hex 32`)"
     ]
+
+
+# ---------------------------------------------------------------------------- hooks are the receiver's
+
+
+def test_hooks_named_in_a_request_are_refused_unless_allowed() -> None:
+    from deployer.webhook.request import with_receiver_hooks
+
+    asked = parse_request(body(), PATHS)  # names ./bin/migrate and a healthcheck
+    configured = HookSettings(after=("systemctl --user reload app",), timeout=60)
+    with pytest.raises(Rejected) as caught:
+        with_receiver_hooks(asked, configured, allow=False)
+    assert caught.value.status == HTTPStatus.FORBIDDEN
+    assert "--allow-request-hooks" in caught.value.message and "\n" not in caught.value.message
+    assert with_receiver_hooks(asked, configured, allow=True).settings.hooks == asked.settings.hooks
+    # no hooks named: the receiver's run (with its own limits)
+    bare = parse_request(body(hooks={}), PATHS)
+    assert with_receiver_hooks(bare, configured, allow=False).settings.hooks == configured
+    assert with_receiver_hooks(bare, configured, allow=True).settings.hooks == configured
+    # exactly the receiver's hooks named: nothing more is asked for
+    same = HookSettings(before=("./bin/migrate",), healthcheck="curl -fsS localhost", timeout=9)
+    assert with_receiver_hooks(asked, same, allow=False).settings.hooks == same
+
+
+def test_served_hooks_per_path() -> None:
+    from deployer.errors import ConfigError
+    from deployer.webhook.service import hook_arguments, served_hooks
+
+    common = HookSettings(healthcheck="curl -fsS localhost/up")
+    served = ("/srv/app", "/srv/api")
+    assert served_hooks(served, common, None) == {"/srv/app": common, "/srv/api": common}
+    hooks = served_hooks(served, common, {"/srv/api/": {"before": "./migrate", "hook-timeout": 30,
+                                                         "healthcheck_retries": 0}})  # fmt: skip
+    assert hooks["/srv/app"] == common
+    assert hooks["/srv/api"] == HookSettings(before=("./migrate",), healthcheck="curl -fsS localhost/up",
+                                             timeout=30, healthcheck_retries=0)  # fmt: skip
+    for bad, words in [
+        ({"/srv/other": {}}, "is not a served path — this receiver serves /srv/app, /srv/api"),
+        ({"/srv/app": {"bfore": []}}, "unknown keys bfore"),
+        ({"/srv/app": {"before": [1]}}, "before must be commands"),
+        ({"/srv/app": {"hook_timeout": "soon"}}, "timeout must be a number"),
+        ({"/srv/app": "x"}, "must be a table"),
+        ("x", "per-path hooks go into"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            served_hooks(served, common, bad)
+    assert hook_arguments(hooks["/srv/api"], True) == [
+        "--before", "./migrate", "--healthcheck", "curl -fsS localhost/up", "--hook-timeout", "30",
+        "--healthcheck-retries", "0", "--allow-request-hooks"]  # fmt: skip

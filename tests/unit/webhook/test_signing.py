@@ -13,7 +13,12 @@ from deployer.webhook.signing import (
     TIMESTAMP_HEADER,
     Rejected,
     ReplayCache,
+    StreamSigner,
+    StreamVerifier,
+    answer_is_signed,
     load_secret,
+    request_id_of,
+    response_signature,
     sign_headers,
     signature,
     verify,
@@ -98,3 +103,47 @@ def test_secret_must_be_present_and_long_enough() -> None:
         load_secret("short", "/etc/deployer/webhook.secret")
     assert "/etc/deployer/webhook.secret" in str(caught.value)
     assert load_secret(" " + SECRET.decode() + "\n") == SECRET
+
+
+@pytest.mark.parametrize("timestamp", ["²", "١٢٣", "12 ", "-1", "1e9", ""])
+def test_only_ascii_digits_make_a_timestamp(timestamp: str) -> None:
+    headers = {**sign_headers(SECRET, "POST", "/deploys", BODY, NOW), TIMESTAMP_HEADER: timestamp}
+    assert rejected(headers).status == HTTPStatus.UNAUTHORIZED  # never a ValueError
+
+
+def test_request_ids_are_plain_tokens() -> None:
+    headers = sign_headers(SECRET, "POST", "/deploys", BODY, NOW)
+    assert request_id_of(headers) == headers[ID_HEADER]
+    assert request_id_of({ID_HEADER: "x\x1b[2J"}) == "" and request_id_of({}) == ""
+    odd = {**headers, ID_HEADER: "a b"}
+    assert rejected(odd).message == "malformed signature headers"
+
+
+def test_answers_are_signed_for_the_request_they_answer() -> None:
+    answer = b'{"id": "abc"}\n'
+    given = response_signature(SECRET, 202, "req-1", answer)
+    assert answer_is_signed(SECRET, 202, "req-1", answer, given)
+    assert not answer_is_signed(SECRET, 202, "req-2", answer, given)  # another request's answer
+    assert not answer_is_signed(SECRET, 200, "req-1", answer, given)
+    assert not answer_is_signed(SECRET, 202, "req-1", answer + b" ", given)
+    assert not answer_is_signed(b"another-secret-of-enough-length", 202, "req-1", answer, given)
+    assert not answer_is_signed(SECRET, 202, "req-1", answer, None)
+
+
+def test_stream_lines_are_chained_to_their_request() -> None:
+    import json
+
+    signer = StreamSigner(SECRET, "req-1")
+    lines = [
+        json.loads(signer.line(doc))
+        for doc in ({"line": "a"}, {}, {"state": "deployed", "exit_code": 0})
+    ]
+    good = StreamVerifier(SECRET, "req-1")
+    assert all(good.check(line) for line in lines)
+    assert not StreamVerifier(SECRET, "req-2").check(lines[0])  # replayed into another request
+    skipping = StreamVerifier(SECRET, "req-1")
+    assert skipping.check(lines[0]) and not skipping.check(lines[2])  # a line left out
+    assert not StreamVerifier(SECRET, "req-1").check({**lines[0], "line": "b"})  # altered
+    assert not StreamVerifier(SECRET, "req-1").check(
+        {"state": "deployed", "exit_code": 0}
+    )  # unsigned

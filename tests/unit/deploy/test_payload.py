@@ -1,0 +1,54 @@
+"""The payload's background hashing stops when the deploy is over, however it ended."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from deployer.artifact.scan import open_artifact
+from deployer.deploy.payload import prepare_payload
+from deployer.errors import ArtifactError
+
+
+def open_descriptors_of(path: Path) -> int:
+    """How many of this process's file descriptors point at path (read from /proc)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:
+            continue
+    return count
+
+
+def test_closing_stops_reading_the_artifact(tmp_path: Path) -> None:
+    """A deploy that failed early must not go on reading a large artifact for seconds."""
+    app = tmp_path / "app"
+    app.mkdir()
+    big = app / "big.bin"
+    with big.open("wb") as stream:
+        stream.truncate(8 << 30)  # 8 GiB, sparse: several seconds of sha256 at ~1 GB/s
+    payload = prepare_payload(open_artifact(app))
+    deadline = time.monotonic() + 10
+    while not open_descriptors_of(big):  # hashing has begun
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    payload.close()
+    assert time.monotonic() - started < 2
+    assert open_descriptors_of(big) == 0  # the file is no longer read
+    with pytest.raises(ArtifactError, match="was stopped: the deploy ended"):
+        payload.digests  # noqa: B018 - nobody may use digests of a stopped hash
+
+
+def test_closing_after_hashing_keeps_the_digests(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "a.txt").write_text("a\n")
+    payload = prepare_payload(open_artifact(app))
+    digests = payload.digests
+    payload.close()
+    assert payload.digests == digests and set(digests) == {"a.txt"}
