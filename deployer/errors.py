@@ -22,7 +22,7 @@ class ExitCode(IntEnum):
     HOST_KEY = 5  # unknown, changed or revoked host key on some hop
     AUTH = 6  # the server refused authentication (wrong user or key not authorized)
     CONNECT = 7  # route failure: unreachable host, timeout, tunnel port not listening
-    REMOTE = 8  # target not ready or a remote step failed: path unwritable, no tar, disk full
+    REMOTE = 8  # target not ready or a remote step failed: path unwritable, tool missing, disk full
     HOOK = 9  # a before/after hook or healthcheck failed; live release untouched or restored
     LOCK = 10  # another deploy holds the lock on the target path
     TRANSFER = 11  # the upload was interrupted or arrived incomplete

@@ -16,6 +16,7 @@ import pytest
 
 from deployer.sandbox.servers import find_sshd
 from deployer.sandbox.topology import Sandbox
+from tests.busybox import applet_dir, require_busybox
 
 TEST_USER = "deployer-test"  # the unprivileged login used when the suite runs as root
 HERMETIC_PREFIXES = ("DEPLOYER_", "SSH_", "GITLAB_", "GITHUB_", "CI_")
@@ -28,6 +29,12 @@ def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
         if name.startswith(HERMETIC_PREFIXES) or name in ("CI", "GITLAB_CI", "GITHUB_ACTIONS"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture(scope="session")
+def busybox_applets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BusyBox system's /bin: one symlink per applet of Debian's busybox."""
+    return applet_dir(tmp_path_factory.mktemp("busybox") / "bin", require_busybox())
 
 
 def _login_user() -> str:

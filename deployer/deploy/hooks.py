@@ -64,7 +64,7 @@ class HookRunner:
                 self.reporter.target(label, f"{kind}| {raw.decode(errors='replace').rstrip()}")
 
         script = hook_script(command, cwd, env, self.settings.timeout, self.has_timeout)
-        # the client-side limit is a backstop for targets without coreutils timeout
+        # the client-side limit is a backstop for targets without a timeout command
         result = self.executor.run(script, on_output=on_output, timeout=self.settings.timeout + 15)
         for stream, rest in pending.items():
             if rest:

@@ -22,6 +22,7 @@ from deployer.remote.probe import probe, run_checked
 from deployer.remote.switch import (
     switch_script,
 )
+from deployer.remote.tools import check_tools
 
 
 def rollback_target(
@@ -45,6 +46,7 @@ def rollback_target(
         )
     if target not in state.releases:
         raise RemoteError(f"release {target} does not exist on {label} — see deployer releases")
+    check_tools(state.tools, label, state.path)  # the switch, the hooks and the history need them
     with DeployLock(executor, state.path, provenance, "rollback"):
         run_checked(executor, switch_script(state.path, target), "switching current")
         reporter.target(

@@ -143,7 +143,7 @@ class TargetDeploy:
         try:
             upload = Upload(
                 self.executor, self.payload, staging.layout, state.current, state.manifest,
-                self.settings.transfer, self.reporter, self.reconnect, self._relock,
+                self.settings.transfer, self.reporter, self.reconnect, self._relock, state.tools,
             )  # fmt: skip
             report = upload.run(self.settings.shared)
             self.executor = upload.executor  # a retry may have reconnected

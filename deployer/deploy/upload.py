@@ -31,6 +31,7 @@ from deployer.remote.executor import Executor
 from deployer.remote.layout import Layout
 from deployer.remote.stage import inventory_script, remove_partial_script, stage_script
 from deployer.remote.status import RemoteStatus
+from deployer.remote.tools import Toolset
 
 RETRY_DELAYS = (1.0, 3.0, 8.0)  # seconds before each new attempt after a dropped connection
 
@@ -91,6 +92,7 @@ class Upload:
         reporter: Reporter,
         reconnect: Reconnect | None = None,
         relock: Callable[[Executor], None] | None = None,
+        tools: Toolset | None = None,
     ) -> None:
         self.executor = executor
         self.payload = payload
@@ -103,6 +105,8 @@ class Upload:
         self.reporter = reporter
         self.reconnect = reconnect
         self.relock = relock
+        # what the probe found; unprobed, only what GNU coreutils and BusyBox both have
+        self.tools = tools or Toolset()
         self.report = TransferReport()
 
     def run(self, shared: tuple[str, ...]) -> TransferReport:
@@ -130,8 +134,8 @@ class Upload:
             self.executor.run(remove_partial_script(self.layout))
             raise RemoteError(
                 f"verifying the uploaded tree on {self.executor.label} failed: {len(failed)} file(s)"
-                f" do not match the manifest (e.g. {sorted(failed)[0]})"
-                " — nothing was switched; run the push again"
+                f" do not match the manifest (e.g. {sorted(failed)[0]}) although sent twice"
+                " — nothing was switched; check the target's disk and what writes into its releases"
             )
         elapsed = time.monotonic() - started
         self.reporter.target(
@@ -227,6 +231,7 @@ class Upload:
             previous_id=self.previous if reuse else "",
             hardlink=self.settings.hardlink,
             compressed=level is not None,
+            tools=self.tools,
         )
         advance = self.reporter.progress(
             self.executor.label, "upload", sum(digests[p].size for p in send)
@@ -252,7 +257,7 @@ class Upload:
             raise RemoteError(
                 f"{what} the release on {self.executor.label} failed:"
                 f" {result.stderr_line or f'exit status {result.status}'}"
-                " — nothing was switched; run the push again"
+                " — nothing was switched; fix what the target reported, then push again"
             )
         trusted = re.search(rb"^trusted=\s*(\d+)", result.stdout, re.MULTILINE)
         self.report.files_trusted = int(trusted[1]) if trusted else 0

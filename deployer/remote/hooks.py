@@ -11,7 +11,19 @@ from deployer.remote.status import RemoteStatus
 def hook_script(
     command: str, cwd: str, env: Mapping[str, str], timeout: float, has_timeout: bool
 ) -> str:
-    """Shell text that runs command in cwd with env, stopped by coreutils timeout if present."""
+    """Shell text that runs command in cwd with env, stopped by the target's timeout if present."""
     exports = "".join(f"{name}={q(value)}; export {name}\n" for name, value in env.items())
-    limit = f"timeout -k 5 {int(timeout)} " if has_timeout else ""
-    return f"cd -- {q(cwd)} || exit {int(RemoteStatus.NO_RELEASE_DIR)}\n{exports}{limit}sh -c {q(command)}\n"
+    enter = f"cd -- {q(cwd)} || exit {int(RemoteStatus.NO_RELEASE_DIR)}\n{exports}"
+    if not has_timeout:
+        return f"{enter}sh -c {q(command)}\n"
+    limit = int(timeout)
+    timed_out = int(RemoteStatus.TIMED_OUT)
+    # GNU timeout exits 124 when it stops the hook; BusyBox's timeout is the hook's own process,
+    # killed with it (143 for TERM, 137 for KILL): a kill at the time limit is a timeout either way
+    return (
+        f"{enter}s=$(date +%s)\n"
+        f"timeout -k 5 {limit} sh -c {q(command)}\n"
+        "r=$?\n"
+        f"case $r in {timed_out}|137|143) [ $(($(date +%s) - s)) -lt {limit} ] || r={timed_out} ;; esac\n"
+        'exit "$r"\n'
+    )

@@ -8,7 +8,8 @@
     DIR/.deployer/history      one JSON line per deploy, rollback or failure
 
 The scripts that manage it (probe, lock, stage, switch, history) need only a POSIX shell, tar,
-gzip and coreutils (``mv -T`` for the atomic switch).
+gzip and GNU coreutils/findutils or BusyBox (``mv -T`` for the atomic switch); ``tools`` lists
+every tool and option they use, and the probe checks them.
 """
 
 from __future__ import annotations

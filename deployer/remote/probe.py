@@ -6,6 +6,7 @@ from deployer.errors import RemoteError
 from deployer.remote.executor import Executor, RunResult
 from deployer.remote.shell import q
 from deployer.remote.state import TargetState, parse_state
+from deployer.remote.tools import tools_script
 
 
 def preflight_script(path: str, lock_info: str | None = None) -> str:
@@ -24,9 +25,7 @@ done
 out writable "$w"
 out abspath "$(cd -- "$d" 2>/dev/null && pwd -P)${{P#"$d"}}"
 out free_kb "$(df -Pk -- "$d" 2>/dev/null | awk 'NR==2 {{print $4}}')"
-for t in tar gzip timeout; do
-  if command -v "$t" >/dev/null 2>&1; then out "$t" yes; else out "$t" no; fi
-done
+{tools_script()}
 if [ -L "$P/current" ]; then out current "$(readlink -- "$P/current")"
 elif [ -e "$P/current" ]; then out current_kind other; fi
 if [ -d "$P/releases" ]; then
@@ -41,8 +40,9 @@ out login "$(id -un)"
 
 
 def _lock_attempt(lock_info: str) -> str:
-    """Shell text run after the probe: lock only a writable directory whose current is a symlink."""
-    return f"""if [ "$w" = yes ] && {{ [ ! -e "$P" ] || [ -d "$P" ]; }} &&
+    """Shell text run after the probe: lock only a writable directory whose current is a symlink,
+    on a target that has every tool the scripts need."""
+    return f"""if [ "$w" = yes ] && [ "$tools" = yes ] && {{ [ ! -e "$P" ] || [ -d "$P" ]; }} &&
   {{ [ ! -e "$P/current" ] || [ -L "$P/current" ]; }}; then
   mkdir -p -- "$P/releases" "$P/shared" "$P/.deployer/manifests" 2>/dev/null
   if mkdir -- "$P/.deployer/lock" 2>/dev/null; then

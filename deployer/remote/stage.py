@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from deployer.remote.layout import Layout, manifest_path, snapshot_path
 from deployer.remote.shell import q
 from deployer.remote.status import RemoteStatus
+from deployer.remote.tools import Toolset
 
 
 def stage_script(
@@ -17,6 +18,7 @@ def stage_script(
     previous_id: str,
     hardlink: bool,
     compressed: bool,
+    tools: Toolset,
 ) -> str:
     """Build the release in one command: manifest, reuse list and tar stream arrive on stdin.
 
@@ -27,10 +29,12 @@ def stage_script(
     previous release's stat snapshot (`snapshot_path`). Files that fail are printed on stdout
     (one path a line) and the command exits RemoteStatus.VERIFY_FAILED, leaving the partial dir so that
     a second call can send just those files. On success it prints ``trusted=N``: the copies that
-    the snapshot vouched for.
+    the snapshot vouched for. `tools` (what the probe found) says whether copies may use reflinks
+    and run several at a time; everything else is what GNU coreutils and BusyBox both have.
     """
     manifest_bytes, reuse_bytes = sections
-    how = "-l" if hardlink else "-p --reflink=auto"
+    how = "-l" if hardlink else "-p --reflink=auto" if tools.reflink else "-p"
+    jobs = f"-P {COPY_JOBS} " if tools.parallel else ""
     work = f"{layout.path}/.deployer/stage.{layout.release_id}"
     lines = [
         "set -e",
@@ -61,7 +65,7 @@ def stage_script(
         # the stat is read after the copy: a change during the copy shows, one after it is not in it
         lines.append(
             f'if [ -s "$W.reuse" ] && (cd -- {before} && {nul} <"$W.first" | xargs -0 -r {copy} &&'
-            f' {nul} <"$W.rest" | xargs -0 -r -P {COPY_JOBS} -n {COPY_BATCH} {copy})'
+            f' {nul} <"$W.rest" | xargs -0 -r {jobs}-n {COPY_BATCH} {copy})'
             f" 2>/dev/null && [ -s {snapshot} ]; then"
             f' (cd -- {before} && cat -- "$W.first" "$W.rest" | {nul} | xargs -0 -r stat -c {q(STAT_FORMAT)} --)'
             ' >"$W.now" 2>/dev/null &&'
@@ -78,12 +82,18 @@ def stage_script(
         "pids=",
         'for f in "$W".verify.*; do',
         '  [ -f "$f" ] || continue',
-        '  sha256sum -c --quiet --strict "$f" >"$f.check" 2>/dev/null & pids="$pids $!"',
+        '  sha256sum -c "$f" >"$f.check" 2>"$f.err" & pids="$pids $!"',
         "done",
         "ok=1",
         'for p in $pids; do wait "$p" || ok=0; done',
+        # what GNU's --strict does, on any sha256sum: every line was read and its file checked
+        f'[ -z "$pids" ] || awk {q(_EVERY_LINE_OK_AWK)} "$W".verify.[0-9] "$W".verify.[0-9].check ||'
+        " ok=0",
         'if [ "$ok" = 0 ]; then',
-        '  cat -- "$W".verify.*.check | sed -n \'s/: FAILED.*$//p\'; rm -f -- "$W".*',
+        "  cat -- \"$W\".verify.*.check | sed -n 's/: FAILED.*$//p'",
+        "  cat -- \"$W\".verify.*.check | grep -q ': FAILED' ||",
+        '    echo "sha256sum -c could not check the files: $(cat -- "$W".verify.*.err | head -n 1)" >&2',
+        '  rm -f -- "$W".*',
         f"  exit {int(RemoteStatus.VERIFY_FAILED)}",
         "fi",
     ]
@@ -93,7 +103,7 @@ def stage_script(
         # the stat snapshot lets the next deploy trust unchanged files without hashing them.
         # File times have the kernel's tick (up to 10 ms): wait one, so that every file written
         # above is older than the marker, and only later writers can make entries racy
-        "sleep 0.02",
+        "sleep 0.02 2>/dev/null || sleep 1",  # BusyBox may be built without fractional sleep
         ': > "$W.mark"',
         '{ printf \'#%s\\n\' "$(stat -c %z -- "$W.mark")" &&'
         f' find . -type f -exec stat -c {q(STAT_FORMAT)} -- {{}} +; }} >"$S.tmp" 2>/dev/null ||'
@@ -125,6 +135,14 @@ FILENAME == ARGV[1] && FNR == 1 { mark = substr($0, 2); next }
 NF < 5 || $1 !~ /^[0-9]+$/ { next }
 FILENAME == ARGV[1] { if ((link ? $3 : $4) < mark) snap[name()] = key(); next }
 (name() in snap) && snap[name()] == key() { print name() }
+"""
+
+
+# Exits 0 when the sha256sum -c output (the .check files) has one OK for every line of the lists.
+_EVERY_LINE_OK_AWK = r"""
+FILENAME ~ /[.]check$/ { if (/: OK$/) ok++; next }
+{ lines++ }
+END { exit ok != lines }
 """
 
 

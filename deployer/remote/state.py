@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deployer.errors import LockError, RemoteError
 from deployer.output import human_size
 from deployer.remote.layout import RELEASE_ID
+from deployer.remote.tools import Toolset, check_tools
 
 
 @dataclass(frozen=True)
@@ -19,9 +20,7 @@ class TargetState:
     writable: bool = False
     writable_dir: str = ""
     free_bytes: int = 0
-    has_tar: bool = False
-    has_gzip: bool = False
-    has_timeout: bool = False
+    tools: Toolset = field(default_factory=Toolset)  # what its tools can do (nothing, unprobed)
     current: str = ""  # release id current points to ('' when none)
     current_is_symlink: bool = True
     releases: tuple[str, ...] = ()
@@ -29,6 +28,11 @@ class TargetState:
     login: str = ""
     manifest: tuple[str, ...] = ()  # the live release's manifest lines
     locked: bool = False  # the probe took the lock for us
+
+    @property
+    def has_timeout(self) -> bool:
+        """Hooks can be stopped by the target's own timeout."""
+        return self.tools.timeout
 
     @property
     def previous(self) -> str:
@@ -42,12 +46,15 @@ def parse_state(path: str, text: str) -> TargetState:
     values: dict[str, str] = {}
     releases: list[str] = []
     manifest: list[str] = []
+    have: set[str] = set()
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if not sep:
             continue
         if key == "m":
             manifest.append(value)
+        elif key == "have":
+            have.add(value)
         elif key == "release":
             if RELEASE_ID.match(value):
                 releases.append(value)
@@ -62,9 +69,7 @@ def parse_state(path: str, text: str) -> TargetState:
         writable=values.get("writable") == "yes",
         writable_dir=values.get("writable_dir", ""),
         free_bytes=int(values.get("free_kb", "0") or 0) * 1024,
-        has_tar=values.get("tar") == "yes",
-        has_gzip=values.get("gzip") == "yes",
-        has_timeout=values.get("timeout") == "yes",
+        tools=Toolset(frozenset(have), checked=values.get("scratch") != "no"),
         current=current_id,
         current_is_symlink=values.get("current_kind", "symlink") == "symlink",
         releases=tuple(sorted(releases)),
@@ -86,13 +91,7 @@ def check_ready(state: TargetState, label: str, needed_bytes: int) -> None:
             f"{blocker} on {label} is not writable by {state.login or 'the login user'}"
             f" — chown it to that user or choose another --path"
         )
-    if not state.has_tar or not state.has_gzip:
-        missing = " and ".join(
-            t for t, ok in (("tar", state.has_tar), ("gzip", state.has_gzip)) if not ok
-        )
-        raise RemoteError(
-            f"{missing} not found on {label} — install it there (deployer needs a POSIX shell, tar and gzip)"
-        )
+    check_tools(state.tools, label, state.path)
     if not state.current_is_symlink:
         raise RemoteError(
             f"{state.path}/current on {label} is not a symlink — move it aside so deployer can manage releases"

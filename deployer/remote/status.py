@@ -19,4 +19,4 @@ class RemoteStatus(IntEnum):
     LOCK_HELD = 75  # EX_TEMPFAIL: another deploy holds the lock; `lock=<info>` is on stdout
     NO_RELEASE_DIR = 97  # a hook could not cd into the release directory
     FINISH_FAILED = 98  # switched, but recording, pruning or unlocking failed
-    TIMED_OUT = 124  # coreutils timeout stopped a hook (its own convention)
+    TIMED_OUT = 124  # the target's timeout stopped a hook (GNU's status; BusyBox's is mapped to it)

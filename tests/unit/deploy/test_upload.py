@@ -13,12 +13,13 @@ from deployer.artifact.compression import choose_compression, compressibility
 from deployer.artifact.scan import open_artifact
 from deployer.deploy.payload import prepare_payload
 from deployer.deploy.upload import TransferSettings, Upload
-from deployer.errors import ConnectError
+from deployer.errors import ConnectError, RemoteError
 from deployer.output import Reporter
 from deployer.remote.executor import OutputSink, RunResult
 from deployer.remote.layout import Layout
 from deployer.remote.local import LocalExecutor
 from deployer.remote.lock import prepare_script
+from tests.busybox import BusyBoxShell, applet_dir, require_busybox
 
 
 class DropsFirstUpload:
@@ -124,3 +125,30 @@ def test_compression_follows_the_content(tmp_path: Path, big_app: Path) -> None:
     assert ratio < 0.2
     assert choose_compression(ratio, None) == 1 and choose_compression(ratio, 9) == 9
     assert choose_compression(ratio, 0) is None
+
+
+def test_a_target_whose_sha256sum_cannot_check_says_so_and_not_to_push_again(
+    tmp_path: Path,
+) -> None:
+    """The first BusyBox report: without a working `sha256sum -c`, a push failed with "exit status 5
+    ... run the push again", which could never succeed. (The probe refuses such a target; this is
+    what the stage step itself says when it meets one.)"""
+    userland = BusyBoxShell(applet_dir(tmp_path / "bin", require_busybox(), without=["sha256sum"]))
+    target = tmp_path / "srv"
+    assert userland.run(prepare_script(str(target), "test token T")).status == 0
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "index.html").write_text("hello\n")
+    upload = Upload(userland, prepare_payload(open_artifact(app)), Layout(str(target), "20260101T000000Z"),
+                    "", (), TransferSettings(), Reporter(tty=False, quiet=True))  # fmt: skip
+    with pytest.raises(RemoteError) as failed:
+        upload.run(())
+    message = str(failed.value)
+    assert message.startswith(
+        "verifying the release on busybox failed: sha256sum -c could not check"
+    ), message
+    assert "sha256sum: not found" in message and message.endswith(
+        "— nothing was switched; fix what the target reported, then push again"
+    )
+    assert not (target / "releases" / "20260101T000000Z").exists()
+    assert not (target / "releases" / ".20260101T000000Z.partial").exists()

@@ -1,4 +1,5 @@
-"""The release scripts, run for real with the local /bin/sh against a temporary directory."""
+"""The release scripts, run for real against a temporary directory: each test twice, with this
+machine's /bin/sh and GNU tools, and as a BusyBox target (BusyBox sh, only its applets on PATH)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import json
 import os
 import shlex
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import ConfigError, LockError, RemoteError
-from deployer.remote.executor import RunResult
+from deployer.remote.executor import Executor, RunResult
 from deployer.remote.history import HistoryEntry, append_history_script, parse_history
+from deployer.remote.hooks import hook_script
 from deployer.remote.layout import Layout, new_release_id, validate_shared
 from deployer.remote.local import LocalExecutor
 from deployer.remote.lock import prepare_script, unlock_script
@@ -25,6 +28,7 @@ from deployer.remote.stage import (
     _VERIFY_SPLIT_AWK,
     COPY_BATCH,
     COPY_JOBS,
+    inventory_script,
     stage_script,
 )
 from deployer.remote.state import TargetState, check_ready, parse_state
@@ -35,8 +39,29 @@ from deployer.remote.switch import (
     switch_script,
     switch_then_script,
 )
+from deployer.remote.tools import OPTIONAL, REQUIRED, Toolset
+from tests.busybox import BusyBoxShell
 
-sh = LocalExecutor("test")
+sh: Executor = LocalExecutor("test")  # the userland under test (swapped by `userland`)
+probed = Toolset()  # what the probe found there
+EVERY_TOOL = Toolset(frozenset(need.name for need in (*REQUIRED, *OPTIONAL)))
+_PROBED: dict[str, Toolset] = {}
+
+
+@pytest.fixture(autouse=True, params=["gnu", "busybox"])
+def userland(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> str:
+    """Run the test with this machine's sh and tools, then again as a BusyBox target."""
+    module = sys.modules[__name__]
+    if request.param == "busybox":
+        monkeypatch.setattr(module, "sh", BusyBoxShell(request.getfixturevalue("busybox_applets")))
+    if request.param not in _PROBED:
+        _PROBED[request.param] = probe(tmp_path_factory.mktemp("probe") / "app").tools
+    monkeypatch.setattr(module, "probed", _PROBED[request.param])
+    return str(request.param)
 
 
 def stage(
@@ -47,6 +72,7 @@ def stage(
     reuse: bytes = b"",
     previous: str = "",
     hardlink: bool = False,
+    tools: Toolset | None = None,
 ) -> RunResult:
     """Run the stage script with its stdin framed as the upload does: two gzip sections, then tar."""
     sections = [gzip.compress(manifest), gzip.compress(reuse)]
@@ -57,6 +83,7 @@ def stage(
         previous_id=previous,
         hardlink=hardlink,
         compressed=True,
+        tools=probed if tools is None else tools,
     )
     return sh.run(script, upload=lambda out: out.write(b"".join(sections) + tar))
 
@@ -99,18 +126,17 @@ def test_release_ids_sort_by_time_and_never_collide() -> None:
 
 def test_preflight_on_a_missing_path_sees_the_writable_parent(tmp_path: Path) -> None:
     state = probe(tmp_path / "srv" / "app")
-    assert not state.exists and state.writable and state.has_tar and state.has_gzip
+    assert not state.exists and state.writable and state.tools == EVERY_TOOL
     assert state.path == f"{tmp_path.resolve()}/srv/app"
     assert state.free_bytes > 0 and state.releases == () and state.current == ""
     check_ready(state, "t", 1024)
 
 
 def test_check_ready_messages() -> None:
-    base = TargetState(
-        path="/srv/app", writable=True, has_tar=True, has_gzip=True, free_bytes=10 << 30
-    )
-    with pytest.raises(RemoteError, match="tar not found on t"):
-        check_ready(TargetState(path="/srv/app", writable=True, has_gzip=True), "t", 1)
+    base = TargetState(path="/srv/app", writable=True, tools=EVERY_TOOL, free_bytes=10 << 30)
+    no_tar = Toolset(EVERY_TOOL.have - {"tar -xzf - -C"})
+    with pytest.raises(RemoteError, match=r"^t lacks tar -xzf - -C — install tar there"):
+        check_ready(TargetState(**{**base.__dict__, "tools": no_tar}), "t", 1)
     with pytest.raises(RemoteError, match=r"not enough space on t: 1\.0 MiB free"):
         check_ready(TargetState(**{**base.__dict__, "free_bytes": 1 << 20}), "t", 50 << 20)
     with pytest.raises(
@@ -266,11 +292,14 @@ def nested_tree(count: int, tag: bytes = b"") -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("hardlink", [False, True])
+@pytest.mark.parametrize("extras", [True, False], ids=["as-probed", "no-reflink-no-xargs-P"])
 def test_many_unchanged_files_in_nested_directories_are_all_reused(
-    tmp_path: Path, hardlink: bool
+    tmp_path: Path, hardlink: bool, extras: bool
 ) -> None:
-    """More files than one cp batch, several directories deep: the parallel copies miss none."""
+    """More files than one cp batch, several directories deep: the copies miss none, whether they
+    run several at a time with reflinks (as probed here) or one after another (a BusyBox without)."""
     path = tmp_path / "app"
+    tools = probed if extras else Toolset(probed.have - {"cp --reflink=auto", "xargs -P"})
     sh.run(prepare_script(str(path), "x token T"))
     v1 = nested_tree(3 * COPY_BATCH * COPY_JOBS // 2)
     layout = Layout(str(path), V1)
@@ -280,7 +309,7 @@ def test_many_unchanged_files_in_nested_directories_are_all_reused(
     reused = {n: d for n, d in v2.items() if n not in sent}
     layout = Layout(str(path), "20260102T000000Z")
     result = stage(
-        layout, [], targz(sent), manifest_of(v2), reuse_lines(reused), V1, hardlink=hardlink
+        layout, [], targz(sent), manifest_of(v2), reuse_lines(reused), V1, hardlink, tools
     )
     assert result.status == 0, result.stderr
     release = Path(layout.release_dir)
@@ -301,6 +330,22 @@ def test_every_file_that_fails_verification_is_reported(tmp_path: Path) -> None:
     result = stage(Layout(str(path), V1), [], targz(files), manifest_of(claimed))
     assert result.status == RemoteStatus.VERIFY_FAILED
     assert sorted(result.stdout.decode().split()) == ["a/b/c/f3", "e/f/f35", "f6"]
+
+
+def test_a_manifest_line_sha256sum_cannot_read_fails_the_verification(tmp_path: Path) -> None:
+    """GNU sha256sum skips lines it cannot parse unless --strict, which BusyBox lacks: the script
+    counts the verdicts instead, so a file whose line was skipped is never published unchecked."""
+    path = tmp_path / "app"
+    sh.run(prepare_script(str(path), "x token T"))
+    files = {"good": b"good", "odd": b"odd"}
+    manifest = manifest_of(files).replace(hashlib.sha256(b"odd").hexdigest().encode(), b"0bad")
+    result = stage(Layout(str(path), V1), [], targz(files), manifest)
+    assert result.status == RemoteStatus.VERIFY_FAILED
+    # GNU reports the line it could not read on stderr, BusyBox the file as FAILED
+    assert result.stdout.decode().split() == ["odd"] or (
+        result.stdout == b"" and "could not check the files" in result.stderr_line
+    ), result
+    assert not (path / "releases" / V1).exists()
 
 
 def run_awk(program: str, *options: str, files: tuple[str, ...] = (), stdin: str = "") -> RunResult:
@@ -369,6 +414,35 @@ def test_missing_shared_file_stops_the_stage(tmp_path: Path) -> None:
     assert not (tmp_path / "releases" / "20260101T000000Z").exists()
 
 
+def test_a_hook_stopped_at_its_time_limit_reads_as_timed_out(tmp_path: Path) -> None:
+    """GNU timeout exits 124 when it stops a hook; BusyBox's timeout is killed with the hook (143).
+    Both read as timed out; a hook failing on its own, before the limit, keeps its status."""
+    assert probed.timeout
+    started = time.monotonic()
+    result = sh.run(hook_script("echo started; sleep 10", str(tmp_path), {}, 1, True))
+    assert result.status == RemoteStatus.TIMED_OUT and result.stdout == b"started\n", result
+    assert time.monotonic() - started < 8
+    assert sh.run(hook_script("kill -TERM $$", str(tmp_path), {}, 5, True)).status == 143
+    assert sh.run(hook_script("exit 3", str(tmp_path), {}, 5, True)).status == 3
+    env = {"DEPLOYER_RELEASE_ID": "it's $HOME"}
+    shown = sh.run(hook_script('echo "$DEPLOYER_RELEASE_ID in $PWD"', str(tmp_path), env, 5, True))
+    assert shown.stdout.decode() == f"it's $HOME in {tmp_path}\n"
+
+
+def test_inventory_lists_the_files_that_arrived_with_their_sha256(tmp_path: Path) -> None:
+    """What a resumed upload asks first: the files already in the partial dir, hashed."""
+    layout = Layout(str(tmp_path), V1)
+    assert sh.run(inventory_script(layout)).stdout == b""  # nothing arrived yet
+    files = {"a b/c.txt": b"one", "d.txt": b"two", "e/f/g": b""}
+    for name, data in files.items():
+        (Path(layout.partial_dir) / name).parent.mkdir(parents=True, exist_ok=True)
+        (Path(layout.partial_dir) / name).write_bytes(data)
+    listed = sh.run(inventory_script(layout)).stdout.decode().splitlines()
+    assert sorted(listed) == sorted(
+        f"{hashlib.sha256(d).hexdigest()}  ./{n}" for n, d in files.items()
+    )
+
+
 def test_plan_prune_never_removes_the_live_release() -> None:
     releases = ["a1", "a2", "a3", "a4"]
     assert plan_prune(releases, "a1", keep=2) == ["a2"]
@@ -408,5 +482,5 @@ def test_a_large_manifest_does_not_hide_the_probe_results(tmp_path: Path) -> Non
     lines = "".join(f"{'0' * 64}\t1\t644\tdir/file-{i:05d}.txt\n" for i in range(3000))
     (path / ".deployer" / "manifests" / f"{rid}.tsv").write_text(lines)
     state = probe(path)
-    assert state.writable and state.has_tar and state.current == rid
+    assert state.writable and state.tools == EVERY_TOOL and state.current == rid
     assert len(state.manifest) == 3000
