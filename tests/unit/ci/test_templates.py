@@ -93,20 +93,50 @@ def test_component_inputs_are_all_used_and_none_is_a_secret() -> None:
 def test_template_and_component_share_one_hidden_job() -> None:
     _, body = component_documents()
     from_component = yaml.safe_load(body)[".deployer"]
-    from_template = yaml.safe_load(TEMPLATE.read_text())[".deployer"]
+    template = yaml.safe_load(TEMPLATE.read_text())
+    from_template = template[".deployer"]
+    # The template's defaults are pipeline variables (the including pipeline's own override
+    # them); the component's come from its inputs, as job variables.
+    assert from_component.pop("variables") == {
+        "DEPLOYER_VERSION": "$[[ inputs.version ]]",
+        "DEPLOYER_PYTHON": "$[[ inputs.python ]]",
+    }
+    assert set(template["variables"]) == {"DEPLOYER_VERSION", "DEPLOYER_PYTHON"}
     assert from_component == from_template
     assert all(secret not in yaml.safe_dump(from_template) for secret in SECRETS)
+
+
+def test_the_virtualenv_is_cached_per_deployer_and_python_version() -> None:
+    job = yaml.safe_load(TEMPLATE.read_text())[".deployer"]
+    assert job["cache"] == {
+        "key": "deployer-ci-${DEPLOYER_VERSION}-python${DEPLOYER_PYTHON}",
+        "paths": [".deployer-ci/"],
+        "when": "always",
+    }
+    assert job["image"] == "python:${DEPLOYER_PYTHON}-slim"
+    script = "\n".join(job["before_script"])
+    # inside the project: GitLab caches nothing outside it
+    assert 'deployer_venv="$PWD/.deployer-ci/venv"' in script
+    header, _ = component_documents()
+    assert header["spec"]["inputs"]["image"]["default"] == job["image"]
 
 
 def test_action_binds_inputs_through_env_only() -> None:
     action = yaml.safe_load(ACTION.read_text())
     steps = action["runs"]["steps"]
-    assert all("${{" not in step["run"] for step in steps)
-    bound = " ".join(str(v) for step in steps for v in (step.get("env") or {}).values())
+    scripts = [step for step in steps if "run" in step]
+    assert all("${{" not in step["run"] for step in scripts)
+    bound = " ".join(str(v) for step in scripts for v in (step.get("env") or {}).values())
     for name in action["inputs"]:
         assert f"${{{{ inputs.{name} }}}}" in bound, name
         assert name.upper().replace("-", "_") not in SECRETS
     assert "${{ github.action_path }}" in bound  # installed from the action's own checkout
+    (cache,) = [step for step in steps if "uses" in step]  # the only other action it runs
+    assert re.fullmatch(r"actions/cache@[0-9a-f]{40}", cache["uses"])  # pinned to a commit
+    assert cache["with"] == {
+        "path": "${{ steps.venv.outputs.path }}",
+        "key": "${{ steps.venv.outputs.key }}",
+    }
 
 
 def _yaml_blocks(doc: str) -> list[str]:
