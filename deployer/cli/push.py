@@ -148,6 +148,8 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
         f"deploying {artifact} ({payload.artifact.file_count} files) to {', '.join(str(r) for r in routes)}"
         + (" [dry run]" if dry_run else "")
     )
+    if payload.artifact.cleared:
+        reporter.line(payload.artifact.cleared_note())
     result = push_over_ssh(routes, access, payload, settings, provenance, reporter, fleet)
     outcomes, error = result.outcomes, result.error
     if webhook.mode == "auto" and isinstance(error, ConnectError) and not result.established:
