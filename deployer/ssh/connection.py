@@ -7,7 +7,6 @@ TransferError. paramiko's errors are translated here and in ``ssh.connect``, now
 
 from __future__ import annotations
 
-import logging
 import select
 import shlex
 import threading
@@ -29,10 +28,6 @@ from deployer.ssh.hostkeys import stored_key_type
 from deployer.ssh.route import Route
 
 READ_CHUNK = 32768
-
-# paramiko logs what it raises too ("Secsh channel 0 open FAILED ..."); without a handler of its
-# own, Python would print that on stderr next to deployer's one line for the same failure
-logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class _ChannelWriter:
