@@ -11,6 +11,7 @@ webhook receiver).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from collections.abc import Callable
@@ -182,7 +183,8 @@ class TargetDeploy:
             self._undo_quietly(lambda: self.abort("interrupted"))
             raise
         except Exception as exc:  # nothing live changed: discard, unlock, and say what failed
-            self.abort(str(exc) or type(exc).__name__)
+            with contextlib.suppress(DeployerError):  # the first failure is the news
+                self.abort(str(exc) or type(exc).__name__)
             raise
         self.outcome.advance(Status.STAGED)
 
@@ -267,7 +269,8 @@ class TargetDeploy:
         else:
             detail = result.stderr_line or f"exit status {result.status}"
             error = RemoteError(f"switching current on {self.label} failed: {detail}")
-        self.abort(str(error))
+        with contextlib.suppress(DeployerError):  # abort said what it could not undo
+            self.abort(str(error))
         raise error
 
     def _finished_meanwhile(self, lost: BaseException) -> bool:
@@ -386,6 +389,8 @@ class TargetDeploy:
             if previous:
                 restored = self._rerun_after_hooks(f"{path}/releases/{previous}", restored)
             self._discard(reason, was_live=True)
+        except DeployerError as exc:  # the old release is live again: the rest is housekeeping
+            restored += f", but discarding the new release failed ({exc}): {self._lock_note()}"
         except KeyboardInterrupt:
             self._say(f"interrupted after it {restored}; {self._lock_note()}")
             raise
@@ -493,11 +498,18 @@ class TargetDeploy:
             )
 
     def abort(self, reason: str) -> None:
-        """Discard a staged release that never went live, and unlock."""
+        """Discard a staged release that never went live, and unlock (raises when it cannot)."""
         if self._lock is None:
             return
-        self._discard(reason, was_live=False)
-        self.outcome.advance(Status.ABORTED)
+        self.outcome.advance(Status.ABORTED)  # nothing went live, whatever happens next
+        try:
+            self._discard(reason, was_live=False)
+        except DeployerError as exc:
+            self._say(
+                f"could not discard release {self.staging.layout.release_id} ({exc});"
+                f" {self._lock_note()}"
+            )
+            raise
 
     def _discard(self, reason: str, *, was_live: bool) -> None:
         """Record why, delete our release (the script refuses a live one) and unlock: one round trip."""
@@ -513,11 +525,7 @@ class TargetDeploy:
             + remove_releases_script(path, [release])
             + unlock_script(path, self._lock.token)
         )
-        try:
-            self.executor.run(script, timeout=SCRIPT_TIMEOUT)
-        except DeployerError as exc:
-            self._say(f"could not discard release {release} ({exc}); {self._lock_note()}")
-            return
+        self.executor.run(script, timeout=SCRIPT_TIMEOUT)
         self._lock = None
         self._say(
             f"release {release} discarded"
