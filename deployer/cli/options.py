@@ -36,19 +36,27 @@ def environment() -> Mapping[str, str]:
     return os.environ
 
 
-class Finite(click.FloatRange):
-    """A number of seconds (or any float): NaN and infinity are refused, whatever the bounds.
+def _finite(
+    number: Any, value: Any, param: click.Parameter | None, ctx: click.Context | None
+) -> Any:
+    """Refuse NaN (it passes every range check: all comparisons are false) and infinity."""
+    if not math.isfinite(number):
+        raise click.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
+    return number
 
-    NaN passes every range check (all comparisons are false) and infinity means no limit at all.
-    """
 
-    name = "number"
+class Finite(click.types.FloatParamType):
+    """A float option (seconds, mostly) that must be a finite number."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
+        return _finite(super().convert(value, param, ctx), value, param, ctx)
+
+
+class FiniteRange(click.FloatRange):
+    """A float option within bounds that must be a finite number."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return _finite(super().convert(value, param, ctx), value, param, ctx)
 
 
 class Lines(click.types.StringParamType):
@@ -124,7 +132,7 @@ def connect_timeout_option(
     """--connect-timeout SECONDS: the same type, limit and default (10 s) for every command."""
     return click.option(
         "--connect-timeout",
-        type=Finite(min=0.1),
+        type=FiniteRange(min=0.1),
         envvar="DEPLOYER_CONNECT_TIMEOUT",
         help=f"Seconds to wait for {what}.  [default: {default}]",
     )
