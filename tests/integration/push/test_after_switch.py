@@ -166,7 +166,14 @@ def test_route_cut_after_the_switch(cutbox, topology, tmp_path, kind: str, resto
     assert live(target) == new
     info = lock_info(target)
     assert f"switched current to releases/{new}" in info and f"(previous: {before})" in info
-    if kind == "after":
+    if kind == "after":  # deployer unlock says what it found, and keeps the new release live
+        unlocked = run_cli(["unlock", *cutbox.route_args(), "--path", str(target)], env=env)
+        assert unlocked.status == 0, unlocked.output
+        assert f"release {new} went live at " in unlocked.stderr
+        assert f"was never confirmed — check it; `deployer rollback --release {before}`" in (
+            unlocked.stderr
+        )
+        assert lock_info(target) == "" and live(target) == new and resolves(target)
         return
     # the next push says what happened, and the printed command puts the old release back
     third = make_app(tmp_path, "v3")
