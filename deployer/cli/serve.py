@@ -19,7 +19,6 @@ from deployer.ci.gitlab_api import DEFAULT_GITLAB_URL
 from deployer.cli.options import (
     DefaultCommandGroup,
     F,
-    Finite,
     FiniteRange,
     apply,
     environment,

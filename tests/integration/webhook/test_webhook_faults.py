@@ -46,14 +46,13 @@ def test_hung_after_hook_without_timeout_switches_back_and_stops_its_group(
     hook = f"if grep -q v2 VERSION; then sleep 120 & echo $! > {child}; exec sleep 120; fi"
     v1 = tarball(www, "v1.tar.gz", {"VERSION": "v1\n"})
     v2 = tarball(www, "v2.tar.gz", {"VERSION": "v2\n"})
-    with running_receiver((str(target),), FetchSettings(ca_bundle=ca)) as receiver:
+    hooks = {str(target): HookSettings(after=(hook,), timeout=1)}  # the receiver's own hooks
+    with running_receiver((str(target),), FetchSettings(ca_bundle=ca), hooks=hooks) as receiver:
         status, answer = post(receiver, document(target, f"{url}/v1.tar.gz", v1))
         assert status == 202 and wait_final(receiver, answer["id"])["state"] == "deployed"
         before = live(target)
         started = time.monotonic()
-        status, answer = post(
-            receiver, document(target, f"{url}/v2.tar.gz", v2, after=(hook,), timeout=1)
-        )
+        status, answer = post(receiver, document(target, f"{url}/v2.tar.gz", v2))
         assert status == 202
         final = wait_final(receiver, str(answer["id"]), timeout=90)
     assert time.monotonic() - started < 60
