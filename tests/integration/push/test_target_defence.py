@@ -111,6 +111,8 @@ def test_setuid_setgid_and_sticky_bits_never_reach_the_target_even_as_root(
         " bin/group-tool, bin/tool, spool" in run.stderr
     )
     release = target / "current"
+    assert os.readlink(release) == f"releases/{live(target)}" and release.resolve().is_dir()
+    assert not (target / ".deployer" / "lock").exists()
     modes = {
         name: stat.S_IMODE((release / name).stat().st_mode)
         for name in ("bin/tool", "bin/group-tool", "spool", "bin/migrate")
