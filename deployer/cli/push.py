@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from deployer.artifact.compression import COMPRESS_MODES, CompressMode
 from deployer.ci.environment import provenance_fields
 from deployer.cli import render
 from deployer.cli.options import (
@@ -66,9 +67,13 @@ def transfer_options(func: F) -> F:
                      help="Releases to keep (the live one is never removed)."),
         click.option("--shared", multiple=True, envvar="DEPLOYER_SHARED", metavar="PATH",
                      help="Path linked from DIR/shared into each release ('dir/' for a directory; repeatable)."),
-        click.option("--compress-level", type=click.IntRange(0, 9), envvar="DEPLOYER_COMPRESS_LEVEL",
-                     help="gzip level of the upload stream (0: none). Default: gzip -1, none for incompressible"
-                          " content."),
+        click.option("--compress", type=click.Choice(COMPRESS_MODES), default="auto", show_default=True,
+                     envvar="DEPLOYER_COMPRESS",
+                     help="Upload stream codec. auto: zstd where the target has it (else gzip), plain tar"
+                          " for incompressible content."),
+        click.option("--compress-level", type=int, envvar="DEPLOYER_COMPRESS_LEVEL", metavar="N",
+                     help="Fixed level (zstd 1-19, gzip 1-9; auto: 1-9). Default: zstd adapts its level to"
+                          " the link while sending, gzip uses 1."),
         click.option("--no-delta", is_flag=True, envvar="DEPLOYER_NO_DELTA",
                      help="Send every file, even those unchanged since the live release."),
         click.option("--link-unchanged", is_flag=True, envvar="DEPLOYER_LINK_UNCHANGED",
@@ -96,7 +101,8 @@ def transfer_options(func: F) -> F:
 def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json: bool,
          before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
          healthcheck_retries: int, healthcheck_interval: float, keep: int, shared: tuple[str, ...],
-         compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool, parallel: int,
+         compress: CompressMode, compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool,
+         parallel: int,
          batch: str | None, shard: str | None, webhook: WebhookOptions) -> None:  # fmt: skip
     """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
     from deployer.artifact.scan import open_artifact
@@ -119,7 +125,8 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
         hooks=HookSettings(before=before, after=after, healthcheck=healthcheck or None, timeout=hook_timeout,
                            healthcheck_retries=healthcheck_retries, healthcheck_interval=healthcheck_interval),
         dry_run=dry_run,
-        transfer=TransferSettings(delta=not no_delta, hardlink=link_unchanged, compresslevel=compress_level),
+        transfer=TransferSettings(delta=not no_delta, hardlink=link_unchanged, compresslevel=compress_level,
+                                  compress=compress),
     )  # fmt: skip
     provenance = Provenance(**provenance_fields(env))
     if webhook.mode != "ssh":

@@ -29,6 +29,8 @@ class Need:
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 # an empty tar archive (two zero blocks), gzipped: printf makes it with no other tool
 _EMPTY_TAR_GZ = "".join(f"\\{byte:03o}" for byte in gzip.compress(bytes(1024), mtime=0))
+# the same archive as one zstd frame (made by `zstd -19 --no-check`; a unit test decodes it)
+EMPTY_TAR_ZST = bytes.fromhex("28b52ffd006845000008000100fc2b2004")
 
 _COREUTILS = ("cat", "cut", "date", "df", "dirname", "head", "id", "ln", "mkdir", "readlink", "rm",
               "sleep", "tail", "tr", "wc")  # fmt: skip
@@ -80,10 +82,18 @@ PARALLEL = Need(
     "xargs -P", "findutils", "[ \"$(printf 'a\\000' | xargs -0 -r -P 2 -n 1 echo)\" = a ]"
 )
 TIMEOUT = Need("timeout", "coreutils", "timeout -k 1 5 true")
+ZSTD = Need(
+    "zstd -dc",
+    "zstd",
+    "[ \"$(printf '{}' | zstd -dcq | wc -c)\" -eq 1024 ]".format(
+        "".join(f"\\{byte:03o}" for byte in EMPTY_TAR_ZST)
+    ),
+)
 
-# What the scripts use when it is there: copy-on-write copies, copies several at a time, and a
-# time limit for hooks (without it, deployer's own client-side limit stops them).
-OPTIONAL: tuple[Need, ...] = (REFLINK, PARALLEL, TIMEOUT)
+# What the scripts use when it is there: copy-on-write copies, copies several at a time, a time
+# limit for hooks (without it, deployer's own client-side limit stops them) and zstd for the
+# upload stream (without it, gzip).
+OPTIONAL: tuple[Need, ...] = (REFLINK, PARALLEL, TIMEOUT, ZSTD)
 
 
 def tools_script() -> str:
@@ -137,6 +147,11 @@ class Toolset:
     def parallel(self) -> bool:
         """xargs -P works (GNU findutils; BusyBox built with it)."""
         return PARALLEL.name in self.have
+
+    @property
+    def zstd(self) -> bool:
+        """zstd -dc decodes a stream (the zstd package; BusyBox has no zstd applet)."""
+        return ZSTD.name in self.have
 
     @property
     def timeout(self) -> bool:

@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import pytest
 
-from deployer.artifact.compression import choose_compression, compressibility
+from deployer.artifact.compression import PLAIN, Compression, choose_compression, compressibility
 from deployer.artifact.scan import open_artifact
 from deployer.deploy.payload import prepare_payload
 from deployer.deploy.upload import TransferSettings, Upload
@@ -117,14 +117,22 @@ def test_without_reconnect_a_drop_is_an_error(tmp_path: Path, big_app: Path) -> 
 def test_compression_follows_the_content(tmp_path: Path, big_app: Path) -> None:
     random_payload = open_artifact(big_app)
     assert compressibility(random_payload) > 0.95
-    assert choose_compression(compressibility(random_payload), None) is None
+    incompressible = compressibility(random_payload)
+    assert choose_compression(incompressible, "auto", None, zstd_ok=True) == PLAIN
+    assert choose_compression(incompressible, "auto", 5, zstd_ok=False) == PLAIN
+    # asked for by name, a codec is used whatever the content
+    assert choose_compression(incompressible, "zstd", None, zstd_ok=True) == Compression("zstd")
+    assert choose_compression(incompressible, "gzip", None, zstd_ok=True) == Compression("gzip", 1)
     text = tmp_path / "text"
     text.mkdir()
     (text / "a.txt").write_text("the same line again and again\n" * 20000)
     ratio = compressibility(open_artifact(text))
     assert ratio < 0.2
-    assert choose_compression(ratio, None) == 1 and choose_compression(ratio, 9) == 9
-    assert choose_compression(ratio, 0) is None
+    assert choose_compression(ratio, "auto", None, zstd_ok=True) == Compression("zstd")  # adaptive
+    assert choose_compression(ratio, "auto", 7, zstd_ok=True) == Compression("zstd", 7)
+    assert choose_compression(ratio, "auto", None, zstd_ok=False) == Compression("gzip", 1)
+    assert choose_compression(ratio, "auto", 9, zstd_ok=False) == Compression("gzip", 9)
+    assert choose_compression(ratio, "none", None, zstd_ok=True) == PLAIN
 
 
 def test_a_target_whose_sha256sum_cannot_check_says_so_and_not_to_push_again(
