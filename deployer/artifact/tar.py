@@ -15,6 +15,8 @@ from deployer.artifact.contents import read_in_order
 from deployer.artifact.model import CHUNK, PERMISSION_BITS, Artifact, Entry, Sink
 from deployer.artifact.source import Content, label_of
 
+GZIP_6 = Compression("gzip", 6)  # gzip's own default, for callers that do not choose
+
 _WRITE = 64 << 10  # smallest write handed to `out`: tar headers alone would be 512-byte packets
 
 
@@ -114,7 +116,7 @@ def write_tar(
     artifact: Artifact,
     out: Sink,
     *,
-    compression: Compression = Compression("gzip", 6),
+    compression: Compression = GZIP_6,
     on_progress: Callable[[int], None] | None = None,
     only: Container[str] | None = None,
 ) -> AdaptLog | None:

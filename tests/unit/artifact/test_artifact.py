@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from deployer.artifact.compression import PLAIN, Compression
 from deployer.artifact.contents import open_contents
 from deployer.artifact.model import Artifact, Entry
 from deployer.artifact.scan import open_artifact
-from deployer.artifact.compression import PLAIN, Compression
 from deployer.artifact.tar import write_tar
 from deployer.errors import ArtifactError, ExitCode
 

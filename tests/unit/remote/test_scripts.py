@@ -52,6 +52,8 @@ def every_tool() -> Toolset:
     if isinstance(sh, BusyBoxShell):
         return Toolset(EVERY_TOOL.have - {"zstd -dc"})
     return EVERY_TOOL
+
+
 _PROBED: dict[str, Toolset] = {}
 
 
