@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 LEVELS = (1, 9)  # adaptive range: above 9 the CPU cost doubles per step for 1-2 % of bytes
 START = 3  # zstd's default level
 JOB_SIZE = 2 << 20  # input per worker job: first output after ~4 MiB, not ~16, and less memory
-QUEUE_BYTES = 4 << 20  # compressed bytes between the compressor and the writer
+QUEUE_BYTES = 2 << 20  # compressed bytes between the compressor and the writer (about one job)
 WINDOW = 0.25  # seconds per decision: a few round trips even on slow links
 BUSY = 0.20  # a side that waited this share of a window is waiting on the other one
 IDLE = 0.02  # ... and this little: it kept up
