@@ -96,29 +96,54 @@ ZSTD = Need(
 OPTIONAL: tuple[Need, ...] = (REFLINK, PARALLEL, TIMEOUT, ZSTD)
 
 
+TOOLS_CACHE = ".deployer/tools"  # under the deploy path: what the last locking probe found
+
+
 def tools_script() -> str:
     """Shell text for the probe: `have=<name>` for every tool that works (or `scratch=no`), and
     tools=yes in the shell when every required one does.
 
-    Runs after the probe has set `d` (the deploy path's nearest existing directory) and `out`.
+    Runs after the probe has set `P` (the deploy path), `d` (its nearest existing directory) and
+    `out`. The checks start a few dozen processes (about 0.1 s on a busy machine); when every
+    required tool passed, a locking probe keeps the result in $P/.deployer/tools (see
+    `save_tools_script`), keyed on the user and a listing of every tool's binary (path, size,
+    time: an install, upgrade or removal changes it), and the next probe reads it from there.
     """
     required = "\n".join(_check_line(need, " || m=1") for need in REQUIRED)
     optional = "\n".join(_check_line(need, "") for need in OPTIONAL)
+    programs = " ".join(dict.fromkeys(need.name.split()[0] for need in (*REQUIRED, *OPTIONAL)))
     return f"""tools=no
+fresh=no
+bins=$(for c in {programs}; do command -v "$c"; done)
+key=$( {{ id -u; ls -lLn --full-time -- $bins 2>/dev/null || ls -lLn -- $bins; }} 2>/dev/null |
+  sha256sum 2>/dev/null)
+if [ -n "$key" ] && [ -f "$P/{TOOLS_CACHE}" ] && [ "$(head -n 1 -- "$P/{TOOLS_CACHE}")" = "$key" ]; then
+  have=$(tail -n +2 -- "$P/{TOOLS_CACHE}") && printf '%s\\n' "$have" && tools=yes
+else
 t=${{TMPDIR:-/tmp}}/.deployer-probe.$$
 if mkdir -m 700 -- "$t" 2>/dev/null || {{ t="$d/.deployer-probe.$$"; mkdir -m 700 -- "$t" 2>/dev/null; }}; then
-  (
+  have=$(
   cd -- "$t" && mkdir -p a/b c d e && : > a/b/f || exit 1
   m=0
 {required}
 {optional}
   exit $m
-  ) && tools=yes
+  ) && tools=yes && fresh=yes
+  printf '%s\\n' "$have"
   rm -rf -- "$t"
 else
   out scratch no
 fi
+fi
 """
+
+
+def save_tools_script() -> str:
+    """Shell text for a locking probe, after it made $P/.deployer: keep what the checks found."""
+    return f"""if [ "$fresh" = yes ] && [ -n "$key" ]; then
+  {{ printf '%s\\n' "$key" "$have" > "$P/{TOOLS_CACHE}.tmp" &&
+    mv -f -- "$P/{TOOLS_CACHE}.tmp" "$P/{TOOLS_CACHE}"; }} 2>/dev/null
+fi"""
 
 
 def _check_line(need: Need, otherwise: str) -> str:

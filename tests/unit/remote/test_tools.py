@@ -130,3 +130,39 @@ def test_no_scratch_directory_is_said_as_such() -> None:
 def test_the_stat_check_uses_the_stage_scripts_format() -> None:
     check = next(need.check for need in REQUIRED if need.name == "stat -c")
     assert f"stat -c '{STAT_FORMAT}'" in check
+
+
+def test_a_locking_probe_keeps_what_it_found_and_the_next_probe_reuses_it(tmp_path: Path) -> None:
+    userland = busybox_without(tmp_path)
+    path = tmp_path / "app"
+    first = probe_in(userland, path, lock_info="deploy by test token T")
+    assert first.locked and first.tools.have == EVERY
+    assert (path / ".deployer" / "tools").is_file()
+    (path / ".deployer" / "lock" / "info").unlink()
+    (path / ".deployer" / "lock").rmdir()
+    # no scratch directory can be made now: only the kept result can say the tools work
+    (tmp_path / "tmp").mkdir(mode=0o500)
+    blocked = BusyBoxShell(userland.applets)
+    script = f"TMPDIR={tmp_path / 'tmp'}; export TMPDIR; chmod 500 {path}\n" + preflight_script(
+        str(path)
+    )
+    result = blocked.run(script + f"chmod 700 {path}\n")
+    state = parse_state(str(path), result.stdout.decode())
+    assert state.tools.checked and state.tools.have == EVERY
+
+
+def test_a_tool_replaced_since_the_last_probe_is_checked_again(tmp_path: Path) -> None:
+    userland = busybox_without(tmp_path)
+    path = tmp_path / "app"
+    assert probe_in(userland, path, lock_info="deploy by test token T").tools.parallel
+    (path / ".deployer" / "lock" / "info").unlink()
+    (path / ".deployer" / "lock").rmdir()
+    shim(userland, "xargs", "-P", "invalid option -- 'P'")  # within the same second, too
+    again = probe_in(userland, path, lock_info="deploy by test token T")
+    assert again.locked and not again.tools.parallel and again.tools.have == EVERY - {"xargs -P"}
+    removed = busybox_without(tmp_path / "other", "stat")
+    (path / ".deployer" / "lock" / "info").unlink()
+    (path / ".deployer" / "lock").rmdir()
+    moved = BusyBoxShell(removed.applets)
+    state = probe_in(moved, path, lock_info="deploy by test token T")
+    assert [need.name for need in state.tools.missing] == ["stat -c"] and not state.locked
