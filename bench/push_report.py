@@ -421,7 +421,7 @@ def _redeploy_table(
     ratio_row = ["deployer / rsync -az"]
     for c in cs:
         mine, theirs = find(red, corpus=c, method=DEPLOYER), find(red, corpus=c, method=RSYNC)
-        name = f"{title.split(',', 1)[1].strip()} <= rsync -az ({c})"
+        name = f"redeploy, {title.split(',', 1)[1].strip()} <= rsync -az ({c})"
         if mine and theirs and mine.ok and theirs.ok and theirs.seconds and mine.seconds:
             ratio = mine.seconds / theirs.seconds
             ratio_row.append(f"{ratio:.2f}x")

@@ -7,9 +7,14 @@ empty queue (the wire waits for the compressor) means the compressor, or the CPU
 reading and encrypting, is, so a lower level sends sooner. The level changes between zstd
 frames: a stream of several frames decodes as one (`zstd -dc`), each frame with its own level.
 
-The policy (`LevelPolicy`) is pure: it sees one window's waits at a time and moves the level one
-step only after two windows in a row agree, then lets one window pass before judging again, so
-that a level on the edge between two settles instead of flapping at every window.
+The policy (`LevelPolicy`) is pure: it sees one window's waits at a time and moves the level
+only after two windows in a row agree (two steps when both waited most of the window), then lets
+one window pass before judging again, so that a level on the edge between two settles instead of
+flapping at every window.
+
+At the start, the connection takes what it is given without waiting until its buffers are full
+(an SSH channel's window is 2 MiB): an empty queue then says nothing about the wire. So the
+level goes down only once a write has waited, or PRIME_BYTES went out without one waiting.
 """
 
 from __future__ import annotations
@@ -31,32 +36,36 @@ LEVELS = (1, 9)  # adaptive range: above 9 the CPU cost doubles per step for 1-2
 START = 3  # zstd's default level
 JOB_SIZE = 2 << 20  # input per worker job: first output after ~4 MiB, not ~16, and less memory
 QUEUE_BYTES = 2 << 20  # compressed bytes between the compressor and the writer (about one job)
-WINDOW = 0.25  # seconds per decision: a few round trips even on slow links
+WINDOW = 0.2  # seconds per decision: a few round trips even on slow links
 BUSY = 0.20  # a side that waited this share of a window is waiting on the other one
+STRONG = 0.5  # ... and this much, in two windows in a row: two levels at once
 IDLE = 0.02  # ... and this little: it kept up
+PRIME_BYTES = 2 << 20  # written without a write waiting: the connection's buffers would be full
+BLOCKED = 0.005  # seconds a write spent off the CPU that say the connection's buffers were full
 DISCARD_WAIT = 5.0  # seconds a failed stream waits for its writer's last write
 
-Verdict = Literal["up", "down", "hold"]
+Verdict = Literal[-2, -1, 0, 1, 2]
 
 
 def judge(full: float, empty: float) -> Verdict:
-    """What one window says: `full` and `empty` are the shares of it spent waiting on a full
-    queue (the compressor on the wire) and on an empty one (the wire on the compressor)."""
+    """What one window says, as levels to move: `full` and `empty` are the shares of it spent
+    waiting on a full queue (the compressor on the wire) and on an empty one (the wire on the
+    compressor)."""
     if full >= BUSY:
-        return "up"
+        return 2 if full >= STRONG else 1
     if empty >= BUSY and full <= IDLE:
-        return "down"
-    return "hold"
+        return -2 if empty >= STRONG else -1
+    return 0
 
 
 @dataclass
 class LevelPolicy:
-    """The level, moved one step after two windows in a row agree, then one window of rest."""
+    """The level, moved after two windows in a row agree, then one window of rest."""
 
     level: int = START
     low: int = LEVELS[0]
     high: int = LEVELS[1]
-    _last: Verdict = "hold"
+    _last: Verdict = 0
     _rest: int = 0
 
     def observe(self, full: float, empty: float) -> int:
@@ -64,14 +73,14 @@ class LevelPolicy:
         verdict = judge(full, empty)
         if self._rest:
             self._rest -= 1
-            self._last = "hold"
+            self._last = 0
             return self.level
-        if verdict != "hold" and verdict == self._last:
-            step = 1 if verdict == "up" else -1
+        if verdict * self._last > 0:  # two windows in a row say the same way: the smaller step
+            step = min(abs(verdict), abs(self._last)) * (1 if verdict > 0 else -1)
             level = min(self.high, max(self.low, self.level + step))
             if level != self.level:
                 self.level, self._rest = level, 1
-            verdict = "hold"
+            verdict = 0
         self._last = verdict
         return self.level
 
@@ -121,6 +130,8 @@ class AdaptiveZstd:
         self._closing = False
         self._error: BaseException | None = None
         self._started = False  # decisions start once output flows (the first job fills the pipe)
+        self._primed = False  # the connection's buffers have been full (see PRIME_BYTES)
+        self._written = 0
         self._window = self._clock()
         self._full = self._empty = 0.0
         self._writer = threading.Thread(target=self._write_out, name="deployer-zstd", daemon=True)
@@ -170,7 +181,9 @@ class AdaptiveZstd:
                     return  # closing, and everything was written
                 data = self._queue.popleft()
             try:
+                wall, cpu = self._clock(), time.thread_time()
                 self._out.write(data)
+                off_cpu = (self._clock() - wall) - (time.thread_time() - cpu)
             except BaseException as exc:  # handed to the compressing thread at its next write
                 with self._changed:
                     self._error = exc
@@ -179,6 +192,8 @@ class AdaptiveZstd:
                 return
             with self._changed:
                 self._queued -= len(data)
+                self._written += len(data)
+                self._primed = self._primed or off_cpu > BLOCKED or self._written >= PRIME_BYTES
                 self._changed.notify_all()
 
     def _decide(self) -> None:
@@ -188,6 +203,8 @@ class AdaptiveZstd:
             return
         with self._changed:
             full, empty, started = self._full, self._empty, self._started
+            if not self._primed:
+                empty = 0.0  # the connection was still filling its buffers, not waiting for us
             self._full = self._empty = 0.0
         self._window = now
         if not started:

@@ -14,6 +14,7 @@ import zstandard
 from deployer.artifact.adapt import (
     BUSY,
     IDLE,
+    STRONG,
     AdaptiveZstd,
     LevelPolicy,
     judge,
@@ -61,16 +62,24 @@ def test_the_probes_zstd_frame_is_an_empty_tar() -> None:
 
 
 def test_a_full_queue_raises_the_level_and_an_empty_one_lowers_it() -> None:
-    assert judge(full=BUSY, empty=0.0) == "up"
-    assert judge(full=0.0, empty=BUSY) == "down"
-    assert judge(full=IDLE * 2, empty=BUSY) == "hold"  # both sides waited a little: balanced
-    assert judge(full=0.0, empty=0.0) == "hold"
+    assert judge(full=BUSY, empty=0.0) == 1
+    assert judge(full=STRONG, empty=0.0) == 2  # the compressor waited most of the window
+    assert judge(full=0.0, empty=BUSY) == -1
+    assert judge(full=0.0, empty=0.9) == -2
+    assert judge(full=IDLE * 2, empty=BUSY) == 0  # both sides waited a little: balanced
+    assert judge(full=0.0, empty=0.0) == 0
 
 
 def test_the_level_moves_after_two_windows_agree_then_rests_one() -> None:
     policy = LevelPolicy()
-    assert [policy.observe(0.9, 0.0) for _ in range(7)] == [3, 4, 4, 4, 5, 5, 5]
-    assert [policy.observe(0.0, 0.9) for _ in range(4)] == [5, 4, 4, 4]
+    assert [policy.observe(0.3, 0.0) for _ in range(7)] == [3, 4, 4, 4, 5, 5, 5]
+    assert [policy.observe(0.0, 0.3) for _ in range(4)] == [5, 4, 4, 4]
+    strong = LevelPolicy()
+    assert [strong.observe(0.9, 0.0) for _ in range(5)] == [3, 5, 5, 5, 7]
+    # a strong window after a mild one moves by the smaller step
+    assert [LevelPolicy().observe(*w) for w in [(0.3, 0.0)]] == [3]
+    mixed = LevelPolicy()
+    assert [mixed.observe(*w) for w in [(0.3, 0.0), (0.9, 0.0)]] == [3, 4]
 
 
 def test_the_level_stays_in_its_range() -> None:
