@@ -142,3 +142,35 @@ def test_a_fleet_payload_encodes_each_stream_once(text_app: Path) -> None:
 def test_a_single_target_streams_directly(text_app: Path) -> None:
     payload = prepare_payload(open_artifact(text_app))
     assert payload.shared_stream(frozenset(payload.digests), Compression("gzip", 1)) is None
+
+
+def test_the_encoder_waits_for_the_readers_as_a_connection_would_make_it_wait() -> None:
+    """An adaptive compressor learns that the wire is the limit from writes that wait: the spool
+    lets the encoder run at most _AHEAD bytes ahead of the furthest reader."""
+    chunk = os.urandom(1 << 20)
+    written: list[int] = []
+
+    def encode(out, on_progress) -> None:
+        for _ in range(24):
+            out.write(chunk)
+            written.append(len(chunk))
+
+    spool = Spool(encode)
+    time.sleep(0.5)  # no reader yet: the encoder stops at the limit
+    assert 8 <= len(written) <= 9
+    sink = Collect()
+    spool.copy_to(sink)  # the reader lets it go on to the end
+    assert bytes(sink.data) == chunk * 24 and len(written) == 24
+    spool.close()
+
+
+def test_closing_a_spool_releases_an_encoder_waiting_for_readers() -> None:
+    def encode(out, on_progress) -> None:
+        while True:
+            out.write(bytes(1 << 20))
+
+    spool = Spool(encode)
+    time.sleep(0.2)
+    started = time.monotonic()
+    spool.close()  # nobody reads: the waiting encoder must not keep close() waiting
+    assert time.monotonic() - started < 5
