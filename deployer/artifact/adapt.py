@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 LEVELS = (1, 9)  # adaptive range: above 9 the CPU cost doubles per step for 1-2 % of bytes
 START = 3  # zstd's default level
 JOB_SIZE = 2 << 20  # input per worker job: first output after ~4 MiB, not ~16, and less memory
-QUEUE_BYTES = 2 << 20  # compressed bytes between the compressor and the writer (about one job)
-WINDOW = 0.2  # seconds per decision: a few round trips even on slow links
+QUEUE_BYTES = 1 << 20  # compressed bytes between the compressor and the writer: a full one waits
+WINDOW = 0.1  # seconds per decision: short streams end within a few seconds
 BUSY = 0.20  # a side that waited this share of a window is waiting on the other one
 STRONG = 0.5  # ... and this much, in two windows in a row: two levels at once
 IDLE = 0.02  # ... and this little: it kept up

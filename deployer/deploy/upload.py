@@ -134,19 +134,19 @@ class Upload:
         """
         started = time.monotonic()
         plan = plan_delta(self.payload.digests, self.previous_manifest)
-        level = self._compression(plan.send)
-        self.report.compression = level.label
+        compression = self._compression(plan.send)
+        self.report.compression = compression.label
         self.report.files_reused, self.report.files_sent = len(plan.reuse), len(plan.send)
         self.report.bytes_sent = plan.send_bytes
-        spool = self.payload.shared_stream(plan.send, level)
+        spool = self.payload.shared_stream(plan.send, compression)
         self.report.shared_stream = spool is not None
-        failed = self._stage_with_retries(shared, set(plan.send), plan.reuse, level, spool)
+        failed = self._stage_with_retries(shared, set(plan.send), plan.reuse, compression, spool)
         if failed:
             self._explain(failed, set(plan.reuse))
             self.report.files_reused -= len(failed & set(plan.reuse))
             self.report.files_sent += len(failed & set(plan.reuse))
             self.report.bytes_sent += sum(self.payload.digests[p].size for p in failed)
-            failed = self._stage_with_retries(shared, failed, (), level)
+            failed = self._stage_with_retries(shared, failed, (), compression)
         if failed:
             self.executor.run(remove_partial_script(self.layout))
             raise RemoteError(
@@ -204,7 +204,7 @@ class Upload:
         shared: tuple[str, ...],
         send: set[str],
         reuse: tuple[str, ...],
-        level: Compression,
+        compression: Compression,
         spool: Spool | None = None,
     ) -> set[str]:
         """Run the stage command, resuming after dropped connections; return the files that failed.
@@ -215,7 +215,7 @@ class Upload:
         attempt = 0
         while True:
             try:
-                return self._stage(shared, send, reuse, level, spool)
+                return self._stage(shared, send, reuse, compression, spool)
             except (TransferError, ConnectError) as exc:
                 if self.reconnect is None or attempt >= self.settings.retries:
                     raise
@@ -251,7 +251,7 @@ class Upload:
         shared: tuple[str, ...],
         send: set[str],
         reuse: tuple[str, ...],
-        level: Compression,
+        compression: Compression,
         spool: Spool | None,
     ) -> set[str]:
         """One stage command: manifest + reuse list + tar stream; the files that failed verification."""
@@ -265,7 +265,7 @@ class Upload:
             sections=(len(manifest), len(reused)),
             previous_id=self.previous if reuse else "",
             hardlink=self.settings.hardlink,
-            codec=level.codec,
+            codec=compression.codec,
             tools=self.tools,
         )
         advance = self.reporter.progress(
@@ -279,7 +279,7 @@ class Upload:
             if spool is not None:
                 spool.copy_to(counting, on_progress=advance)
                 return
-            log = self.payload.encode(send, level, counting, advance)
+            log = self.payload.encode(send, compression, counting, advance)
             if log is not None:
                 self.report.levels = list(log.levels)
 
