@@ -92,6 +92,15 @@ class HookError(DeployerError):
     exit_code = ExitCode.HOOK
 
 
+class HealthcheckError(HookError):
+    """The healthcheck failed every attempt; `output` holds what its last attempt printed."""
+
+    def __init__(self, message: str, output: tuple[str, ...] = (), attempts: int = 0) -> None:
+        super().__init__(message)
+        self.output = output
+        self.attempts = attempts
+
+
 class LockError(DeployerError):
     """Another deploy holds the lock on the target path."""
 

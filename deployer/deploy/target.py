@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from deployer.artifact.manifest import parse_manifest, plan_delta
-from deployer.deploy.hooks import HookRunner, HookSettings, run_healthcheck
+from deployer.deploy.hooks import HookRunner, HookSettings, healthcheck_details, run_healthcheck
 from deployer.deploy.lock import DeployLock, utc_now
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.payload import Payload
 from deployer.deploy.plan import describe_plan
 from deployer.deploy.settings import PushSettings
 from deployer.deploy.upload import Reconnect, Upload
-from deployer.errors import DeployerError, HookError, RemoteError
+from deployer.errors import DeployerError, HealthcheckError, HookError, RemoteError
 from deployer.output import Reporter
 from deployer.remote.executor import Executor, RunResult
 from deployer.remote.history import (
@@ -193,6 +193,8 @@ class TargetDeploy:
                 self.runner, self.settings.hooks, self.staging.layout.release_dir, self.staging.env
             )
         except HookError as exc:
+            if isinstance(exc, HealthcheckError):  # its output goes into --json and the summary
+                self.outcome.details["healthcheck"] = healthcheck_details(self.settings.hooks, exc)
             restored = self.revert(str(exc))
             raise HookError(f"{exc} — {restored}") from exc
         except (
