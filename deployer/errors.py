@@ -129,6 +129,14 @@ class GitLabError(DeployerError):
     exit_code = ExitCode.GITLAB
 
 
+class TargetsFailed(DeployerError):
+    """Some of several targets failed (the others' results stand); the first failure's exit code."""
+
+    def __init__(self, message: str, first: DeployerError) -> None:
+        super().__init__(message)
+        self.exit_code = first.exit_code
+
+
 def reason(exc: BaseException) -> str:
     """A library exception's text for a one-line message (whitespace collapsed, no final period)."""
     text = " ".join(str(exc).split()) or type(exc).__name__

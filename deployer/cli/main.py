@@ -31,6 +31,7 @@ from deployer.output import Masker
 COMMANDS: dict[str, str] = {
     "push": "deployer.cli.push:push",
     "releases": "deployer.cli.targets:releases",
+    "status": "deployer.cli.status:status",
     "rollback": "deployer.cli.targets:rollback",
     "unlock": "deployer.cli.targets:unlock",
     "exec": "deployer.cli.targets:exec_",
