@@ -7,18 +7,20 @@ Every hook gets the ``--env`` variables, sent on the script's stdin (never on a 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from deployer.environment import check_variable_name
-from deployer.errors import ConfigError, HealthcheckError, HookError
+from deployer.errors import CommandTimeout, ConfigError, HealthcheckError, HookError
 from deployer.output import Reporter
 from deployer.remote.executor import Executor
 from deployer.remote.hooks import hook_script, send_variables
 from deployer.remote.status import RemoteStatus
 
+BACKSTOP = 15.0  # seconds the client waits past --hook-timeout before it stops a hook itself
 OUTPUT_LINES = 30  # the failing healthcheck's last lines, shown before the switch back
 OUTPUT_LINE_CHARS = 500  # ... each cut to this length
 
@@ -37,13 +39,14 @@ class HookSettings:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # secrets: never printed
 
     def __post_init__(self) -> None:
-        if self.timeout <= 0:
+        # NaN passes every comparison and infinity no limit at all: both are refused by name
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
             raise ConfigError("--hook-timeout must be a positive number of seconds")
         if self.healthcheck_retries < 0:
             raise ConfigError("--healthcheck-retries must be 0 or more")
-        if self.healthcheck_interval < 0:
+        if not math.isfinite(self.healthcheck_interval) or self.healthcheck_interval < 0:
             raise ConfigError("--healthcheck-interval must be 0 or more seconds")
-        if self.healthcheck_delay < 0:
+        if not math.isfinite(self.healthcheck_delay) or self.healthcheck_delay < 0:
             raise ConfigError("--healthcheck-delay must be 0 or more seconds")
         for command in (*self.before, *self.after, self.healthcheck or "x"):
             if not command.strip():
@@ -91,17 +94,21 @@ class HookRunner:
         script = hook_script(
             command, cwd, env, self.settings.timeout, self.has_timeout, bool(variables)
         )
-        # the client-side limit is a backstop for targets without a timeout command
-        result = self.executor.run(
-            script,
-            upload=send_variables(variables),
-            on_output=on_output,
-            timeout=self.settings.timeout + 15,
-        )
+        try:
+            # the client-side limit is a backstop for targets without a timeout command; the
+            # executor stops the hook's process group there, and it failed like a timed-out hook
+            status = self.executor.run(
+                script,
+                upload=send_variables(variables),
+                on_output=on_output,
+                timeout=self.settings.timeout + BACKSTOP,
+            ).status
+        except CommandTimeout:
+            status = RemoteStatus.TIMED_OUT
         for stream, rest in pending.items():
             if rest:
                 on_output(stream, b"\n")
-        return HookResult(result.status, tuple(tail))
+        return HookResult(status, tuple(tail))
 
     def require(self, kind: str, command: str, cwd: str, env: Mapping[str, str]) -> None:
         """Run a hook and raise HookError if it fails."""
@@ -120,6 +127,8 @@ def failure_message(kind: str, command: str, status: int, label: str, timeout: f
         how = f"did not finish within {timeout:g} s (raise --hook-timeout if it needs longer)"
     elif status == RemoteStatus.NO_RELEASE_DIR:
         how = "could not enter the release directory"
+    elif status < 0:
+        how = "was killed by a signal"
     else:
         how = f"exited with status {status}"
     what = "healthcheck" if kind == "healthcheck" else f"{kind} hook"
@@ -130,7 +139,8 @@ def run_healthcheck(runner: HookRunner, hooks: HookSettings, cwd: str, env: dict
     """Wait --healthcheck-delay, then try the healthcheck until it passes or the retries are spent.
 
     When every attempt failed, the last attempt's output is printed (before the caller switches
-    back) and carried by the HealthcheckError raised.
+    back) and carried by the HealthcheckError raised. A lost connection is not a failed check:
+    its ConnectError passes through, unretried.
     """
     if not hooks.healthcheck:
         return

@@ -8,9 +8,11 @@ starts have them in their environment; no file on the target ever holds them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
+from deployer.remote.executor import KILL_AFTER
 from deployer.remote.shell import q
 from deployer.remote.status import RemoteStatus
 
@@ -41,7 +43,7 @@ def _run_hook(command: str, limit: int | None, stdin_variables: bool) -> str:
     and kept in $1 and $2, which no variable can change; and in the subshell, a variable named
     IFS or PATH changes nothing in the script around it.
     """
-    limits = f" -k 5 {limit}" if limit is not None else ""
+    limits = f" -k {int(KILL_AFTER)} {limit}" if limit is not None else ""
     if not stdin_variables:
         return (f"timeout{limits} " if limits else "") + f"sh -c {q(command)}"
     # $1: timeout (or nothing), $2: sh -- both found before the variables are set
@@ -63,7 +65,7 @@ def hook_script(
     With stdin_variables, the hook also gets the variables send_variables() wrote on stdin.
     """
     enter = f"cd -- {q(cwd)} || exit {int(RemoteStatus.NO_RELEASE_DIR)}\n{exports(env)}"
-    limit = int(timeout)
+    limit = max(1, math.ceil(timeout))  # whole seconds, at least one: `timeout 0` means none
     run = _run_hook(command, limit if has_timeout else None, stdin_variables)
     if not has_timeout:
         return f"{enter}{run}\n"
