@@ -393,6 +393,7 @@ def _deployer_details(stdout: str) -> dict[str, Any]:
         for key in (
             "compression",
             "levels",
+            "wire_waited",
             "wire_bytes",
             "files_sent",
             "files_reused",

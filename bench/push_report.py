@@ -435,8 +435,18 @@ def _redeploy_table(
 
 
 def _adapt_table(adapt: list[Result], corpus: Corpus, rate_bytes: float) -> str:
-    """zstd at fixed levels next to the adaptive default: time, wire bytes, the levels it used."""
-    rows = [[f"zstd levels ({corpus.label})", "seconds", "on the wire", "wire time", "levels used"]]
+    """zstd at fixed levels next to the adaptive default: time, wire bytes, how long the wire
+    waited for the compressor (after the connection's buffers first filled), the levels used."""
+    rows = [
+        [
+            f"zstd levels ({corpus.label})",
+            "seconds",
+            "on the wire",
+            "wire time",
+            "wire waited",
+            "levels used",
+        ]
+    ]
     for method in (DEPLOYER, *(fixed_zstd(n) for n in ADAPT_LEVELS)):
         r = find(adapt, method=method)
         if r is None:
@@ -450,6 +460,7 @@ def _adapt_table(adapt: list[Result], corpus: Corpus, rate_bytes: float) -> str:
                 cell(r),
                 f"{wire / 1e6:.1f} MB" if wire else "-",
                 f"{wire / rate_bytes:.2f} s" if wire else "-",
+                f"{r.extra['wire_waited']:.2f} s" if "wire_waited" in r.extra else "-",
                 "→".join(map(str, levels)) or "-",
             ]
         )

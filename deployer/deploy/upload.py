@@ -74,6 +74,7 @@ class TransferReport:
     attempts: int = 1
     compression: str = "none"
     levels: list[int] = field(default_factory=list)  # zstd: every level used, in order
+    wire_waited: float = 0.0  # zstd: seconds the connection waited for the compressor
     shared_stream: bool = False  # the stream was encoded once for several targets
 
 
@@ -282,6 +283,7 @@ class Upload:
             log = self.payload.encode(send, compression, counting, advance)
             if log is not None:
                 self.report.levels = list(log.levels)
+                self.report.wire_waited = round(log.empty_seconds, 2)
 
         result = self.executor.run(script, upload=feed)
         if result.status == RemoteStatus.VERIFY_FAILED:

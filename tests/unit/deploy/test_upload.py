@@ -187,6 +187,7 @@ def test_a_target_with_zstd_gets_an_adaptive_zstd_stream(tmp_path: Path) -> None
                     Reporter(tty=False, quiet=True), tools=ZSTD_TARGET)  # fmt: skip
     report = upload.run(())
     assert report.compression == "zstd (adaptive)" and report.levels[0] == 3
+    assert report.wire_waited >= 0
     assert report.wire_bytes < 0.8 * report.bytes_sent
     for i in range(12):
         assert (target / "releases" / layout.release_id / f"m{i}.py").read_bytes() == (
