@@ -120,7 +120,6 @@ class AdaptiveZstd:
         self._policy = policy or LevelPolicy()
         self._clock = clock
         self._threads = max(1, min(os.cpu_count() or 1, 8))
-        self._compressors: dict[int, zstandard.ZstdCompressor] = {}
         self._frame = self._compressor(self._policy.level).compressobj()
         self.log = AdaptLog(changes=[(0, self._policy.level)])
         self._taken = 0  # uncompressed bytes taken so far
@@ -138,15 +137,11 @@ class AdaptiveZstd:
         self._writer.start()
 
     def _compressor(self, level: int) -> zstandard.ZstdCompressor:
-        compressor = self._compressors.get(level)
-        if compressor is None:
-            params = self._zstd.ZstdCompressionParameters.from_level(
-                level, threads=self._threads, job_size=JOB_SIZE
-            )
-            compressor = self._compressors[level] = self._zstd.ZstdCompressor(
-                compression_params=params
-            )
-        return compressor
+        # a new one per level change, never kept: each holds its workers' buffers (tens of MB)
+        params = self._zstd.ZstdCompressionParameters.from_level(
+            level, threads=self._threads, job_size=JOB_SIZE
+        )
+        return self._zstd.ZstdCompressor(compression_params=params)
 
     def write(self, data: bytes) -> None:
         """Compress uncompressed tar bytes; may wait for the writer (the queue is bounded)."""
@@ -216,6 +211,7 @@ class AdaptiveZstd:
         if level != self.log.changes[-1][1]:
             # a new frame at the new level; the one ending here decodes as part of the same stream
             self._put(self._frame.flush(self._zstd.COMPRESSOBJ_FLUSH_FINISH))
+            self._frame = None  # type: ignore[assignment]  # the old frame's memory goes first
             self._frame = self._compressor(level).compressobj()
             self.log.changes.append((self._taken, level))
 
