@@ -55,6 +55,8 @@ class Artifact:
     kind: ArtifactKind
     entries: tuple[Entry, ...]
     origins: Mapping[str, Origin] = field(default_factory=dict, repr=False, compare=False)
+    # the topmost paths .deployignore and --exclude left out ('dir/' for a directory)
+    excluded: tuple[str, ...] = ()
 
     @property
     def total_size(self) -> int:

@@ -6,6 +6,7 @@ import posixpath
 import stat
 import tarfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,14 +98,28 @@ TAR_TYPES = {
 }
 
 
+# What never reaches a target, whatever the artifact says (as CPython's tarfile `data` filter):
+# setuid, setgid and sticky bits, and write permission for the group or for others. A release is
+# read-only for everyone but its owner; `--group` and `--writable` grant the rest explicitly.
+CLEARED_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
+
+
 def assemble(
     source: Path,
     label: str,
     kind: ArtifactKind,
     entries: list[Entry],
     origins: Mapping[str, Origin],
+    excluded: tuple[str, ...] = (),
 ) -> Artifact:
-    """Check the tree as a whole (duplicates, paths through symlinks, links leaving it), sort it."""
+    """Check the tree as a whole (duplicates, paths through symlinks, links leaving it), sort it,
+    and clear the mode bits no release may carry (CLEARED_BITS)."""
+    entries = [
+        e
+        if e.kind == "symlink" or not e.mode & CLEARED_BITS
+        else replace(e, mode=e.mode & ~CLEARED_BITS)
+        for e in entries
+    ]
     by_path: dict[str, Entry] = {}
     for entry in entries:
         seen = by_path.get(entry.path)
@@ -135,11 +150,16 @@ def assemble(
     for path, target in links.items():
         _check_symlink(label, path, target, links)
     if not any(e.kind == "file" for e in entries):
+        if excluded:
+            raise ArtifactError(
+                f"artifact {label}: every file is excluded (by .deployignore or --exclude)"
+                " — check the patterns (--dry-run lists what they exclude)"
+            )
         raise ArtifactError(
             f"artifact {label} is empty (no files) — build it first or check the path"
         )
     ordered = tuple(sorted(by_path.values(), key=lambda e: e.path.split("/")))
-    return Artifact(source, kind, ordered, origins)
+    return Artifact(source, kind, ordered, origins, excluded)
 
 
 def _check_symlink(label: str, path: str, target: str, links: Mapping[str, str]) -> None:
