@@ -89,7 +89,10 @@ def _writable_seeds(permissions: Permissions) -> list[str]:
 
 
 def _find(starts: str, select: str, action: str) -> str:
-    return f"find {starts} {select} -exec {action} -- {{}} +"
+    """find STARTS SELECT -exec TOOL -- ARG {} + (action: 'TOOL ARG'; -- before both operands,
+    where POSIXLY_CORRECT would not take it after the first)."""
+    tool, arg = action.split(" ", 1)
+    return f"find {starts} {select} -exec {tool} -- {arg} {{}} +"
 
 
 def release_lines(permissions: Permissions) -> list[str]:

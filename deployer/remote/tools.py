@@ -91,8 +91,8 @@ GROUP_TOOLS: tuple[Need, ...] = (
     Need(
         "chmod g+rwXs",
         "coreutils",
-        "mkdir g && : >g/h && chmod 700 g && chmod 600 g/h && chmod g+rwxs,o-w -- g &&"
-        " chmod g+rX,g-w -- g/h && [ -g g ]",
+        "mkdir g && : >g/h && chmod 700 g && chmod 600 g/h && chmod -- g+rwxs,o-w g &&"
+        " chmod -- g+rX,g-w g/h && [ -g g ]",
     ),
     Need(
         "find -prune -user -group -perm",
