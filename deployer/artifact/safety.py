@@ -10,7 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deployer.artifact.model import Artifact, ArtifactKind, Entry, Origin
+from deployer.artifact.model import (
+    DEPLOYED_BITS,
+    PERMISSION_BITS,
+    Artifact,
+    ArtifactKind,
+    Entry,
+    Origin,
+)
 from deployer.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -98,12 +105,6 @@ TAR_TYPES = {
 }
 
 
-# What never reaches a target, whatever the artifact says (as CPython's tarfile `data` filter):
-# setuid, setgid and sticky bits, and write permission for the group or for others. A release is
-# read-only for everyone but its owner; `--group` and `--writable` grant the rest explicitly.
-CLEARED_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
-
-
 def assemble(
     source: Path,
     label: str,
@@ -113,13 +114,7 @@ def assemble(
     excluded: tuple[str, ...] = (),
 ) -> Artifact:
     """Check the tree as a whole (duplicates, paths through symlinks, links leaving it), sort it,
-    and clear the mode bits no release may carry (CLEARED_BITS)."""
-    entries = [
-        e
-        if e.kind == "symlink" or not e.mode & CLEARED_BITS
-        else replace(e, mode=e.mode & ~CLEARED_BITS)
-        for e in entries
-    ]
+    and keep of each mode only DEPLOYED_BITS (the special bits dropped are named in `cleared`)."""
     by_path: dict[str, Entry] = {}
     for entry in entries:
         seen = by_path.get(entry.path)
@@ -159,7 +154,11 @@ def assemble(
             f"artifact {label} is empty (no files) — build it first or check the path"
         )
     ordered = tuple(sorted(by_path.values(), key=lambda e: e.path.split("/")))
-    return Artifact(source, kind, ordered, origins, excluded)
+    cleared = tuple(e.path for e in ordered if e.kind != "symlink" and e.mode & ~PERMISSION_BITS)
+    kept = tuple(
+        e if e.kind == "symlink" else replace(e, mode=e.mode & DEPLOYED_BITS) for e in ordered
+    )
+    return Artifact(source, kind, kept, origins, cleared, excluded)
 
 
 def _check_symlink(label: str, path: str, target: str, links: Mapping[str, str]) -> None:

@@ -47,7 +47,7 @@ def describe_plan(
         say(f"would run healthcheck: {settings.hooks.healthcheck}")
     for line in describe_permissions(settings.permissions):
         say(line)
-    pruned = plan_prune([*state.releases, release_id], release_id, settings.keep)
+    pruned = plan_prune([*state.releases, release_id], release_id, settings.keep, state.failed)
     if pruned:
         say(f"would prune: {', '.join(pruned)}")
     say("dry run: nothing was changed")

@@ -19,7 +19,7 @@ from deployer.deploy.target import TargetDeploy
 from deployer.errors import DeployerError
 from deployer.output import Reporter
 from deployer.push.fleet import FleetSettings, push_fleet
-from deployer.ssh.access import Access, connect_options
+from deployer.ssh.access import Access, connect_options, route_flags
 from deployer.ssh.connect import connected
 from deployer.ssh.connection import Connection
 from deployer.ssh.route import Route
@@ -64,8 +64,9 @@ def push_over_ssh(
                 return connection
 
             return TargetDeploy(
-                connect(), payload, settings, provenance, reporter, reconnect=connect
-            )
+                connect(), payload, settings, provenance, reporter, reconnect=connect,
+                route=route_flags(routes[index]),
+            )  # fmt: skip
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)
     return PushResult(outcomes, error, established)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import queue
 import re
 import secrets
@@ -66,9 +67,13 @@ def deploy_from_source(
         )
         # refuses unsafe archives, extracts nothing; leaves out what .deployignore and --exclude do
         payload = prepare_payload(open_artifact(file, exclude=settings.exclude))
+        if payload.artifact.cleared:
+            reporter.target(label, payload.artifact.cleared_note())
         describe_excluded(reporter, payload.artifact, dry_run=False)
+        # how a person reaches this machine to roll back by hand, if switching back fails here
+        route = f"--to {getpass.getuser()}@{label}"
         try:
-            return push_target(LocalExecutor(label), payload, settings, provenance, reporter)
+            return push_target(LocalExecutor(label), payload, settings, provenance, reporter, route)
         finally:
             payload.close()  # a failed deploy stops reading the file before it is removed
 
