@@ -15,8 +15,10 @@ from deployer.cli.options import (
     F,
     FiniteRange,
     apply,
+    env_option,
     environment,
     hook_options,
+    hook_variables,
     path_option,
     route_options,
 )
@@ -99,11 +101,13 @@ def transfer_options(func: F) -> F:
 @route_options
 @path_option
 @hook_options
+@env_option
 @transfer_options
 @webhook_options
 def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json: bool,
          before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
-         healthcheck_retries: int, healthcheck_interval: float, keep: int, shared: tuple[str, ...],
+         healthcheck_retries: int, healthcheck_interval: float, healthcheck_delay: float,
+         env: tuple[str, ...], keep: int, shared: tuple[str, ...],
          exclude: tuple[str, ...], group: str | None, writable: tuple[str, ...],
          compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool, parallel: int,
          batch: str | None, shard: str | None, webhook: WebhookOptions) -> None:  # fmt: skip
@@ -122,8 +126,9 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
     from deployer.remote.permissions import validate_permissions
     from deployer.ssh.access import build_routes
 
-    env = environment()
+    job = environment()
     reporter = render.reporter()
+    variables = hook_variables(env, job, reporter)
     shared_entries = validate_shared(split_values(shared))
     settings = PushSettings(
         path=validate_path(path),
@@ -132,11 +137,12 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
         exclude=check_patterns(exclude),
         permissions=validate_permissions(group, split_values(writable), shared_entries),
         hooks=HookSettings(before=before, after=after, healthcheck=healthcheck or None, timeout=hook_timeout,
-                           healthcheck_retries=healthcheck_retries, healthcheck_interval=healthcheck_interval),
+                           healthcheck_retries=healthcheck_retries, healthcheck_interval=healthcheck_interval,
+                           healthcheck_delay=healthcheck_delay, env=variables),
         dry_run=dry_run,
         transfer=TransferSettings(delta=not no_delta, hardlink=link_unchanged, compresslevel=compress_level),
     )  # fmt: skip
-    provenance = Provenance(**provenance_fields(env))
+    provenance = Provenance(**provenance_fields(job))
     if webhook.mode != "ssh":
         from deployer.webhook.client import WebhookPush
 
@@ -151,12 +157,12 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
                 f"--group and --writable work over SSH only — drop them or use --mode ssh, not"
                 f" {webhook.mode}"
             )
-        via_webhook = WebhookPush(webhook, artifact, settings.path, env)
+        via_webhook = WebhookPush(webhook, artifact, settings.path, job)
     if webhook.mode == "webhook":
         outcomes, error = via_webhook.run(settings, provenance, reporter)
         render.finish("push", outcomes, as_json, error)
         return
-    routes = select_shard(build_routes(route, access), parse_shard(shard, env))
+    routes = select_shard(build_routes(route, access), parse_shard(shard, job))
     if webhook.mode == "auto" and len(routes) != 1:
         raise ConfigError("--mode auto deploys to one target (one --to and one --webhook-url)")
     if not routes:
