@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from deployer.remote.layout import Layout, manifest_path, snapshot_path
+from deployer.remote.permissions import AS_CREATED, Permissions, release_lines, shared_lines
 from deployer.remote.shell import q
 from deployer.remote.status import RemoteStatus
 from deployer.remote.tools import Toolset
@@ -23,6 +24,7 @@ def stage_script(
     hardlink: bool,
     codec: Codec,
     tools: Toolset,
+    permissions: Permissions = AS_CREATED,
 ) -> str:
     """Build the release in one command: manifest, reuse list and tar stream arrive on stdin.
 
@@ -37,6 +39,7 @@ def stage_script(
     and run several at a time; everything else is what GNU coreutils and BusyBox both have. The
     tar stream is `codec`-encoded: zstd goes through the target's `zstd -dc` (BusyBox's and older
     GNU tars cannot call it themselves), gzip through tar's own -z.
+    `permissions` (--group, --writable) are applied to the verified tree and the shared entries.
     """
     manifest_bytes, reuse_bytes = sections
     how = "-l" if hardlink else "-p --reflink=auto" if tools.reflink else "-p"
@@ -44,6 +47,7 @@ def stage_script(
     work = f"{layout.path}/.deployer/stage.{layout.release_id}"
     lines = [
         "set -e",
+        "umask o-w",  # whatever the login's umask, nothing deployer creates is writable by everyone
         "export TZ=UTC0",  # stat's times compare as text
         f"P={q(layout.path)}",
         f"T={q(layout.partial_dir)}",
@@ -103,8 +107,10 @@ def stage_script(
         f"  exit {int(RemoteStatus.VERIFY_FAILED)}",
         "fi",
     ]
+    lines += release_lines(permissions)
     for item in shared:
         lines.append(_link_shared(item))
+    lines += shared_lines(permissions, shared)
     lines += [
         # the stat snapshot lets the next deploy trust unchanged files without hashing them.
         # File times have the kernel's tick (up to 10 ms): wait one, so that every file written

@@ -98,26 +98,58 @@ OPTIONAL: tuple[Need, ...] = (REFLINK, PARALLEL, TIMEOUT, ZSTD)
 
 TOOLS_CACHE = ".deployer/tools"  # under the deploy path: what the last locking probe found
 
+# What --group and --writable add (remote.permissions): checked only when they are asked for.
+GROUP_TOOLS: tuple[Need, ...] = (
+    Need("chgrp", "coreutils"),
+    Need(
+        "chmod g+rwXs",
+        "coreutils",
+        "mkdir g && : >g/h && chmod 700 g && chmod 600 g/h && chmod -- g+rwxs,o-w g &&"
+        " chmod -- g+rX,g-w g/h && [ -g g ]",
+    ),
+    Need(
+        "find -prune -user -group -perm",
+        "findutils",
+        'mkdir k && chmod 750 k && [ "$(find k -prune -type d -user "$(id -u)"'
+        ' -group "$(stat -c %g -- k)" -perm -050 ! -perm -002)" = k ]',
+    ),
+)
 
-def tools_script() -> str:
+
+def tools_script(group: str = "") -> str:
     """Shell text for the probe: `have=<name>` for every tool that works (or `scratch=no`), and
     tools=yes in the shell when every required one does.
 
+    With `group` (--group), also the tools permissions need and whether the login may give files
+    that group (`group_ok=yes`, else `group_error=` what chgrp said): either failing means no lock.
     Runs after the probe has set `P` (the deploy path), `d` (its nearest existing directory) and
     `out`. The checks start a few dozen processes (about 0.1 s on a busy machine); when every
     required tool passed, a locking probe keeps the result in $P/.deployer/tools (see
     `save_tools_script`), keyed on the user and a listing of every tool's binary (path, size,
-    time: an install, upgrade or removal changes it), and the next probe reads it from there.
+    time: an install, upgrade or removal changes it), and the next probe reads it from there. With
+    `group` the checks always run, and nothing is kept: whether chgrp works depends on the group.
     """
     required = "\n".join(_check_line(need, " || m=1") for need in REQUIRED)
     optional = "\n".join(_check_line(need, "") for need in OPTIONAL)
     programs = " ".join(dict.fromkeys(need.name.split()[0] for need in (*REQUIRED, *OPTIONAL)))
-    return f"""tools=no
-fresh=no
-bins=$(for c in {programs}; do command -v "$c"; done)
+    keying = (
+        ""
+        if group
+        else f"""bins=$(for c in {programs}; do command -v "$c"; done)
 key=$( {{ id -u; ls -lLn --full-time -- $bins 2>/dev/null || ls -lLn -- $bins; }} 2>/dev/null |
   sha256sum 2>/dev/null)
-if [ -n "$key" ] && [ -f "$P/{TOOLS_CACHE}" ] && [ "$(head -n 1 -- "$P/{TOOLS_CACHE}")" = "$key" ]; then
+"""
+    )
+    if group:
+        optional += "\n" + "\n".join(_check_line(need, " || m=1") for need in GROUP_TOOLS)
+        optional += (
+            f"\n  if chgrp -- {q(group)} a/b/f 2>ge; then out group_ok yes;"
+            ' else out group_error "$(head -n 1 ge)"; m=1; fi'
+        )
+    return f"""tools=no
+fresh=no
+key=
+{keying}if [ -n "$key" ] && [ -f "$P/{TOOLS_CACHE}" ] && [ "$(head -n 1 -- "$P/{TOOLS_CACHE}")" = "$key" ]; then
   have=$(tail -n +2 -- "$P/{TOOLS_CACHE}") && printf '%s\\n' "$have" && tools=yes
 else
 t=${{TMPDIR:-/tmp}}/.deployer-probe.$$
@@ -157,11 +189,12 @@ class Toolset:
 
     have: frozenset[str] = frozenset()  # the names of the Needs whose check passed
     checked: bool = True  # False: no scratch directory could be made to run the checks in
+    extra: tuple[Need, ...] = ()  # required on top of REQUIRED (GROUP_TOOLS for --group)
 
     @property
     def missing(self) -> tuple[Need, ...]:
         """The required tools that are absent or lack an option the scripts use."""
-        return tuple(need for need in REQUIRED if need.name not in self.have)
+        return tuple(need for need in (*REQUIRED, *self.extra) if need.name not in self.have)
 
     @property
     def reflink(self) -> bool:

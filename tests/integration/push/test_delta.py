@@ -50,7 +50,9 @@ def test_redeploy_sends_only_changed_files(topology, deployer, tmp_path: Path) -
     assert second["uploaded_bytes"] < first["uploaded_bytes"]
     current = target / "current"
     assert (current / "public" / "asset-7.js").read_text() == "changed\n"
-    assert (current / "public" / "asset-8.js").read_text() == (app / "public" / "asset-8.js").read_text()
+    assert (current / "public" / "asset-8.js").read_text() == (
+        app / "public" / "asset-8.js"
+    ).read_text()
     assert os.readlink(current / "index.html") == "public/index.html"  # symlinks always travel
     # copies by default: the releases share no inode, so each stays immutable
     old = target / "releases" / first["release"] / "public" / "asset-8.js"
