@@ -137,18 +137,20 @@ def test_a_locking_probe_keeps_what_it_found_and_the_next_probe_reuses_it(tmp_pa
     path = tmp_path / "app"
     first = probe_in(userland, path, lock_info="deploy by test token T")
     assert first.locked and first.tools.have == EVERY
-    assert (path / ".deployer" / "tools").is_file()
+    kept = path / ".deployer" / "tools"
+    key, *lines = kept.read_text().splitlines()
+    assert sorted(lines) == sorted(f"have={name}" for name in EVERY)
     (path / ".deployer" / "lock" / "info").unlink()
     (path / ".deployer" / "lock").rmdir()
-    # no scratch directory can be made now: only the kept result can say the tools work
-    (tmp_path / "tmp").mkdir(mode=0o500)
-    blocked = BusyBoxShell(userland.applets)
-    script = f"TMPDIR={tmp_path / 'tmp'}; export TMPDIR; chmod 500 {path}\n" + preflight_script(
-        str(path)
-    )
-    result = blocked.run(script + f"chmod 700 {path}\n")
-    state = parse_state(str(path), result.stdout.decode())
-    assert state.tools.checked and state.tools.have == EVERY
+    # the next probe believes the kept result (under the same key) instead of checking again
+    kept.write_text("\n".join([key, *(line for line in lines if line != "have=timeout")]) + "\n")
+    again = probe_in(userland, path, lock_info="deploy by test token T")
+    assert again.locked and again.tools.have == EVERY - {"timeout"}
+    # a probe asked to check a group runs every check, and keeps nothing
+    (path / ".deployer" / "lock" / "info").unlink()
+    (path / ".deployer" / "lock").rmdir()
+    result = userland.run(preflight_script(str(path), "deploy by test token T", group="root"))
+    assert "have=timeout" in result.stdout.decode()
 
 
 def test_a_tool_replaced_since_the_last_probe_is_checked_again(tmp_path: Path) -> None:
