@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from deployer.deploy.outcome import Outcome, Status
-from deployer.deploy.target import TargetDeploy
+from deployer.deploy.transport import PhasedDeploy
 from deployer.errors import ConfigError, DeployerError
 
 T = TypeVar("T")
@@ -83,14 +83,14 @@ def _parallel(func: Callable[[T], R], items: Sequence[T], workers: int) -> list[
 
 def push_fleet(
     labels: Sequence[str],
-    start: Callable[[int], TargetDeploy],
+    start: Callable[[int], PhasedDeploy],
     fleet: FleetSettings,
 ) -> tuple[list[Outcome], DeployerError | None]:
     """Deploy to every target all-or-nothing; start(i) connects to target i and returns its deploy.
 
     Returns one outcome per target and the first failure (None when every target deployed).
     """
-    deploys: list[TargetDeploy | None] = [None] * len(labels)
+    deploys: list[PhasedDeploy | None] = [None] * len(labels)
     failures: dict[int, DeployerError] = {}
 
     def stage(index: int) -> None:
@@ -105,7 +105,7 @@ def push_fleet(
     everyone = list(range(len(labels)))
     record(_parallel(stage, everyone, fleet.parallel), everyone)
     live = [d for d in deploys if d is not None]
-    switched: list[TargetDeploy] = []
+    switched: list[PhasedDeploy] = []
     if not failures:
         size = fleet.batch or len(live)
         last = len(live) == 1  # nothing else can fail once it switched: finish in the same trip

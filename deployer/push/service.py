@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.payload import Payload
 from deployer.deploy.settings import PushSettings
+from deployer.deploy.sftp.target import SftpDeploy
 from deployer.deploy.target import TargetDeploy
+from deployer.deploy.transport import AutoDeploy, PhasedDeploy, Transport
 from deployer.errors import DeployerError
 from deployer.output import Reporter
 from deployer.push.fleet import FleetSettings, push_fleet
@@ -23,6 +25,7 @@ from deployer.ssh.access import Access, connect_options
 from deployer.ssh.connect import connected
 from deployer.ssh.connection import Connection
 from deployer.ssh.route import Route
+from deployer.ssh.sftp import open_sftp
 
 
 @contextmanager
@@ -49,13 +52,17 @@ def push_over_ssh(
     provenance: Provenance,
     reporter: Reporter,
     fleet: FleetSettings,
+    transport: Transport = "auto",
 ) -> PushResult:
-    """Deploy payload to every route all-or-nothing; connections are closed when it returns."""
+    """Deploy payload to every route all-or-nothing; connections are closed when it returns.
+
+    With transport "auto", a target that runs no commands is deployed to over SFTP.
+    """
     established: list[str] = []  # --mode auto falls back only if no connection ever came up
     with contextlib.ExitStack() as connections:
         connections.callback(payload.close)  # shared streams go once every upload is done
 
-        def start(index: int) -> TargetDeploy:
+        def start(index: int) -> PhasedDeploy:
             def connect() -> Connection:
                 connection = connections.enter_context(
                     connection_to(routes[index], access, reporter)
@@ -63,9 +70,18 @@ def push_over_ssh(
                 established.append(connection.label)
                 return connection
 
-            return TargetDeploy(
-                connect(), payload, settings, provenance, reporter, reconnect=connect
+            connection = connect()
+
+            def over_sftp() -> SftpDeploy:
+                return SftpDeploy(open_sftp(connection), payload, settings, provenance, reporter,
+                                  reconnect=lambda: open_sftp(connect()))  # fmt: skip
+
+            if transport == "sftp":
+                return over_sftp()
+            shell = TargetDeploy(
+                connection, payload, settings, provenance, reporter, reconnect=connect
             )
+            return shell if transport == "shell" else AutoDeploy(shell, over_sftp, reporter)
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)
     return PushResult(outcomes, error, established)

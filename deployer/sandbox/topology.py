@@ -37,6 +37,7 @@ class Sandbox:
     target: SshServer = field(init=False)
     tunnel_port: int = 0
     tunnel: subprocess.Popen[bytes] | None = None
+    target_config: str = ""  # extra sshd_config lines for the target (Match blocks, more users)
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
@@ -74,7 +75,7 @@ class Sandbox:
         ci_public = self.ci_key.with_name("ci_ed25519.pub").read_text().strip()
         tunnel_public = (self.keys_dir / "tunnel_ed25519.pub").read_text().strip()
         for server in (self.jump, self.target):
-            server.prepare()
+            server.prepare(self.target_config if server is self.target else "")
             server.authorized_keys.write_text("")
         self.tunnel_port = self.tunnel_port or free_port()
         self.jump.authorize(

@@ -1,0 +1,96 @@
+"""``releases``, ``rollback`` and ``unlock`` on an SFTP-only target (as ``deploy.manage`` does with
+scripts): the same checks, the same history lines, the same outcomes."""
+
+from __future__ import annotations
+
+import time
+
+from deployer.deploy.lock import utc_now
+from deployer.deploy.outcome import Outcome, Provenance, Status
+from deployer.deploy.sftp.lock import FileLock, remove_lock
+from deployer.deploy.sftp.state import require_posix_rename, survey
+from deployer.deploy.sftp.target import append_history, switch_over_sftp
+from deployer.errors import ConfigError, RemoteError
+from deployer.output import Reporter
+from deployer.remote.files import FileSession
+from deployer.remote.history import HistoryEntry, parse_history
+
+HISTORY_TAIL = 64 << 10  # bytes of the history read for `deployer releases`
+
+
+def rollback_over_sftp(
+    files: FileSession,
+    path: str,
+    release: str | None,
+    after: tuple[str, ...],
+    provenance: Provenance,
+    reporter: Reporter,
+) -> Outcome:
+    """Switch current to the previous release (or a named one) under the lock."""
+    if after:
+        raise ConfigError(
+            f"{files.label} allows SFTP only: no commands run over SFTP, so --after cannot run there"
+            " — drop it"
+        )
+    require_posix_rename(files)
+    started = time.monotonic()
+    state = survey(files, path)
+    if not state.exists or not state.releases:
+        raise RemoteError(f"no releases under {path} on {files.label} — nothing to roll back to")
+    target = release or state.previous
+    if not target:
+        raise RemoteError(
+            f"no release older than {state.current or 'current'} on {files.label} — nothing to roll back to"
+        )
+    if target not in state.releases:
+        raise RemoteError(
+            f"release {target} does not exist on {files.label} — see deployer releases"
+        )
+    lock = FileLock(files, state.path, provenance, "rollback").acquire()
+    try:
+        switch_over_sftp(files, state.path, target)
+        reporter.target(
+            files.label,
+            f"rolled back: current -> releases/{target} (was {state.current or 'none'})",
+        )
+        entry = HistoryEntry(
+            "rollback", target, state.current, utc_now(), provenance.by,
+            provenance.commit, provenance.ref, provenance.pipeline,
+        )  # fmt: skip
+        append_history(files, state.path, entry)
+    finally:
+        lock.release()
+    return Outcome(files.label, Status.ROLLED_BACK, release=target, previous=state.current,
+                   seconds=time.monotonic() - started)  # fmt: skip
+
+
+def list_over_sftp(files: FileSession, path: str, history_lines: int = 50) -> Outcome:
+    """Releases with the live one marked, plus recent history."""
+    state = survey(files, path)
+    text = files.read(f"{state.path}/.deployer/history", HISTORY_TAIL, tail=True) or b""
+    lines = text.decode(errors="replace").splitlines()
+    if len(text) >= HISTORY_TAIL:
+        lines = lines[1:]  # the first one may be cut
+    history = parse_history("\n".join(lines[-history_lines:]))
+    deployed = {h["release"]: h for h in history if h.get("action") == "deploy" and "release" in h}
+    releases = [
+        {
+            "id": rid,
+            "live": rid == state.current,
+            **{k: deployed.get(rid, {}).get(k, "") for k in ("by", "commit", "time")},
+        }
+        for rid in reversed(state.releases)
+    ]
+    return Outcome(
+        files.label, Status.LISTED, release=state.current,
+        details={"path": state.path, "releases": releases, "history": history, "lock": state.lock,
+                 "transport": "sftp"},
+    )  # fmt: skip
+
+
+def unlock_over_sftp(files: FileSession, path: str) -> Outcome:
+    """Remove a stale deploy lock."""
+    state = survey(files, path)
+    if state.lock:
+        remove_lock(files, state.path)
+    return Outcome(files.label, Status.UNLOCKED, details={"was": state.lock})
