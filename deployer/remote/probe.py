@@ -23,7 +23,8 @@ for c in "$d" "$P/releases" "$P/.deployer"; do
   if [ -e "$c" ] && [ ! -w "$c" ]; then w=no; out writable_dir "$c"; break; fi
 done
 out writable "$w"
-out abspath "$(cd -- "$d" 2>/dev/null && pwd -P)${{P#"$d"}}"
+case $d in .) case $P in ./*) r=${{P#.}} ;; *) r=/$P ;; esac ;; *) r=${{P#"$d"}} ;; esac
+out abspath "$(cd -- "$d" 2>/dev/null && pwd -P)$r"
 out free_kb "$(df -Pk -- "$d" 2>/dev/null | awk 'NR==2 {{print $4}}')"
 {tools_script()}
 if [ -L "$P/current" ]; then out current "$(readlink -- "$P/current")"

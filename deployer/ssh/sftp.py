@@ -201,7 +201,7 @@ class SftpSession:
         self, path: str, data: bytes, *, exclusive: bool = False, append: bool = False
     ) -> None:
         """Write a whole file."""
-        mode = "xb" if exclusive else "ab" if append else "wb"
+        mode = "wxb" if exclusive else "ab" if append else "wb"  # paramiko: x adds CREATE|EXCL
 
         def write() -> None:
             with self.client.open(path, mode) as handle:

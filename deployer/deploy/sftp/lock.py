@@ -53,7 +53,12 @@ class FileLock:
             ) from exc
         if not self.files.mkdir(self.directory, 0o700):
             raise lock_error(self.holder() or "taken a moment ago", self.path, self.files.label)
-        self.files.write(f"{self.directory}/info", (self.info + "\n").encode(), exclusive=True)
+        try:
+            self.files.write(f"{self.directory}/info", (self.info + "\n").encode(), exclusive=True)
+        except BaseException:
+            with contextlib.suppress(DeployerError):
+                remove_lock(self.files, self.path)
+            raise
         partial: list[tuple[str, FileStat]] = []
         batch = self.files.batch()
         batch.listdir(f"{self.path}/releases", partial.extend)

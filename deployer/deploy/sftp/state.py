@@ -76,7 +76,7 @@ def _free(files: FileSession, path: str) -> int | None:
     """Free bytes at path or, before the first deploy, at its nearest existing parent."""
     probe = path
     while probe not in ("", "/", ".") and files.lstat(probe) is None:
-        probe = probe.rsplit("/", 1)[0] or "/"
+        probe = (probe.rsplit("/", 1)[0] or "/") if "/" in probe else "."
     return files.free_bytes(probe or ".")
 
 
