@@ -8,6 +8,7 @@ who deploys what is ``ci.environment``'s.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,11 +70,17 @@ def build_default_map(
 ) -> dict[str, dict[str, Any]]:
     """Give each command the file's values for its options (param -> takes a list); refuse unknown keys."""
     known = {name for params in commands.values() for name in params}
-    for key in settings:
+    for key, value in settings.items():
         if key not in known:
             raise ConfigError(
                 f"{source}: unknown setting {key!r} — known settings are: {', '.join(sorted(known))}"
             )
+        # TOML has nan and inf; NaN passes every range check and inf means no limit at all
+        for item in _as_list(value):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(
+                    f"{source}: {key} = {item} is not a finite number — give a number like 300"
+                )
     return {
         command: {k: _as_list(v) if params[k] else v for k, v in settings.items() if k in params}
         for command, params in commands.items()

@@ -28,6 +28,8 @@ class ExitCode(IntEnum):
     TRANSFER = 11  # the upload was interrupted or arrived incomplete
     WEBHOOK = 12  # the webhook receiver refused the request or its status could not be followed
     GITLAB = 13  # the GitLab API refused a request (token, permission, project) or was unreachable
+    UNCONFIRMED = 14  # switched, then the target stayed unreachable: the new release is live but
+    # unconfirmed, the lock stays, and the last line names the `deployer rollback` command
     INTERRUPTED = 130  # Ctrl-C / SIGINT
 
 
@@ -108,6 +110,16 @@ class TransferError(DeployerError):
     exit_code = ExitCode.TRANSFER
 
 
+class CommandTimeout(TransferError):
+    """A remote command ran past the client's own limit (it was stopped; the connection may be fine)."""
+
+
+class UnconfirmedError(DeployerError):
+    """Switched, then neither confirmed nor switched back: the new release is live, the lock stays."""
+
+    exit_code = ExitCode.UNCONFIRMED
+
+
 class ProxyError(ConnectError):
     """The proxy or ProxyCommand in front of the first hop failed (a route failure: exit 7)."""
 
@@ -116,6 +128,12 @@ class WebhookError(DeployerError):
     """The webhook receiver refused a deploy request, or its status could not be followed."""
 
     exit_code = ExitCode.WEBHOOK
+
+
+class InternalError(DeployerError):
+    """A bug met while working on one target of several (the others are still undone properly)."""
+
+    exit_code = ExitCode.ERROR
 
 
 class GitLabError(DeployerError):

@@ -26,6 +26,11 @@ SUPPORTED = "a directory or a .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .zip fil
 CHUNK = 1 << 20
 
 
+# What a deployed file keeps of its mode: the permission bits. Setuid, setgid and sticky never
+# reach a target (as root, tar would restore them on files it also makes root's).
+PERMISSION_BITS = 0o777
+
+
 @dataclass(frozen=True)
 class Entry:
     """One member of the release tree."""
@@ -55,6 +60,7 @@ class Artifact:
     kind: ArtifactKind
     entries: tuple[Entry, ...]
     origins: Mapping[str, Origin] = field(default_factory=dict, repr=False, compare=False)
+    cleared: tuple[str, ...] = ()  # entries whose setuid, setgid or sticky bit was dropped
 
     @property
     def total_size(self) -> int:
@@ -65,6 +71,16 @@ class Artifact:
     def file_count(self) -> int:
         """Number of regular files."""
         return sum(1 for e in self.entries if e.kind == "file")
+
+    def cleared_note(self) -> str:
+        """The log line naming the entries whose special mode bits were dropped ('' if none)."""
+        if not self.cleared:
+            return ""
+        shown = ", ".join(self.cleared[:10]) + (", ..." if len(self.cleared) > 10 else "")
+        return (
+            f"dropped the setuid/setgid/sticky bits of {len(self.cleared)} entr"
+            f"{'y' if len(self.cleared) == 1 else 'ies'} (deployed with permission bits only): {shown}"
+        )
 
 
 class Sink(Protocol):

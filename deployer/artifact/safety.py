@@ -6,10 +6,11 @@ import posixpath
 import stat
 import tarfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deployer.artifact.model import Artifact, ArtifactKind, Entry, Origin
+from deployer.artifact.model import PERMISSION_BITS, Artifact, ArtifactKind, Entry, Origin
 from deployer.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -139,7 +140,9 @@ def assemble(
             f"artifact {label} is empty (no files) — build it first or check the path"
         )
     ordered = tuple(sorted(by_path.values(), key=lambda e: e.path.split("/")))
-    return Artifact(source, kind, ordered, origins)
+    cleared = tuple(e.path for e in ordered if e.kind != "symlink" and e.mode & ~PERMISSION_BITS)
+    kept = tuple(replace(e, mode=e.mode & PERMISSION_BITS) for e in ordered)
+    return Artifact(source, kind, kept, origins, cleared)
 
 
 def _check_symlink(label: str, path: str, target: str, links: Mapping[str, str]) -> None:

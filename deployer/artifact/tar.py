@@ -10,7 +10,7 @@ from collections.abc import Callable, Container
 from typing import IO, TYPE_CHECKING, cast
 
 from deployer.artifact.contents import read_in_order
-from deployer.artifact.model import CHUNK, Artifact, Entry, Sink
+from deployer.artifact.model import CHUNK, PERMISSION_BITS, Artifact, Entry, Sink
 from deployer.artifact.source import Content, label_of
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _header(entry: Entry) -> tarfile.TarInfo:
     info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}[
         entry.kind
     ]
-    info.mode = entry.mode
+    info.mode = entry.mode & PERMISSION_BITS  # the scan cleared the rest; never send it anyway
     info.size = entry.size if entry.kind == "file" else 0
     info.linkname = entry.linkname if entry.kind == "symlink" else ""
     info.mtime = int(entry.mtime)  # a float would cost an extra PAX header per member

@@ -10,6 +10,7 @@ environment variables cannot drift apart.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,29 @@ def apply(func: F, options: Sequence[Callable[[Any], Any]]) -> F:
 def environment() -> Mapping[str, str]:
     """The process environment: read here, at the top, and passed down explicitly."""
     return os.environ
+
+
+def _finite(
+    number: Any, value: Any, param: click.Parameter | None, ctx: click.Context | None
+) -> Any:
+    """Refuse NaN (it passes every range check: all comparisons are false) and infinity."""
+    if not math.isfinite(number):
+        raise click.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
+    return number
+
+
+class Finite(click.types.FloatParamType):
+    """A float option (seconds, mostly) that must be a finite number."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return _finite(super().convert(value, param, ctx), value, param, ctx)
+
+
+class FiniteRange(click.FloatRange):
+    """A float option within bounds that must be a finite number."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return _finite(super().convert(value, param, ctx), value, param, ctx)
 
 
 class Lines(click.types.StringParamType):
@@ -108,7 +132,7 @@ def connect_timeout_option(
     """--connect-timeout SECONDS: the same type, limit and default (10 s) for every command."""
     return click.option(
         "--connect-timeout",
-        type=click.FloatRange(min=0.1),
+        type=FiniteRange(min=0.1),
         envvar="DEPLOYER_CONNECT_TIMEOUT",
         help=f"Seconds to wait for {what}.  [default: {default}]",
     )
@@ -145,7 +169,7 @@ def after_option(
 
 
 hook_timeout_option = click.option(
-    "--hook-timeout", type=float, default=300.0, show_default=True, envvar="DEPLOYER_HOOK_TIMEOUT",
+    "--hook-timeout", type=Finite(), default=300.0, show_default=True, envvar="DEPLOYER_HOOK_TIMEOUT",
     help="Seconds each hook may run.",
 )  # fmt: skip
 
@@ -164,7 +188,7 @@ def hook_options(func: F) -> F:
         hook_timeout_option,
         click.option("--healthcheck-retries", type=int, default=2, show_default=True,
                      envvar="DEPLOYER_HEALTHCHECK_RETRIES"),
-        click.option("--healthcheck-interval", type=float, default=3.0, show_default=True,
+        click.option("--healthcheck-interval", type=Finite(), default=3.0, show_default=True,
                      envvar="DEPLOYER_HEALTHCHECK_INTERVAL", help="Seconds between healthcheck attempts."),
     ]  # fmt: skip
     return apply(func, options)

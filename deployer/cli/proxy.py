@@ -13,10 +13,12 @@ import sys
 
 import click
 
+from deployer.cli.options import FiniteRange
+
 
 @click.command(name="proxy-connect", hidden=True)
 @click.option("--proxy", required=True, metavar="URL", help="http:// or socks5(h):// proxy.")
-@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--connect-timeout", type=FiniteRange(min=0.1), default=10.0, show_default=True)
 @click.argument("host")
 @click.argument("port", type=click.IntRange(1, 65535))
 def proxy_connect(proxy: str, connect_timeout: float, host: str, port: int) -> None:

@@ -13,6 +13,7 @@ from deployer.ci.environment import provenance_fields
 from deployer.cli import render
 from deployer.cli.options import (
     F,
+    FiniteRange,
     apply,
     environment,
     hook_options,
@@ -38,7 +39,7 @@ def webhook_options(func: F) -> F:
                      help="Base URL of `deployer serve` (secret: DEPLOYER_WEBHOOK_SECRET)."),
         click.option("--webhook-ca-bundle", type=click.Path(dir_okay=False, path_type=Path),
                      envvar="DEPLOYER_WEBHOOK_CA_BUNDLE", help="CA certificates to trust for --webhook-url."),
-        click.option("--webhook-timeout", type=click.FloatRange(min=1), default=3600.0, show_default=True,
+        click.option("--webhook-timeout", type=FiniteRange(min=1), default=3600.0, show_default=True,
                      envvar="DEPLOYER_WEBHOOK_TIMEOUT", help="Seconds to follow a webhook deploy."),
         click.option("--webhook-allow-http", is_flag=True, envvar="DEPLOYER_WEBHOOK_ALLOW_HTTP",
                      help="Allow a plain http:// --webhook-url to another machine (default: loopback only)."),
@@ -159,6 +160,8 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
         f"deploying {artifact} ({payload.artifact.file_count} files) to {', '.join(str(r) for r in routes)}"
         + (" [dry run]" if dry_run else "")
     )
+    if payload.artifact.cleared:
+        reporter.line(payload.artifact.cleared_note())
     result = push_over_ssh(
         routes, access, payload, settings, provenance, reporter, fleet, transport
     )

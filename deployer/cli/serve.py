@@ -19,6 +19,7 @@ from deployer.ci.gitlab_api import DEFAULT_GITLAB_URL
 from deployer.cli.options import (
     DefaultCommandGroup,
     F,
+    FiniteRange,
     apply,
     environment,
     hook_options,
@@ -47,7 +48,7 @@ def receiver_options(func: F) -> F:
                      envvar="DEPLOYER_MAX_ARTIFACT_SIZE", metavar="MIB", help="Largest artifact fetched, in MiB."),
         click.option("--max-body", type=click.IntRange(min=1024), default=64 << 10, show_default=True,
                      envvar="DEPLOYER_MAX_BODY", metavar="BYTES", help="Largest request body accepted."),
-        click.option("--window", type=click.FloatRange(min=1), default=300.0, show_default=True,
+        click.option("--window", type=FiniteRange(min=1), default=300.0, show_default=True,
                      envvar="DEPLOYER_WEBHOOK_WINDOW", metavar="SECONDS",
                      help="Accepted clock difference; request ids are remembered for this long."),
         click.option("--allow-request-hooks", is_flag=True, envvar="DEPLOYER_ALLOW_REQUEST_HOOKS",
@@ -101,7 +102,7 @@ def serve() -> None:
 )
 @click.option("--artifact-path", envvar="DEPLOYER_ARTIFACT_PATH",
               help="--poll: the .tar.gz/.zip inside that job's artifacts, like dist/app.tar.gz.")  # fmt: skip
-@click.option("--interval", type=click.FloatRange(min=1), default=60.0, show_default=True,
+@click.option("--interval", type=FiniteRange(min=1), default=60.0, show_default=True,
               help="--poll: seconds between looks at GitLab.")  # fmt: skip
 @click.option("--replay-file", type=click.Path(dir_okay=False, path_type=Path), envvar="DEPLOYER_REPLAY_FILE",
               help="Where accepted request ids are kept across restarts (default: in systemd's StateDirectory,"

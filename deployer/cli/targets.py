@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from deployer.cli.options import (
     route_options,
     transport_option,
 )
+from deployer.errors import ConfigError
 from deployer.output import Reporter
 from deployer.ssh.access import Access, RouteRequest
 
@@ -93,15 +95,18 @@ def releases(
 @after_option("Command run after the switch (repeatable), e.g. a service reload.")
 @hook_timeout_option
 @transport_option
+@click.option("--lock-token", metavar="TOKEN",
+              help="Take over the lock a deploy left when it lost the target after switching"
+                   " (its last line names the token).")  # fmt: skip
 def rollback(route: RouteRequest, access: Access, path: str, as_json: bool, release_id: str | None,
-             after: tuple[str, ...], hook_timeout: float, transport: Transport) -> None:  # fmt: skip
+             after: tuple[str, ...], hook_timeout: float, transport: Transport,
+             lock_token: str | None) -> None:  # fmt: skip
     """Switch current back to the previous release (or --release ID)."""
     from deployer.deploy.hooks import HookSettings
     from deployer.deploy.manage import rollback_target
     from deployer.deploy.outcome import Provenance
     from deployer.deploy.sftp.manage import rollback_over_sftp
     from deployer.deploy.transport import by_transport
-    from deployer.errors import ConfigError
     from deployer.remote.layout import validate_path
     from deployer.ssh.sftp import open_sftp
 
@@ -110,6 +115,11 @@ def rollback(route: RouteRequest, access: Access, path: str, as_json: bool, rele
             "--transport sftp: no commands run over SFTP, so --after cannot run there — drop it"
         )
 
+    if lock_token is not None and not re.fullmatch(r"[0-9a-f]{8,64}", lock_token):
+        raise ConfigError(
+            f"--lock-token {lock_token!r} is not a lock token — copy the hex token from the line"
+            " that named this command"
+        )
     reporter = render.reporter()
     hooks = HookSettings(after=after, timeout=hook_timeout)
     provenance = Provenance(**provenance_fields(environment()))
@@ -118,9 +128,10 @@ def rollback(route: RouteRequest, access: Access, path: str, as_json: bool, rele
         "rollback", route, access, as_json, reporter,
         lambda connection: by_transport(
             transport,
-            lambda: rollback_target(connection, directory, release_id, hooks, provenance, reporter),
+            lambda: rollback_target(connection, directory, release_id, hooks, provenance, reporter,
+                                    lock_token),
             lambda: rollback_over_sftp(open_sftp(connection), directory, release_id, after, provenance,
-                                       reporter),
+                                       reporter, lock_token),
         ),
     )  # fmt: skip
 
@@ -150,8 +161,11 @@ def unlock(
     )  # fmt: skip
     for outcome in outcomes:
         was = outcome.details.get("was")
+        note = outcome.details.get("note")
         reporter.line(
-            f"{outcome.target}: " + (f"removed lock ({was})" if was else "no lock was held")
+            f"{outcome.target}: "
+            + (f"removed lock ({was})" if was else "no lock was held")
+            + (f"; {note}" if note else "")
         )
 
 

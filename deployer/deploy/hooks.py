@@ -6,15 +6,18 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from deployer.errors import ConfigError, HookError
+from deployer.errors import CommandTimeout, ConfigError, HookError
 from deployer.output import Reporter
 from deployer.remote.executor import Executor, RunResult
 from deployer.remote.hooks import hook_script
 from deployer.remote.status import RemoteStatus
+
+BACKSTOP = 15.0  # seconds the client waits past --hook-timeout before it stops a hook itself
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,12 @@ class HookSettings:
     healthcheck_interval: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.timeout <= 0:
+        # NaN passes every comparison and infinity no limit at all: both are refused by name
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
             raise ConfigError("--hook-timeout must be a positive number of seconds")
         if self.healthcheck_retries < 0:
             raise ConfigError("--healthcheck-retries must be 0 or more")
-        if self.healthcheck_interval < 0:
+        if not math.isfinite(self.healthcheck_interval) or self.healthcheck_interval < 0:
             raise ConfigError("--healthcheck-interval must be 0 or more seconds")
         for command in (*self.before, *self.after, self.healthcheck or "x"):
             if not command.strip():
@@ -64,8 +68,14 @@ class HookRunner:
                 self.reporter.target(label, f"{kind}| {raw.decode(errors='replace').rstrip()}")
 
         script = hook_script(command, cwd, env, self.settings.timeout, self.has_timeout)
-        # the client-side limit is a backstop for targets without a timeout command
-        result = self.executor.run(script, on_output=on_output, timeout=self.settings.timeout + 15)
+        try:
+            # the client-side limit is a backstop for targets without a timeout command; the
+            # executor stops the hook's process group there, and it failed like a timed-out hook
+            result = self.executor.run(
+                script, on_output=on_output, timeout=self.settings.timeout + BACKSTOP
+            )
+        except CommandTimeout:
+            result = RunResult(RemoteStatus.TIMED_OUT, b"", b"")
         for stream, rest in pending.items():
             if rest:
                 on_output(stream, b"\n")
@@ -88,6 +98,8 @@ def failure_message(kind: str, command: str, status: int, label: str, timeout: f
         how = f"did not finish within {timeout:g} s (raise --hook-timeout if it needs longer)"
     elif status == RemoteStatus.NO_RELEASE_DIR:
         how = "could not enter the release directory"
+    elif status < 0:
+        how = "was killed by a signal"
     else:
         how = f"exited with status {status}"
     what = "healthcheck" if kind == "healthcheck" else f"{kind} hook"
@@ -95,6 +107,10 @@ def failure_message(kind: str, command: str, status: int, label: str, timeout: f
 
 
 def run_healthcheck(runner: HookRunner, hooks: HookSettings, cwd: str, env: dict[str, str]) -> None:
+    """Run the healthcheck with its retries; raise HookError when every attempt failed.
+
+    A lost connection is not a failed check: its ConnectError passes through, unretried.
+    """
     if not hooks.healthcheck:
         return
     attempts = hooks.healthcheck_retries + 1

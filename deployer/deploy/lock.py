@@ -31,15 +31,23 @@ def holder_info(action: str, provenance: Provenance, token: str) -> str:
 class DeployLock:
     """The deploy lock on a target path (a with-block, or acquire/release across phases)."""
 
-    def __init__(self, executor: Executor, path: str, provenance: Provenance, action: str) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        path: str,
+        provenance: Provenance,
+        action: str,
+        adopt: str | None = None,
+    ) -> None:
         self.executor = executor
         self.path = path
+        self.adopt = adopt  # the token of a lock left behind that this one may take over
         self.token = secrets.token_hex(8)
         self.info = holder_info(action, provenance, self.token)
 
     def acquire(self) -> DeployLock:
-        """Create the layout and take the lock, or raise LockError naming the holder."""
-        result = self.executor.run(prepare_script(self.path, self.info))
+        """Create the layout and take the lock (or the one `adopt` names), or raise LockError."""
+        result = self.executor.run(prepare_script(self.path, self.info, self.adopt))
         if result.status == RemoteStatus.LOCK_HELD:
             held = result.stdout.decode(errors="replace").partition("lock=")[2].strip()
             raise lock_error(held, self.path, self.executor.label)

@@ -17,8 +17,9 @@ from deployer.remote.history import (
     read_history_script,
 )
 from deployer.remote.layout import Layout, hook_environment
-from deployer.remote.lock import unlock_script
+from deployer.remote.lock import parse_lock_info, unlock_script
 from deployer.remote.probe import probe, run_checked
+from deployer.remote.state import check_current
 from deployer.remote.switch import (
     switch_script,
 )
@@ -32,11 +33,17 @@ def rollback_target(
     hooks: HookSettings,
     provenance: Provenance,
     reporter: Reporter,
+    lock_token: str | None = None,
 ) -> Outcome:
-    """Switch current to the previous release (or a named one) and run after hooks there."""
+    """Switch current to the previous release (or a named one) and run after hooks there.
+
+    With `lock_token`, the lock a deploy left behind when it lost the target after its switch is
+    taken over, and the release it left live unconfirmed is recorded as failed.
+    """
     label = executor.label
     started = time.monotonic()
     state = probe(executor, path)
+    check_current(state, label)
     if not state.exists or not state.releases:
         raise RemoteError(f"no releases under {path} on {label} — nothing to roll back to")
     target = release or state.previous
@@ -47,7 +54,8 @@ def rollback_target(
     if target not in state.releases:
         raise RemoteError(f"release {target} does not exist on {label} — see deployer releases")
     check_tools(state.tools, label, state.path)  # the switch, the hooks and the history need them
-    with DeployLock(executor, state.path, provenance, "rollback"):
+    left = parse_lock_info(state.lock) if lock_token else None
+    with DeployLock(executor, state.path, provenance, "rollback", adopt=lock_token):
         run_checked(executor, switch_script(state.path, target), "switching current")
         reporter.target(
             label, f"rolled back: current -> releases/{target} (was {state.current or 'none'})"
@@ -56,11 +64,20 @@ def rollback_target(
         runner = HookRunner(executor, reporter, hooks, state.has_timeout)
         for command in hooks.after:
             runner.require("after", command, env["DEPLOYER_RELEASE_DIR"], env)
+        record = ""
+        if left is not None and left.switched_to and left.switched_to != target:
+            unconfirmed = HistoryEntry(
+                "failed", left.switched_to, left.previous, utc_now(), provenance.by,
+                provenance.commit, provenance.ref, provenance.pipeline,
+                f"live unconfirmed since {left.switched_at}, rolled back to {target}",
+            )  # fmt: skip
+            record = append_history_script(state.path, unconfirmed)
+            reporter.target(label, f"took over the lock left by: {left.text}")
         entry = HistoryEntry(
             "rollback", target, state.current, utc_now(), provenance.by,
             provenance.commit, provenance.ref, provenance.pipeline,
         )  # fmt: skip
-        executor.run(append_history_script(state.path, entry))
+        executor.run(record + append_history_script(state.path, entry))
     return Outcome(label, Status.ROLLED_BACK, release=target, previous=state.current,
                    seconds=time.monotonic() - started)  # fmt: skip
 
@@ -68,6 +85,7 @@ def rollback_target(
 def list_target(executor: Executor, path: str, history_lines: int = 50) -> Outcome:
     """Releases on a target with the live one marked, plus recent history."""
     state = probe(executor, path)
+    check_current(state, executor.label)
     history = parse_history(
         executor.run(read_history_script(state.path, history_lines)).stdout.decode(errors="replace")
     )
@@ -87,7 +105,20 @@ def list_target(executor: Executor, path: str, history_lines: int = 50) -> Outco
 
 
 def unlock_target(executor: Executor, path: str) -> Outcome:
-    """Remove a stale deploy lock."""
+    """Remove a stale deploy lock, saying what the deploy that left it had done."""
     state = probe(executor, path)
     executor.run(unlock_script(state.path, None))
-    return Outcome(executor.label, Status.UNLOCKED, details={"was": state.lock})
+    details: dict[str, object] = {"was": state.lock}
+    left = parse_lock_info(state.lock)
+    if left.switched_to and left.switched_to == state.current:
+        details["unconfirmed"] = left.switched_to
+        details["note"] = (
+            f"release {left.switched_to} went live at {left.switched_at} and was never confirmed"
+            + (
+                f" — check it; `deployer rollback --release {left.previous}` with the same route"
+                f" and --path switches back to {left.previous}"
+                if left.previous
+                else " — check it (there is no earlier release)"
+            )
+        )
+    return Outcome(executor.label, Status.UNLOCKED, details=details)

@@ -22,10 +22,13 @@ class Status(str, Enum):
     PENDING = "pending"  # connected, nothing done yet
     PLANNED = "planned"  # --dry-run: checked and described, nothing changed
     STAGED = "staged"  # uploaded and before hooks passed; nothing live changed
-    SWITCHED = "switched"  # current points at the new release
+    SWITCHING = "switching"  # the switch was sent: current may point at the new release
+    SWITCHED = "switched"  # current points at the new release; after hooks and healthcheck pending
+    CONFIRMED = "confirmed"  # switched, after hooks and healthcheck passed; not yet recorded
     DEPLOYED = "deployed"  # switched, checked, recorded and unlocked
     ABORTED = "aborted"  # staged, then discarded: the live release was never touched
     REVERTED = "reverted"  # switched, then switched back
+    UNCONFIRMED = "unconfirmed"  # switched, then the target was lost: the new release is live
     FAILED = "failed"
     SKIPPED = "skipped"  # never tried because an earlier target failed
     ROLLED_BACK = "rolled-back"  # deployer rollback
@@ -35,6 +38,24 @@ class Status(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    @property
+    def live(self) -> bool:
+        """Whether current may point at this deploy's release while the deploy still holds the lock."""
+        return self in (Status.SWITCHING, Status.SWITCHED, Status.CONFIRMED)
+
+
+# Where one target's push may go from each state (a push only moves forward; anything else is a
+# bug). From a live state every way out is DEPLOYED, REVERTED or UNCONFIRMED.
+NEXT: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.PLANNED, Status.STAGED, Status.ABORTED}),
+    Status.STAGED: frozenset({Status.SWITCHING, Status.ABORTED}),
+    Status.SWITCHING: frozenset(
+        {Status.SWITCHED, Status.DEPLOYED, Status.ABORTED, Status.REVERTED, Status.UNCONFIRMED}
+    ),
+    Status.SWITCHED: frozenset({Status.CONFIRMED, Status.REVERTED, Status.UNCONFIRMED}),
+    Status.CONFIRMED: frozenset({Status.DEPLOYED, Status.REVERTED, Status.UNCONFIRMED}),
+}
 
 
 @dataclass
@@ -51,3 +72,9 @@ class Outcome:
     uploaded_bytes: int = 0
     pruned: list[str] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
+
+    def advance(self, status: Status) -> None:
+        """Move to the next state of a push (raises AssertionError on a move NEXT does not allow)."""
+        if status not in NEXT.get(self.status, frozenset()):
+            raise AssertionError(f"a push cannot go from {self.status} to {status}")
+        self.status = status

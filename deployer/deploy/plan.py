@@ -44,7 +44,7 @@ def describe_plan(
             say(f"would run {kind} hook: {command}")
     if settings.hooks.healthcheck:
         say(f"would run healthcheck: {settings.hooks.healthcheck}")
-    pruned = plan_prune([*state.releases, release_id], release_id, settings.keep)
+    pruned = plan_prune([*state.releases, release_id], release_id, settings.keep, state.failed)
     if pruned:
         say(f"would prune: {', '.join(pruned)}")
     say("dry run: nothing was changed")

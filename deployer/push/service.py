@@ -21,7 +21,7 @@ from deployer.deploy.transport import AutoDeploy, PhasedDeploy, Transport
 from deployer.errors import DeployerError
 from deployer.output import Reporter
 from deployer.push.fleet import FleetSettings, push_fleet
-from deployer.ssh.access import Access, connect_options
+from deployer.ssh.access import Access, connect_options, route_flags
 from deployer.ssh.connect import connected
 from deployer.ssh.connection import Connection
 from deployer.ssh.route import Route
@@ -71,16 +71,16 @@ def push_over_ssh(
                 return connection
 
             connection = connect()
+            route = route_flags(routes[index])
 
             def over_sftp() -> SftpDeploy:
                 return SftpDeploy(open_sftp(connection), payload, settings, provenance, reporter,
-                                  reconnect=lambda: open_sftp(connect()))  # fmt: skip
+                                  reconnect=lambda: open_sftp(connect()), route=route)  # fmt: skip
 
             if transport == "sftp":
                 return over_sftp()
-            shell = TargetDeploy(
-                connection, payload, settings, provenance, reporter, reconnect=connect
-            )
+            shell = TargetDeploy(connection, payload, settings, provenance, reporter, reconnect=connect,
+                                 route=route)  # fmt: skip
             return shell if transport == "shell" else AutoDeploy(shell, over_sftp, reporter)
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)

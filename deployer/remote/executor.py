@@ -12,6 +12,10 @@ from typing import BinaryIO, Protocol
 
 OutputSink = Callable[[str, bytes], None]  # (stream name "stdout"/"stderr", raw bytes)
 
+# A command past its time limit gets TERM, and KILL this many seconds later (as `timeout -k 5`
+# does to a hook on the target), with every process it started: its whole process group.
+KILL_AFTER = 5.0
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -44,5 +48,7 @@ class Executor(Protocol):
         """Run script with sh; stream stdin from upload(); return status and output.
 
         Captured output is kept whole; when on_output streams it, only the last 64 KiB are kept.
+        Past `timeout` the command's process group is stopped and CommandTimeout raised; a
+        connection lost meanwhile is a ConnectError.
         """
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -11,10 +12,22 @@ from collections.abc import Callable
 from typing import BinaryIO, cast
 
 from deployer.environment import child_environment
-from deployer.errors import DeployerError, TransferError
-from deployer.remote.executor import OutputSink, RunResult
+from deployer.errors import CommandTimeout, DeployerError, TransferError
+from deployer.remote.executor import KILL_AFTER, OutputSink, RunResult
 
 _TAIL = 65536
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """TERM the script's whole process group (it leads its own session), then KILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=KILL_AFTER)
+    # the group outlives its leader: children that ignored TERM are still in it
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 class LocalExecutor:
@@ -75,11 +88,13 @@ class LocalExecutor:
                 timeout=None if deadline is None else max(0.0, deadline - time.monotonic())
             )
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise TransferError(
+            stop_group(proc)
+            raise CommandTimeout(
                 f"command on {self.label} did not finish within {timeout:.0f} s"
             ) from None
+        except BaseException:  # interrupted: what the script started must not outlive it
+            stop_group(proc)
+            raise
         for reader in readers:
             reader.join(timeout=5)
         if isinstance(upload_error, DeployerError):

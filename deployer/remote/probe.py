@@ -8,6 +8,11 @@ from deployer.remote.shell import q
 from deployer.remote.state import TargetState, parse_state
 from deployer.remote.tools import tools_script
 
+HISTORY_LINES = 1000  # the newest history lines the probe reads for failed releases
+
+# `h=<action> <release>` for history lines of one action (keys are sorted: action comes first)
+_LAST_ACTION_SED = r's/^{"action":"\(%s\)".*"release":"\([0-9TZ-]*\)".*$/h=\1 \2/p'
+
 
 def preflight_script(path: str, lock_info: str | None = None) -> str:
     """Probe the target: path, permissions, free space, tools, releases, lock (read-only), and with
@@ -23,28 +28,45 @@ for c in "$d" "$P/releases" "$P/.deployer"; do
   if [ -e "$c" ] && [ ! -w "$c" ]; then w=no; out writable_dir "$c"; break; fi
 done
 out writable "$w"
-case $d in .) case $P in ./*) r=${{P#.}} ;; *) r=/$P ;; esac ;; *) r=${{P#"$d"}} ;; esac
-out abspath "$(cd -- "$d" 2>/dev/null && pwd -P)$r"
+# what of P does not exist yet, with its slash (dirname turns a relative first name into ".")
+if [ "$P" = "$d" ]; then rest=; elif [ "$d" = . ]; then rest="/${{P#./}}"; else rest="${{P#"$d"}}"; fi
+out abspath "$(cd -- "$d" 2>/dev/null && pwd -P)$rest"
 out free_kb "$(df -Pk -- "$d" 2>/dev/null | awk 'NR==2 {{print $4}}')"
 {tools_script()}
-if [ -L "$P/current" ]; then out current "$(readlink -- "$P/current")"
-elif [ -e "$P/current" ]; then out current_kind other; fi
+ck=none
+if [ -L "$P/current" ]; then
+  c=$(readlink -- "$P/current")
+  case $c in
+    releases/*[!0-9TZ-]*|releases/) ck=bad ;;
+    releases/?*) ck=ok; out current "$c" ;;
+    *) ck=bad ;;
+  esac
+  # a link made by someone else is reported, never passed on: only its harmless characters
+  [ "$ck" = ok ] || out current_bad "$(printf '%s' "$c" | tr -c 'A-Za-z0-9._/+@:=, -' '?')"
+elif [ -e "$P/current" ]; then ck=other; out current_kind other; fi
 if [ -d "$P/releases" ]; then
-  for r in "$P"/releases/*; do [ -d "$r" ] && out release "${{r##*/}}"; done
+  for r in "$P"/releases/*; do
+    case ${{r##*/}} in *[!0-9TZ-]*) continue ;; esac
+    [ -d "$r" ] && out release "${{r##*/}}"
+  done
 fi
 if [ -d "$P/.deployer/lock" ]; then out lock "$(head -n 1 -- "$P/.deployer/lock/info" 2>/dev/null)"; fi
-c=$(readlink -- "$P/current" 2>/dev/null) && [ -f "$P/.deployer/manifests/${{c##*/}}.tsv" ] &&
-  sed 's/^/m=/' -- "$P/.deployer/manifests/${{c##*/}}.tsv"
+if [ "$ck" = ok ] && [ -f "$P/.deployer/manifests/${{c#releases/}}.tsv" ]; then
+  sed 's/^/m=/' -- "$P/.deployer/manifests/${{c#releases/}}.tsv"
+fi
+# releases that failed (or were rolled back to since): they never count toward --keep
+[ -f "$P/.deployer/history" ] && tail -n {HISTORY_LINES} -- "$P/.deployer/history" |
+  sed -n -e {q(_LAST_ACTION_SED % "failed")} -e {q(_LAST_ACTION_SED % "rollback")}
 out login "$(id -un)"
 {"exit 0" if lock_info is None else _lock_attempt(lock_info)}
 """
 
 
 def _lock_attempt(lock_info: str) -> str:
-    """Shell text run after the probe: lock only a writable directory whose current is a symlink,
+    """Shell text run after the probe: lock only a writable directory whose current is usable,
     on a target that has every tool the scripts need."""
     return f"""if [ "$w" = yes ] && [ "$tools" = yes ] && {{ [ ! -e "$P" ] || [ -d "$P" ]; }} &&
-  {{ [ ! -e "$P/current" ] || [ -L "$P/current" ]; }}; then
+  [ "$ck" != bad ] && [ "$ck" != other ]; then
   mkdir -p -- "$P/releases" "$P/shared" "$P/.deployer/manifests" 2>/dev/null
   if mkdir -- "$P/.deployer/lock" 2>/dev/null; then
     printf '%s\\n' {q(lock_info)} > "$P/.deployer/lock/info"

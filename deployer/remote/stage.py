@@ -48,7 +48,8 @@ def stage_script(
         # dd with fullblock reads exactly the section; what follows stays on stdin for tar
         f'dd bs={manifest_bytes} count=1 iflag=fullblock 2>/dev/null | gzip -dc > "$M.tmp"',
         f'dd bs={reuse_bytes} count=1 iflag=fullblock 2>/dev/null | gzip -dc > "$W.reuse"',
-        f'tar -x{"z" if compressed else ""}f - -C "$T"',
+        # as root too, files belong to the deploying user, never to the uid in a header
+        f'tar --no-same-owner -x{"z" if compressed else ""}f - -C "$T"',
         ': > "$W.trusted"',
     ]
     if previous_id:

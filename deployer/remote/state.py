@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from deployer.errors import LockError, RemoteError
 from deployer.output import human_size
 from deployer.remote.layout import RELEASE_ID
+from deployer.remote.lock import parse_lock_info
 from deployer.remote.tools import Toolset, check_tools
 
 
@@ -23,7 +24,9 @@ class TargetState:
     tools: Toolset = field(default_factory=Toolset)  # what its tools can do (nothing, unprobed)
     current: str = ""  # release id current points to ('' when none)
     current_is_symlink: bool = True
+    current_bad: str = ""  # what current points at when that is not releases/<id> (sanitized)
     releases: tuple[str, ...] = ()
+    failed: frozenset[str] = frozenset()  # releases here whose last history entry is "failed"
     lock: str = ""  # lock/info content when the lock is held
     login: str = ""
     manifest: tuple[str, ...] = ()  # the live release's manifest lines
@@ -36,8 +39,10 @@ class TargetState:
 
     @property
     def previous(self) -> str:
-        """The newest release older than current (the rollback target), or ''."""
-        older = [r for r in self.releases if self.current and r < self.current]
+        """The newest good release older than current (the rollback target), or ''."""
+        older = [
+            r for r in self.releases if self.current and r < self.current and r not in self.failed
+        ]
         return older[-1] if older else ""
 
 
@@ -47,6 +52,7 @@ def parse_state(path: str, text: str) -> TargetState:
     releases: list[str] = []
     manifest: list[str] = []
     have: set[str] = set()
+    last_action: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if not sep:
@@ -58,10 +64,16 @@ def parse_state(path: str, text: str) -> TargetState:
         elif key == "release":
             if RELEASE_ID.match(value):
                 releases.append(value)
+        elif key == "h":
+            action, _, release = value.partition(" ")
+            last_action[release] = action
         else:
             values[key] = value
     current = values.get("current", "")
-    current_id = current.rsplit("/", 1)[-1] if current.startswith("releases/") else current
+    current_id = current.removeprefix("releases/")
+    bad = values.get("current_bad", "")
+    if current and (not current.startswith("releases/") or not RELEASE_ID.match(current_id)):
+        current_id, bad = "", bad or current  # the probe checks the form too; so do we
     return TargetState(
         path=values.get("abspath", path),
         exists=values.get("exists") == "yes",
@@ -72,7 +84,9 @@ def parse_state(path: str, text: str) -> TargetState:
         tools=Toolset(frozenset(have), checked=values.get("scratch") != "no"),
         current=current_id,
         current_is_symlink=values.get("current_kind", "symlink") == "symlink",
+        current_bad=bad,
         releases=tuple(sorted(releases)),
+        failed=frozenset(r for r in releases if last_action.get(r) == "failed"),
         lock=values.get("lock", ""),
         login=values.get("login", ""),
         manifest=tuple(manifest),
@@ -92,10 +106,7 @@ def check_ready(state: TargetState, label: str, needed_bytes: int) -> None:
             f" — chown it to that user or choose another --path"
         )
     check_tools(state.tools, label, state.path)
-    if not state.current_is_symlink:
-        raise RemoteError(
-            f"{state.path}/current on {label} is not a symlink — move it aside so deployer can manage releases"
-        )
+    check_current(state, label)
     # room for the new tree plus a margin for filesystem overhead
     if state.free_bytes and needed_bytes and state.free_bytes < needed_bytes * 1.1 + 1024 * 1024:
         raise RemoteError(
@@ -106,9 +117,39 @@ def check_ready(state: TargetState, label: str, needed_bytes: int) -> None:
         raise lock_error(state.lock, state.path, label)
 
 
+def check_current(state: TargetState, label: str) -> None:
+    """Refuse a current that is not a symlink to releases/<release id> (it is never used)."""
+    if not state.current_is_symlink:
+        raise RemoteError(
+            f"{state.path}/current on {label} is not a symlink — move it aside so deployer can manage releases"
+        )
+    if state.current_bad:
+        raise RemoteError(
+            f"{state.path}/current on {label} points at {state.current_bad!r}, not at"
+            " releases/<release id> — deployer will not use it: find out who changed it, then point"
+            " it at a release or remove it"
+        )
+
+
 def lock_error(info: str, path: str, label: str) -> LockError:
     """The message for a held lock, saying who holds it and how to clear a stale one."""
+    held = parse_lock_info(info)
+    same = f"with the same route and --path {path}"
+    if not held.switched_to:
+        return LockError(
+            f"another deploy holds the lock on {path} on {label} ({info or 'no details'})"
+            f" — wait for it, or if that deploy died run `deployer unlock` {same}"
+        )
+    # a deploy switched and has not confirmed: it is still checking, or it lost the target
+    if held.previous:
+        then = (
+            f"`deployer rollback --release {held.previous} --lock-token {held.token}`"
+            f" (or `deployer unlock` to keep {held.switched_to}) {same}"
+        )
+    else:
+        then = f"`deployer unlock` {same} (there is no earlier release to roll back to)"
     return LockError(
-        f"another deploy holds the lock on {path} on {label} ({info or 'no details'})"
-        f" — wait for it, or if that deploy died run `deployer unlock` with the same route and --path {path}"
+        f"another deploy holds the lock on {path} on {label} ({info}): it switched current to"
+        f" {held.switched_to} (previous: {held.previous or 'none'}) and has not confirmed it"
+        f" — wait for it; if that deploy died, check the site, then run {then}"
     )

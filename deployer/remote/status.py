@@ -16,6 +16,7 @@ class RemoteStatus(IntEnum):
     OK = 0
     MISSING = 4  # a release to switch to, or a shared file to link, does not exist
     VERIFY_FAILED = 5  # files do not match the manifest; their paths are on stdout
+    LIVE_RELEASE = 6  # asked to remove the release current points at: it was left alone
     LOCK_HELD = 75  # EX_TEMPFAIL: another deploy holds the lock; `lock=<info>` is on stdout
     NO_RELEASE_DIR = 97  # a hook could not cd into the release directory
     FINISH_FAILED = 98  # switched, but recording, pruning or unlocking failed

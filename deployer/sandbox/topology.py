@@ -37,7 +37,7 @@ class Sandbox:
     target: SshServer = field(init=False)
     tunnel_port: int = 0
     tunnel: subprocess.Popen[bytes] | None = None
-    target_config: str = ""  # extra sshd_config lines for the target (Match blocks, more users)
+    target_config: str = ""  # extra sshd_config lines for the target (SetEnv, ForceCommand, ...)
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()

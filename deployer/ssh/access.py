@@ -98,15 +98,26 @@ def build_routes(request: RouteRequest, access: Access) -> list[Route]:
     ]  # fmt: skip
 
 
-def keyscan_hint(route: Route) -> str:
-    """The keyscan command that shows this route's host keys (for host key errors)."""
+def route_flags(route: Route) -> str:
+    """--to, --jump and --proxy as a command line that reaches this route again (for messages)."""
     jumps = f" --jump {','.join(str(j) for j in route.jumps)}" if route.jumps else ""
     proxy = ""
     if route.proxy is not None:
         command = route.proxy.kind == "command"
         shown = route.proxy.command or str(route.proxy)
         proxy = f" --proxy{'-command' if command else ''} {shlex.quote(shown)}"
-    return f"deployer keyscan --to {route.target}{jumps}{proxy}"
+    aliases = ""
+    if route.target.host_key_alias:
+        aliases += f" --host-key-alias {shlex.quote(route.target.host_key_alias)}"
+    if route.jumps and all(j.host_key_alias for j in route.jumps):  # positional: all or none
+        named = ",".join(j.host_key_alias for j in route.jumps)
+        aliases += f" --jump-host-key-alias {shlex.quote(named)}"
+    return f"--to {route.target}{jumps}{proxy}{aliases}"
+
+
+def keyscan_hint(route: Route) -> str:
+    """The keyscan command that shows this route's host keys (for host key errors)."""
+    return f"deployer keyscan {route_flags(route)}"
 
 
 def connect_options(

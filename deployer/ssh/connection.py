@@ -17,12 +17,13 @@ from typing import BinaryIO
 import paramiko
 
 from deployer.errors import (
+    CommandTimeout,
     ConnectError,
     DeployerError,
     TransferError,
     reason,
 )
-from deployer.remote.executor import OutputSink, RunResult
+from deployer.remote.executor import KILL_AFTER, OutputSink, RunResult
 from deployer.ssh.hostkeys import stored_key_type
 from deployer.ssh.route import Route
 
@@ -110,12 +111,17 @@ def _exec_without_reply(channel: paramiko.Channel, command: str) -> None:
     paramiko's exec_command waits one round trip for the reply; stdin may follow the request at
     once (the server buffers it). A refused command closes the channel, which _collect reports.
     """
+    _request_without_reply(channel, "exec", command)
+
+
+def _request_without_reply(channel: paramiko.Channel, kind: str, value: str) -> None:
+    """Send a channel request ("exec", "signal") that asks for no reply."""
     message = paramiko.Message()
     message.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
     message.add_int(channel.remote_chanid)
-    message.add_string("exec")
+    message.add_string(kind)
     message.add_boolean(False)
-    message.add_string(command)
+    message.add_string(value)
     channel.transport._send_user_message(message)
 
 
@@ -154,7 +160,8 @@ def _collect(
     ready = {"stdout": channel.recv_ready, "stderr": channel.recv_stderr_ready}
     while True:
         if deadline is not None and time.monotonic() > deadline:
-            raise TransferError(f"command on {label} did not finish within {timeout:.0f} s")
+            _stop(channel)
+            raise CommandTimeout(f"command on {label} did not finish within {timeout:.0f} s")
         select.select([channel], [], [], 0.2)
         progressed = False
         for name in ("stdout", "stderr"):
@@ -176,4 +183,38 @@ def _collect(
             break
         if channel.closed and not progressed and not channel.exit_status_ready():
             raise ConnectError(f"the connection to {label} closed while a command was running")
-    return channel.recv_exit_status(), bytes(buffers["stdout"]), bytes(buffers["stderr"])
+    status = channel.recv_exit_status()
+    if status == -1 and _lost(channel):
+        # paramiko reports a channel that died with the connection as exit status -1
+        raise ConnectError(f"lost the connection to {label} while a command was running")
+    return status, bytes(buffers["stdout"]), bytes(buffers["stderr"])
+
+
+def _lost(channel: paramiko.Channel) -> bool:
+    """No exit status came: the connection died, or the server says the command was killed."""
+    if not channel.eof_received:  # a killed command's output still ends before the close
+        return True
+    settle = time.monotonic() + 0.5  # the transport marks itself dead just after its channels
+    while time.monotonic() < settle:
+        if not channel.get_transport().is_active():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _stop(channel: paramiko.Channel) -> None:
+    """Ask the server to stop a command that ran too long: TERM, then KILL 5 s later.
+
+    OpenSSH answers a "signal" request with killpg() on the session's process group, so the
+    command's children go too (it refuses for forced commands; then only closing is left).
+    """
+    for name in ("TERM", "KILL"):
+        try:
+            _request_without_reply(channel, "signal", name)
+        except (paramiko.SSHException, OSError, EOFError):
+            return  # the connection is gone: nothing more to ask
+        wait = time.monotonic() + KILL_AFTER
+        while time.monotonic() < wait and not channel.exit_status_ready():
+            time.sleep(0.1)
+        if channel.exit_status_ready():
+            return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import queue
 import re
 import secrets
@@ -64,8 +65,12 @@ def deploy_from_source(
             + ("; sha256 matches the signed request" if sha256 else ""),
         )
         payload = prepare_payload(open_artifact(file))  # refuses unsafe archives, extracts nothing
+        if payload.artifact.cleared:
+            reporter.target(label, payload.artifact.cleared_note())
+        # how a person reaches this machine to roll back by hand, if switching back fails here
+        route = f"--to {getpass.getuser()}@{label}"
         try:
-            return push_target(LocalExecutor(label), payload, settings, provenance, reporter)
+            return push_target(LocalExecutor(label), payload, settings, provenance, reporter, route)
         finally:
             payload.close()  # a failed deploy stops reading the file before it is removed
 

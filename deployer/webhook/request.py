@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
@@ -69,7 +70,14 @@ def _strings(value: object, name: str) -> tuple[str, ...]:
 def _number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad(f"'{name}' must be a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        number = math.inf
+    # JSON as Python reads it has NaN, Infinity and 1e999: none of them is a time limit
+    if not math.isfinite(number):
+        raise _bad(f"'{name}' must be a finite number, not {number}")
+    return number
 
 
 def parse_request(body: bytes, paths: tuple[str, ...]) -> DeployRequest:

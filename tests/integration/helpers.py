@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -31,3 +32,29 @@ def releases(path: Path) -> list[str]:
     """Release directories present on the target."""
     folder = path / "releases"
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def one_error_line(stderr: str) -> str:
+    """The error line, checked to be a single line without a traceback."""
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("deployer: error: ")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def gone(pid: int, seconds: float = 10) -> bool:
+    """Whether process pid ends within seconds (polled, bounded)."""
+    deadline = time.monotonic() + seconds
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def tools_without(name: str, folder: Path) -> Path:
+    """A folder of links to every command in the usual places except `name` (a PATH lacking it)."""
+    folder.mkdir()
+    for place in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        for tool in sorted(os.listdir(place)) if os.path.isdir(place) else ():
+            if tool != name and not (folder / tool).exists():
+                (folder / tool).symlink_to(os.path.join(place, tool))
+    return folder

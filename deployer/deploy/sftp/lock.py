@@ -89,6 +89,11 @@ class FileLock:
                 " ran (by `deployer unlock`?) — nothing more was changed; run the push again"
             )
 
+    def rewrite(self, info: str) -> None:
+        """Replace lock/info while the lock is ours (a new file renamed over it: atomic)."""
+        self.files.write(f"{self.directory}/info.new", (info + "\n").encode())
+        self.files.rename(f"{self.directory}/info.new", f"{self.directory}/info")
+
     def release(self) -> None:
         """Drop the lock if it is still ours (best effort: a dead connection leaves it for unlock)."""
         with contextlib.suppress(DeployerError):
@@ -98,7 +103,4 @@ class FileLock:
 
 def remove_lock(files: FileSession, path: str) -> None:
     """Remove DIR/.deployer/lock whoever holds it (deployer unlock)."""
-    batch = files.batch()
-    batch.remove(f"{path}/.deployer/lock/info")
-    batch.wait()
     remove_trees(files, [f"{path}/.deployer/lock"])

@@ -14,6 +14,8 @@ from deployer.errors import ConfigError, RemoteError
 from deployer.output import Reporter
 from deployer.remote.files import FileSession
 from deployer.remote.history import HistoryEntry, parse_history
+from deployer.remote.lock import parse_lock_info
+from deployer.remote.state import lock_error
 
 HISTORY_TAIL = 64 << 10  # bytes of the history read for `deployer releases`
 
@@ -25,8 +27,13 @@ def rollback_over_sftp(
     after: tuple[str, ...],
     provenance: Provenance,
     reporter: Reporter,
+    lock_token: str | None = None,
 ) -> Outcome:
-    """Switch current to the previous release (or a named one) under the lock."""
+    """Switch current to the previous release (or a named one) under the lock.
+
+    With `lock_token`, the lock a deploy left when it lost the target after its switch is taken
+    over (and the release it left live unconfirmed is recorded as failed), as on the shell path.
+    """
     if after:
         raise ConfigError(
             f"{files.label} allows SFTP only: no commands run over SFTP, so --after cannot run there"
@@ -46,9 +53,21 @@ def rollback_over_sftp(
         raise RemoteError(
             f"release {target} does not exist on {files.label} — see deployer releases"
         )
+    left = parse_lock_info(state.lock) if lock_token else None
+    if left is not None:
+        if left.token != lock_token:
+            raise lock_error(state.lock, state.path, files.label)
+        remove_lock(files, state.path)
     lock = FileLock(files, state.path, provenance, "rollback").acquire()
     try:
         switch_over_sftp(files, state.path, target)
+        if left is not None and left.switched_to and left.switched_to != target:
+            append_history(files, state.path, HistoryEntry(
+                "failed", left.switched_to, left.previous, utc_now(), provenance.by, provenance.commit,
+                provenance.ref, provenance.pipeline,
+                f"live unconfirmed since {left.switched_at}, rolled back to {target}",
+            ))  # fmt: skip
+            reporter.target(files.label, f"took over the lock left by: {left.text}")
         reporter.target(
             files.label,
             f"rolled back: current -> releases/{target} (was {state.current or 'none'})",

@@ -4,14 +4,17 @@ manifest and free space, as the same ``remote.state.TargetState``."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from deployer.errors import RemoteError
-from deployer.output import human_size
 from deployer.remote.files import POSIX_RENAME, FileSession, FileStat
+from deployer.remote.history import parse_history
 from deployer.remote.layout import RELEASE_ID, manifest_path
-from deployer.remote.state import TargetState, lock_error
+from deployer.remote.state import TargetState, check_ready, parse_state
+from deployer.remote.tools import REQUIRED, Toolset
 
 MANIFEST_LIMIT = 256 << 20  # a manifest line is ~100 bytes: millions of files
+HISTORY_TAIL = 256 << 10  # the newest history lines (which releases failed last)
 
 
 def require_posix_rename(files: FileSession) -> None:
@@ -25,7 +28,7 @@ def require_posix_rename(files: FileSession) -> None:
 
 
 def survey(files: FileSession, path: str) -> TargetState:
-    """Read the target's state under path (nothing is changed)."""
+    """Read the target's state under path (nothing is changed), parsed as the probe's output is."""
     found: dict[str, FileStat | None] = {}
     names: list[tuple[str, FileStat]] = []
     batch = files.batch()
@@ -36,31 +39,31 @@ def survey(files: FileSession, path: str) -> TargetState:
     top = found[""]
     if top is not None and top.kind == "symlink":
         top = files.lstat(files.realpath(path))
+    lines = [f"exists={'yes' if top else 'no'}", "writable=yes"]  # taking the lock (mkdir) tests it
+    lines += [] if top is None or top.kind == "dir" else ["is_dir=no"]
+    if top is not None:
+        lines.append(f"abspath={files.realpath(path)}")
+    lines.append(f"free_kb={(_free(files, path) or 0) // 1024}")
     link = found["/current"]
     current = ""
     if link is not None and link.kind == "symlink":
-        current = (files.readlink(f"{path}/current") or "").rstrip("/").rsplit("/", 1)[-1]
-    lock = ""
+        current = (files.readlink(f"{path}/current") or "").rstrip("/")
+        lines.append(f"current={current}")
+    elif link is not None:
+        lines.append("current_kind=other")
+    lines += [f"release={n}" for n, stat in names if stat.kind == "dir"]
     if found["/.deployer/lock"] is not None:
         info = files.read(f"{path}/.deployer/lock/info", 4096) or b""
-        lock = info.decode(errors="replace").partition("\n")[0] or "no details"
-    manifest: tuple[str, ...] = ()
-    if current and RELEASE_ID.match(current):
-        text = files.read(manifest_path(path, current), MANIFEST_LIMIT) or b""
-        manifest = tuple(text.decode(errors="replace").splitlines())
-    releases = sorted(n for n, s in names if s.kind == "dir" and RELEASE_ID.match(n))
-    return TargetState(
-        path=files.realpath(path) if top is not None else path,
-        exists=top is not None,
-        is_dir=top is None or top.kind == "dir",
-        writable=True,  # SFTP cannot ask: taking the lock (a mkdir) is the test
-        free_bytes=_free(files, path) or 0,
-        current=current,
-        current_is_symlink=link is None or link.kind == "symlink",
-        releases=tuple(releases),
-        lock=lock,
-        manifest=manifest,
-    )
+        lines.append("lock=" + (info.decode(errors="replace").partition("\n")[0] or "no details"))
+    live = current.removeprefix("releases/")
+    if current.startswith("releases/") and RELEASE_ID.match(live):
+        text = files.read(manifest_path(path, live), MANIFEST_LIMIT) or b""
+        lines += [f"m={line}" for line in text.decode(errors="replace").splitlines()]
+    history = files.read(f"{path}/.deployer/history", HISTORY_TAIL, tail=True) or b""
+    for entry in parse_history(history.decode(errors="replace")):
+        if entry.get("action") and entry.get("release"):
+            lines.append(f"h={entry['action']} {entry['release']}")
+    return parse_state(path, "\n".join(lines))
 
 
 def keep(into: dict[str, FileStat | None], key: str) -> Callable[[FileStat | None], None]:
@@ -81,19 +84,8 @@ def _free(files: FileSession, path: str) -> int | None:
 
 
 def check_sftp_ready(state: TargetState, label: str, needed_bytes: int) -> None:
-    """Raise the one-line error for the first thing that would make the deploy fail."""
-    if not state.is_dir:
-        raise RemoteError(
-            f"{state.path} on {label} exists but is not a directory — choose another --path"
-        )
-    if not state.current_is_symlink:
-        raise RemoteError(
-            f"{state.path}/current on {label} is not a symlink — move it aside so deployer can manage releases"
-        )
-    if state.free_bytes and needed_bytes and state.free_bytes < needed_bytes * 1.1 + (1 << 20):
-        raise RemoteError(
-            f"not enough space on {label}: {human_size(state.free_bytes)} free in {state.path},"
-            f" the release needs {human_size(needed_bytes)} — free some space or lower --keep"
-        )
-    if state.lock:
-        raise lock_error(state.lock, state.path, label)
+    """Raise the one-line error for the first thing that would make the deploy fail: what the
+    shell path checks, but tools (SFTP needs none of them)."""
+    check_ready(
+        replace(state, tools=Toolset(frozenset(n.name for n in REQUIRED))), label, needed_bytes
+    )

@@ -10,6 +10,7 @@ that cannot finish says so in one line: which release is live, which one was, an
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -20,16 +21,24 @@ from deployer.deploy.lock import utc_now
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.payload import Payload
 from deployer.deploy.plan import describe_plan
+from deployer.deploy.recovery import retrying, rollback_command, unconfirmed_error
 from deployer.deploy.settings import PushSettings
 from deployer.deploy.sftp.build import SftpBuild, cleanup_partial
 from deployer.deploy.sftp.lock import FileLock
 from deployer.deploy.sftp.state import check_sftp_ready, require_posix_rename, survey
 from deployer.deploy.sftp.tree import empty_trash, trash_releases
-from deployer.errors import ConfigError, ConnectError, DeployerError
+from deployer.errors import (
+    ConfigError,
+    ConnectError,
+    DeployerError,
+    TransferError,
+    UnconfirmedError,
+)
 from deployer.output import Reporter
 from deployer.remote.files import FileSession
 from deployer.remote.history import HistoryEntry
 from deployer.remote.layout import Layout, new_release_id
+from deployer.remote.lock import switched_info
 from deployer.remote.state import TargetState
 from deployer.remote.switch import plan_prune
 
@@ -78,6 +87,7 @@ class SftpDeploy:
         provenance: Provenance,
         reporter: Reporter,
         reconnect: ReconnectFiles | None = None,
+        route: str = "",
     ) -> None:
         self.files = files
         self.payload = payload
@@ -86,6 +96,7 @@ class SftpDeploy:
         self.reporter = reporter
         self.reconnect = reconnect
         self.label = files.label
+        self.route = route or f"--to {files.label}"  # how a person reaches it, for messages
         self.started = time.monotonic()
         self.outcome = Outcome(self.label, Status.PENDING)
         self._lock: FileLock | None = None
@@ -108,6 +119,8 @@ class SftpDeploy:
         assert self._state is not None
         return self._state.current
 
+    # ------------------------------------------------------------------------ stage
+
     def stage(self) -> None:
         """Check the target, take the lock and upload the release (nothing live changes)."""
         refuse_hooks(self.settings, f"{self.label} allows SFTP only")
@@ -123,7 +136,7 @@ class SftpDeploy:
         )  # fmt: skip
         self.outcome.release, self.outcome.previous = release_id, state.current
         self.outcome.pruned = plan_prune(
-            [*state.releases, release_id], release_id, self.settings.keep
+            [*state.releases, release_id], release_id, self.settings.keep, state.failed
         )
         if self.settings.dry_run:
             previous = parse_manifest(list(state.manifest)) if self.settings.transfer.delta else {}
@@ -138,7 +151,7 @@ class SftpDeploy:
                 delta,
             )
             self._say("dry run: the target allows SFTP only; the release would be built over SFTP")
-            self.outcome.status = Status.PLANNED
+            self.outcome.advance(Status.PLANNED)
             return
         lock = FileLock(self.files, state.path, self.provenance, "deploy")
         lock.acquire()
@@ -161,58 +174,90 @@ class SftpDeploy:
                 cleanup_partial(self.files, self.layout)
             self._abort_quietly(str(exc) or type(exc).__name__)
             raise
-        self.outcome.status = Status.STAGED
+        self.outcome.advance(Status.STAGED)
+
+    # ------------------------------------------------------------------------ activate
 
     def activate(self, *, last: bool = False) -> None:
-        """Switch current to the staged release (nothing runs after it over SFTP)."""
+        """Switch current to the staged release while the lock is ours (nothing runs after it)."""
         if self.settings.dry_run:
             return
-        assert self._lock is not None
+        lock, release = self._lock, self.layout.release_id
+        assert lock is not None
         try:
-            self._lock.check()
+            lock.check()
+            # the lock says what this deploy is about to leave live, should it lose the target now
+            lock.rewrite(switched_info(lock.info, release, self.previous, utc_now()))
         except DeployerError as exc:
             self._abort_quietly(str(exc))
             raise
-        release = self.layout.release_id
+        self.outcome.advance(Status.SWITCHING)
         try:
             switch_over_sftp(self.files, self.layout.path, release)
-        except ConnectError as exc:
-            if not self._switched_meanwhile():
+        except (ConnectError, TransferError) as exc:
+            if not self._switched_meanwhile(exc):
                 raise
-            self._say(f"the reply of the switch was lost ({exc}); current points at {release}")
-        except DeployerError as exc:
+        except DeployerError as exc:  # refused before the rename took place: nothing went live
             self._abort_quietly(f"switching failed: {exc}")
             raise
-        self.outcome.status = Status.SWITCHED
+        except KeyboardInterrupt:
+            if self._switched_meanwhile(None):
+                self._restore("interrupted")
+            raise
+        self.outcome.advance(Status.SWITCHED)
+        self.outcome.advance(Status.CONFIRMED)  # no hooks, no healthcheck over SFTP
         self._say(f"switched current -> releases/{release}")
 
-    def _switched_meanwhile(self) -> bool:
-        """After a lost reply: reconnect and read where current points (False: it never moved)."""
-        if self.reconnect is None:
-            raise self._unconfirmed("the connection was lost during the switch")
+    def _switched_meanwhile(self, lost: BaseException | None) -> bool:
+        """After a lost reply (or an interrupt): read where current points, reconnecting if the
+        connection died. False (and the release discarded) when the switch never happened."""
+        release = self.layout.release_id
+
+        def where() -> str:
+            return (
+                (self.files.readlink(f"{self.layout.path}/current") or "")
+                .rstrip("/")
+                .rsplit("/", 1)[-1]
+            )
+
         try:
-            self._use(self.reconnect())
-            live = (self.files.readlink(f"{self.layout.path}/current") or "").rsplit("/", 1)[-1]
+            live = retrying(where, self._reconnect_or_none, reconnect_first=lost is not None,
+                            on_retry=self._retry_note("reach"))  # fmt: skip
         except DeployerError as exc:
-            raise self._unconfirmed(
-                f"the connection was lost during the switch, and then {exc}"
-            ) from exc
-        if live != self.layout.release_id:
-            self._abort_quietly("the connection was lost during the switch")
-        return live == self.layout.release_id
+            raise self._unconfirmed(f"the reply of the switch was lost, and then {exc}") from exc
+        if live != release:
+            self._abort_quietly("the switch did not happen: the connection was lost")
+            return False
+        if lost is not None:
+            self._say(f"the reply of the switch was lost ({lost}); current points at {release}")
+        return True
 
-    def _unconfirmed(self, why: str) -> ConnectError:
-        return ConnectError(
-            f"{self.label}: current may point at release {self.layout.release_id} — {why};"
-            f" the release before it is {self.previous or '(none)'} and the deploy lock stays."
-            f" Check with `deployer releases`; switch back with `deployer rollback --release"
-            f" {self.previous}` (after `deployer unlock`), both with the same route and --path {self.layout.path}"
-        )
+    def _unconfirmed(self, why: str) -> UnconfirmedError:
+        """Give up on this target: the new release may be live, and the lock stays saying so."""
+        certain = self.outcome.status != Status.SWITCHING
+        self.outcome.advance(Status.UNCONFIRMED)
+        token = self._lock.token if self._lock is not None else ""
+        path = self.layout.path
+        self._lock = None  # deliberately left on the target
+        return unconfirmed_error(
+            self.label, self.layout.release_id, self.previous, why, certain=certain,
+            rollback=rollback_command(self.route, path, self.previous, token, ()) + " --transport sftp",
+            unlock=f"deployer unlock {self.route} --path {shlex.quote(path)} --transport sftp",
+        )  # fmt: skip
 
-    def _use(self, files: FileSession) -> None:
-        self.files = files
-        if self._lock is not None:
-            self._lock.files = files
+    def _reconnect_or_none(self) -> None:
+        if self.reconnect is not None:
+            self.files = self.reconnect()
+            if self._lock is not None:
+                self._lock.files = self.files
+
+    def _retry_note(self, what: str) -> Callable[[BaseException, float], None]:
+        def note(exc: BaseException, delay: float) -> None:
+            self._say(f"cannot {what} {self.label} ({exc}); trying again in {delay:g} s")
+
+        return note
+
+    # ------------------------------------------------------------------------ finish, abort, revert
 
     def finish(self) -> Outcome:
         """Record the deploy, prune old releases (never the live one) and release the lock."""
@@ -236,20 +281,24 @@ class SftpDeploy:
                     self._say(
                         f"pruned {len(self.outcome.pruned)} old release(s), kept {self.settings.keep}"
                     )
-            self.outcome.status = Status.DEPLOYED
+            self.outcome.advance(Status.DEPLOYED)
             self._say(
                 f"deployed {self.layout.release_id} in {time.monotonic() - self.started:.1f} s"
             )
         self.outcome.seconds = time.monotonic() - self.started
         return self.outcome
 
-    def abort(self, reason: str, *, was_live: bool = False) -> None:
-        """Discard the staged release (never live, unless was_live), record why, and unlock."""
+    def abort(self, reason: str) -> None:
+        """Discard the staged release that never went live, record why, and unlock."""
         if self._lock is None:
             return
+        self.outcome.advance(Status.ABORTED)
+        self._discard(reason, was_live=False)
+
+    def _discard(self, reason: str, *, was_live: bool) -> None:
+        assert self._lock is not None and self._history is not None
+        history = self._history
         try:
-            assert self._history is not None
-            history = self._history
             failed = HistoryEntry(
                 "failed", history.release, history.previous, utc_now(), history.by,
                 history.commit, history.ref, history.pipeline, reason,
@@ -265,15 +314,30 @@ class SftpDeploy:
             self._lock = None
             with contextlib.suppress(DeployerError):
                 empty_trash(self.files, self.layout.path)
-        self.outcome.status = Status.ABORTED
 
     def revert(self, reason: str) -> str:
-        """Switch back to the release that was live before (another target failed), discard ours."""
-        switch_over_sftp(self.files, self.layout.path, self.previous or None)
-        restored = f"switched back to {self.previous}" if self.previous else "removed current"
+        """Switch back to the release that was live before (another target failed), discard ours.
+
+        Raises UnconfirmedError when the target cannot be reached to do it.
+        """
+        return self._restore(reason)
+
+    def _restore(self, reason: str) -> str:
+        def back() -> str:
+            assert self._lock is not None
+            self._lock.check()
+            switch_over_sftp(self.files, self.layout.path, self.previous or None)
+            return f"switched back to {self.previous}" if self.previous else "removed current"
+
+        try:
+            restored = retrying(back, self._reconnect_or_none, reconnect_first=False,
+                                on_retry=self._retry_note("switch back on"))  # fmt: skip
+        except DeployerError as exc:
+            raise self._unconfirmed(f"switching back failed: {exc}") from exc
+        self.outcome.advance(Status.REVERTED)
         self._say(restored)
-        self.abort(reason, was_live=True)
-        self.outcome.status = Status.REVERTED
+        with contextlib.suppress(DeployerError):
+            self._discard(reason, was_live=True)
         return restored
 
     def _abort_quietly(self, reason: str) -> None:
@@ -282,6 +346,6 @@ class SftpDeploy:
             self.abort(reason)
         except (DeployerError, KeyboardInterrupt):
             self._say(
-                "could not clean up; if the lock stays, run `deployer unlock` with the same route"
-                f" and --path {self.settings.path}"
+                "could not clean up; if the lock stays, run"
+                f" `deployer unlock {self.route} --path {shlex.quote(self.settings.path)} --transport sftp`"
             )

@@ -13,17 +13,9 @@ import pytest
 
 from deployer.errors import ExitCode
 from deployer.sandbox.servers import free_port, write_keypair
-from tests.integration.helpers import live, make_app, releases
+from tests.integration.helpers import live, make_app, one_error_line, releases
 
 pytestmark = pytest.mark.integration
-
-
-def one_error_line(stderr: str) -> str:
-    """The error line, checked to be a single line without a traceback."""
-    assert "Traceback" not in stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("deployer: error: ")]
-    assert len(errors) == 1, stderr
-    return errors[0]
 
 
 def push(deployer, topology, artifact: Path, target: Path, *extra: str, env=None, route=None):

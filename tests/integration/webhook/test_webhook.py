@@ -37,7 +37,6 @@ from deployer.webhook.sources import FetchSettings, GitlabSource, HttpsSource
 from tests.integration.helpers import live, releases
 from tests.integration.webhook_kit import (
     SECRET,
-    https_files,
     make_tls,
     request,
     running_receiver,
@@ -50,16 +49,6 @@ pytestmark = pytest.mark.integration
 APP = {"index.html": "<h1>v1</h1>\n", "VERSION": "v1\n"}
 GITLAB = "https://gitlab.example.com"
 TOKEN = "glpat-server-side-token"
-
-
-@pytest.fixture
-def site(tmp_path: Path):
-    """An HTTPS server (own CA) serving tmp_path/www; yields (www folder, base URL, CA file)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    tls = make_tls(tmp_path / "tls")
-    with https_files(www, tls) as url:
-        yield www, url, tls.ca
 
 
 @pytest.fixture

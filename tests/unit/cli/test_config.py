@@ -63,3 +63,12 @@ def test_provenance_from_gitlab_and_github() -> None:
                                 "GITHUB_REF_NAME": "main", "GITHUB_REPOSITORY": "o/r", "GITHUB_RUN_ID": "7"})  # fmt: skip
     assert github["pipeline"] == "https://github.com/o/r/actions/runs/7" and github["by"] == "bob"
     assert is_ci({"CI": "true"}) and not is_ci({})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, float("-inf")]])
+def test_non_finite_numbers_in_the_file_are_refused_by_name(tmp_path: Path, value: object) -> None:
+    commands = {"push": {"hook_timeout": False, "after": True}}
+    with pytest.raises(
+        ConfigError, match=r"deployer\.toml: hook_timeout = -?(nan|inf) is not a finite"
+    ):
+        build_default_map({"hook_timeout": value}, commands, tmp_path / "deployer.toml")

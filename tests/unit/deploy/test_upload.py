@@ -39,7 +39,7 @@ class DropsFirstUpload:
         on_output: OutputSink | None = None,
         timeout: float | None = None,
     ) -> RunResult:
-        if upload is None or "tar -x" not in script:
+        if upload is None or "tar --no-same-owner -x" not in script:
             return self.inner.run(script, upload=upload, on_output=on_output, timeout=timeout)
         sent = {"n": 0}
 

@@ -91,3 +91,19 @@ def test_ssh_config_aliases_and_proxyjump(tmp_path: Path) -> None:
         Endpoint("x", "y"),
     )
     assert ssh_config_lookup(tmp_path / "missing") is None
+
+
+def test_route_flags_reach_the_same_route_again() -> None:
+    from deployer.ssh.access import keyscan_hint, route_flags
+    from deployer.ssh.proxy import parse_proxy_command
+
+    route = build_route("d@localhost:22022", ["j@jump,k@inner:2200"], default_user="me",
+                        host_key_alias="app", jump_host_key_aliases=["jump", "inner"])  # fmt: skip
+    flags = route_flags(route)
+    assert flags == (
+        "--to d@localhost:22022 --jump j@jump,k@inner:2200 --host-key-alias app"
+        " --jump-host-key-alias jump,inner"
+    )
+    assert keyscan_hint(route) == f"deployer keyscan {flags}"
+    proxied = Route(Endpoint("d", "h"), (), parse_proxy_command("ssh -W %h:%p bastion"))
+    assert route_flags(proxied) == "--to d@h --proxy-command 'ssh -W %h:%p bastion'"
