@@ -8,7 +8,11 @@ import contextlib
 import json
 import os
 import pwd
+import random
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +24,7 @@ from deployer.sandbox.servers import write_keypair
 from deployer.ssh.access import Access, RouteRequest, build_routes, connect_options
 from deployer.ssh.connect import connected
 from deployer.ssh.sftp import SftpSession, open_sftp
-from tests.conftest import Run, Topology
+from tests.conftest import Run, Topology, run_cli
 from tests.integration.helpers import live, releases
 from tests.integration.helpers import make_app as make_new_app
 
@@ -329,3 +333,43 @@ def test_a_fleet_of_a_shell_target_and_an_sftp_only_one(
     finally:
         for home in homes:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def test_sigterm_at_random_moments_leaves_the_live_release_and_no_silent_lock(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """A cancelled CI job (SIGTERM) during an SFTP push: the live release stays, and the lock is
+    released or named in the last line."""
+    assert topology.sftp_work is not None
+    path = topology.sftp_work / "sigterm"
+    big = make_app(tmp_path, "big")
+    for index in range(1500):
+        (big / "public" / f"page{index}.html").write_text(f"page {index}\n" * 200)
+    first = run_cli(["push", str(make_app(tmp_path, "one")), *topology.sftp_route, "--path", str(path)],
+                    env=topology.env)  # fmt: skip
+    assert first.status == 0, first.output
+    good = live(path)
+    rng = random.Random(19)
+    for attempt in range(4):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "deployer", "push", str(big), *topology.sftp_route, "--path", str(path)],
+            env={**os.environ, **topology.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        assert process.stdout is not None
+        seen = ""
+        while "deploying over SFTP" not in seen and process.poll() is None:  # the probe is done
+            seen += process.stdout.readline()
+        time.sleep(rng.random() * 0.8)  # somewhere in lock, upload, switch, record, prune
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+        output = seen + rest
+        if process.returncode == 0:
+            good = live(path)  # it finished before the signal: a complete, recorded deploy
+            continue
+        assert live(path) == good, output
+        last = output.strip().splitlines()[-1]
+        lock = path / ".deployer" / "lock"
+        assert not lock.exists() or "unlock" in last, (attempt, output)
+        assert "Traceback" not in output
+        if lock.exists():
+            run_cli(["unlock", *topology.sftp_route, "--path", str(path)], env=topology.env)
