@@ -19,7 +19,7 @@ from deployer.remote.history import (
 from deployer.remote.layout import Layout, hook_environment
 from deployer.remote.lock import parse_lock_info, unlock_script
 from deployer.remote.probe import probe, run_checked
-from deployer.remote.state import check_current
+from deployer.remote.state import TargetState, check_current
 from deployer.remote.switch import (
     switch_script,
 )
@@ -89,6 +89,11 @@ def list_target(executor: Executor, path: str, history_lines: int = 50) -> Outco
     history = parse_history(
         executor.run(read_history_script(state.path, history_lines)).stdout.decode(errors="replace")
     )
+    return listing(executor.label, state, history)
+
+
+def listing(label: str, state: TargetState, history: list[dict[str, str]]) -> Outcome:
+    """The outcome of `deployer releases`: every release (newest first), who deployed it, the lock."""
     deployed = {h["release"]: h for h in history if h.get("action") == "deploy" and "release" in h}
     releases = [
         {
@@ -99,7 +104,7 @@ def list_target(executor: Executor, path: str, history_lines: int = 50) -> Outco
         for rid in reversed(state.releases)
     ]
     return Outcome(
-        executor.label, Status.LISTED, release=state.current,
+        label, Status.LISTED, release=state.current,
         details={"path": state.path, "releases": releases, "history": history, "lock": state.lock},
     )  # fmt: skip
 

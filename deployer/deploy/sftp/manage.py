@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from deployer.deploy.lock import utc_now
+from deployer.deploy.manage import listing
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.sftp.lock import FileLock, remove_lock
 from deployer.deploy.sftp.state import require_posix_rename, survey
@@ -15,7 +16,7 @@ from deployer.output import Reporter
 from deployer.remote.files import FileSession
 from deployer.remote.history import HistoryEntry, parse_history
 from deployer.remote.lock import parse_lock_info
-from deployer.remote.state import lock_error
+from deployer.remote.state import check_current, lock_error
 
 HISTORY_TAIL = 64 << 10  # bytes of the history read for `deployer releases`
 
@@ -86,25 +87,12 @@ def rollback_over_sftp(
 def list_over_sftp(files: FileSession, path: str, history_lines: int = 50) -> Outcome:
     """Releases with the live one marked, plus recent history."""
     state = survey(files, path)
+    check_current(state, files.label)
     text = files.read(f"{state.path}/.deployer/history", HISTORY_TAIL, tail=True) or b""
     lines = text.decode(errors="replace").splitlines()
     if len(text) >= HISTORY_TAIL:
         lines = lines[1:]  # the first one may be cut
-    history = parse_history("\n".join(lines[-history_lines:]))
-    deployed = {h["release"]: h for h in history if h.get("action") == "deploy" and "release" in h}
-    releases = [
-        {
-            "id": rid,
-            "live": rid == state.current,
-            **{k: deployed.get(rid, {}).get(k, "") for k in ("by", "commit", "time")},
-        }
-        for rid in reversed(state.releases)
-    ]
-    return Outcome(
-        files.label, Status.LISTED, release=state.current,
-        details={"path": state.path, "releases": releases, "history": history, "lock": state.lock,
-                 "transport": "sftp"},
-    )  # fmt: skip
+    return listing(files.label, state, parse_history("\n".join(lines[-history_lines:])))
 
 
 def unlock_over_sftp(files: FileSession, path: str) -> Outcome:
