@@ -135,9 +135,12 @@ def test_hooks_are_refused_over_sftp_and_nothing_changes(
                         env=topology.env)  # fmt: skip
     assert rollback.status == 2, rollback.output
     assert "SFTP" in rollback.stderr and "--after" in rollback.stderr
+    shell = sftp_push(deployer, topology, app, path, "--transport", "shell")
+    assert shell.status == 8, shell.output
+    assert "runs no commands (it answered: This service allows sftp connections only.)" in shell.stderr
     assert (live(path), releases(path)) == before
     assert not (path / ".deployer" / "lock").exists()
-    assert "Traceback" not in detected.output + forced.output + rollback.output
+    assert "Traceback" not in detected.output + forced.output + rollback.output + shell.output
 
 
 def test_a_dead_deploys_lock_is_refused_then_unlocked(
