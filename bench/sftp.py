@@ -38,7 +38,9 @@ TEST_USER = "deployer-test"
 def ensure_user(name: str) -> None:
     """Create a locked-password system user that sshd lets in with a key."""
     if subprocess.run(["id", name], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--system", "--create-home", "--shell", "/bin/sh", name], check=True)
+        subprocess.run(
+            ["useradd", "--system", "--create-home", "--shell", "/bin/sh", name], check=True
+        )
     subprocess.run(["usermod", "-p", "*", name], check=True)
 
 
@@ -64,25 +66,36 @@ def changed(tree: Path, root: Path) -> Path:
     copy = root / f"{tree.name}-changed"
     shutil.copytree(tree, copy, symlinks=True)
     files = sorted(p for p in copy.rglob("*") if p.is_file())
-    for path in files[:: max(1, len(files) // max(1, len(files) // 100))][: max(1, len(files) // 100)]:
+    for path in files[:: max(1, len(files) // max(1, len(files) // 100))][
+        : max(1, len(files) // 100)
+    ]:
         path.write_bytes(os.urandom(path.stat().st_size))
     return copy
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
     started = time.monotonic()
-    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
+    run = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL
+    )
     if run.returncode != 0:
-        raise SystemExit(f"{argv[:3]} failed ({run.returncode}): {run.stdout[-2000:]}{run.stderr[-2000:]}")
+        raise SystemExit(
+            f"{argv[:3]} failed ({run.returncode}): {run.stdout[-2000:]}{run.stderr[-2000:]}"
+        )
     return time.monotonic() - started
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rtt-ms", default="0,20", help="comma-separated round-trip times to emulate")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rtt-ms", default="0,20", help="comma-separated round-trip times to emulate"
+    )
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--big-mb", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--deployer-only", action="store_true", help="skip sftp and scp")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the SFTP-only account is a second user")
@@ -111,7 +124,9 @@ def main() -> int:
                 if not wait_for_banner(port, time.monotonic() + 15):
                     raise SystemExit("the relay did not come up")
             known = base / "known_hosts"
-            known.write_text(box.known_hosts() + "".join(f"[127.0.0.1]:{port} {k}\n" for k in box.jump.host_keys))
+            known.write_text(
+                box.known_hosts() + "".join(f"[127.0.0.1]:{port} {k}\n" for k in box.jump.host_keys)
+            )
             ssh_config = base / "ssh_config"
             ssh_config.write_text(
                 f"Host jump\n  HostName 127.0.0.1\n  Port {port}\n  User {TEST_USER}\n"
@@ -119,8 +134,18 @@ def main() -> int:
                 f"Host *\n  IdentityFile {box.ci_key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n"
                 "  StrictHostKeyChecking yes\n  BatchMode yes\n"
             )
-            env = {**os.environ, **box.environment(), "CI": "true", "SSH_KNOWN_HOSTS": known.read_text()}
-            route = ["--to", f"{SFTP_USER}@localhost:{box.tunnel_port}", "--jump", f"{TEST_USER}@127.0.0.1:{port}"]
+            env = {
+                **os.environ,
+                **box.environment(),
+                "CI": "true",
+                "SSH_KNOWN_HOSTS": known.read_text(),
+            }
+            route = [
+                "--to",
+                f"{SFTP_USER}@localhost:{box.tunnel_port}",
+                "--jump",
+                f"{TEST_USER}@127.0.0.1:{port}",
+            ]
             for name, tree in trees.items():
                 times: dict[str, list[float]] = {"deployer push": [], "deployer redeploy 1%": [],
                                                  "sftp -b put -r": [], "scp -r": []}  # fmt: skip
@@ -128,20 +153,33 @@ def main() -> int:
                     path = work / f"{name}-{rtt:g}-{attempt}"
                     deploy = [sys.executable, "-m", "deployer", "push", *route, "--path", str(path)]
                     times["deployer push"].append(timed([*deploy[:4], str(tree), *deploy[4:]], env))
-                    times["deployer redeploy 1%"].append(timed([*deploy[:4], str(redeploy[name]), *deploy[4:]], env))
+                    times["deployer redeploy 1%"].append(
+                        timed([*deploy[:4], str(redeploy[name]), *deploy[4:]], env)
+                    )
+                    if args.deployer_only:
+                        continue
                     dest = work / f"sftp-{name}-{rtt:g}-{attempt}"
                     batch = base / "batch"
                     batch.write_text(f"mkdir {dest}\nput -r {tree} {dest}\n")
-                    times["sftp -b put -r"].append(timed(["sftp", "-F", str(ssh_config), "-b", str(batch), "target"], env))
+                    times["sftp -b put -r"].append(
+                        timed(["sftp", "-F", str(ssh_config), "-b", str(batch), "target"], env)
+                    )
                     dest = work / f"scp-{name}-{rtt:g}-{attempt}"
-                    times["scp -r"].append(timed(["scp", "-F", str(ssh_config), "-r", str(tree), f"target:{dest}"], env))
+                    times["scp -r"].append(
+                        timed(
+                            ["scp", "-F", str(ssh_config), "-r", str(tree), f"target:{dest}"], env
+                        )
+                    )
                 for method, values in times.items():
-                    rows.append((f"{rtt:g} ms", name, method, statistics.median(values)))
+                    if values:
+                        rows.append((f"{rtt:g} ms", name, method, statistics.median(values)))
             if relay is not None:
                 relay.terminate()
                 relay.wait(timeout=10)
                 relay = None
-        print(f"| RTT | corpus ({args.files} x 4 KiB files / {args.big_mb} MiB file) | method | median s |")
+        print(
+            f"| RTT | corpus ({args.files} x 4 KiB files / {args.big_mb} MiB file) | method | median s |"
+        )
         print("|---|---|---|---|")
         for rtt_text, name, method, seconds in rows:
             print(f"| {rtt_text} | {name} | {method} | {seconds:.2f} |")

@@ -25,7 +25,11 @@ from deployer.ssh.access import Access, connect_options, route_flags
 from deployer.ssh.connect import connected
 from deployer.ssh.connection import Connection
 from deployer.ssh.route import Route
-from deployer.ssh.sftp import open_sftp
+from deployer.ssh.sftp import SftpSession, open_sftp
+
+# Seconds a reply may take on the fresh SFTP channel that cleans up after an interrupt (a CI job
+# that is cancelled gets killed soon after its SIGTERM).
+CLEANUP_TIMEOUT = 20.0
 
 
 @contextmanager
@@ -72,10 +76,18 @@ def push_over_ssh(
 
             connection = connect()
             route = route_flags(routes[index])
+            latest = [connection]  # the SFTP path's connection (a reconnect replaces it)
+
+            def reconnect_files() -> SftpSession:
+                latest[0] = connect()
+                return open_sftp(latest[0])
 
             def over_sftp() -> SftpDeploy:
-                return SftpDeploy(open_sftp(connection), payload, settings, provenance, reporter,
-                                  reconnect=lambda: open_sftp(connect()), route=route)  # fmt: skip
+                return SftpDeploy(
+                    open_sftp(connection), payload, settings, provenance, reporter,
+                    reconnect=reconnect_files, route=route,
+                    reopen=lambda: open_sftp(latest[0], timeout=CLEANUP_TIMEOUT),
+                )  # fmt: skip
 
             if transport == "sftp":
                 return over_sftp()

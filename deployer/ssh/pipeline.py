@@ -46,8 +46,12 @@ from deployer.remote.files import COPY_DATA, HARDLINK, FileKind, FileStat
 if TYPE_CHECKING:
     from deployer.ssh.sftp import SftpSession
 
-MAX_REQUESTS = 256  # requests sent and not yet answered
-MAX_OPEN = 64  # files open at once (OpenSSH's sftp-server allows about as many as its fd limit)
+MAX_REQUESTS = 1024  # requests sent and not yet answered (WRITEs wait for the SSH window anyway)
+# Files open at once: a server-side copy is a chain of three round trips (open both, copy-data,
+# close), so what is open bounds how many copies overlap. OpenSSH's sftp-server is bounded by its
+# fd limit (limits@openssh.com tells); without that extension, stay modest.
+MAX_OPEN = 64
+MAX_OPEN_LIMITED = 384
 MAX_BUFFERED = 8 << 20  # bytes held for files whose handle has not arrived yet
 
 WRITE_FLAGS = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC

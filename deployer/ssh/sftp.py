@@ -25,13 +25,23 @@ from paramiko.sftp import (
 )
 
 from deployer.errors import ConnectError, RemoteError, reason
+from deployer.interrupts import whole
 from deployer.remote.files import STATVFS, FileStat
 from deployer.ssh.connection import Connection
-from deployer.ssh.pipeline import CONNECTION_ERRORS, MAX_OPEN, SftpBatch, to_stat
+from deployer.ssh.pipeline import (
+    CONNECTION_ERRORS,
+    MAX_OPEN,
+    MAX_OPEN_LIMITED,
+    SftpBatch,
+    to_stat,
+)
 
 # A reply that takes longer than this means the connection died silently (paramiko has no
 # ServerAliveCountMax); a server-side copy of a very large file is the slowest honest request.
 REPLY_TIMEOUT = 300.0
+
+LIMITS = "limits@openssh.com"
+SMALL_READ = 32768  # a read this small takes one request
 
 # One WRITE fits one SSH packet (OpenSSH's channels take 32 KiB packets): no request is split.
 WRITE_SIZE = 32768 - 256
@@ -65,6 +75,18 @@ class _Client(paramiko.SFTPClient):  # type: ignore[misc]  # paramiko has no typ
             self.extensions[name] = reply.get_string()
         return version
 
+    # An interrupt inside paramiko can leave half a packet on the connection (the server drops it)
+    # or a lock of the channel's buffer held (its transport thread then waits forever): every
+    # packet is written and read whole, and an interrupt waits for that (a reply takes at most
+    # the channel's timeout). The SFTP stream then stays usable for the cleanup that follows.
+    def _send_packet(self, kind: int, packet: paramiko.Message) -> None:
+        with whole():
+            super()._send_packet(kind, packet)
+
+    def _read_packet(self) -> tuple[int, bytes]:
+        with whole():
+            return super()._read_packet()  # type: ignore[no-any-return]
+
 
 class SftpSession:
     """The SFTP side of a connection: a ``remote.files.FileSession``."""
@@ -76,6 +98,20 @@ class SftpSession:
         self.max_open = MAX_OPEN
         self.symlink_reversed = (
             client.extensions.get("symlink-order@rjk.greenend.org.uk") == b"linkpath-targetpath"
+        )
+
+    def apply_limits(self) -> None:
+        """Size writes and open files by what the server says it takes (limits@openssh.com)."""
+        kind, reply = self._call(
+            "asking the limits of", self.label, lambda: self.client._request(CMD_EXTENDED, LIMITS)
+        )
+        if kind != CMD_EXTENDED_REPLY:
+            return
+        _packet, _read, write, handles = (reply.get_int64() for _ in range(4))
+        if write:
+            self.write_size = min(self.write_size, int(write))
+        self.max_open = (
+            MAX_OPEN_LIMITED if not handles else max(8, min(MAX_OPEN_LIMITED, int(handles) // 2))
         )
 
     def offers(self, extension: str) -> bool:
@@ -111,14 +147,18 @@ class SftpSession:
         return None if attrs is None else to_stat(attrs)
 
     def readlink(self, path: str) -> str | None:
-        """A symlink's target, or None when path is none."""
-        found = self.lstat(path)
-        if found is None or found.kind != "symlink":
-            return None
-        target = self._call(
-            "reading the link", path, lambda: self.client.readlink(path), missing=None
-        )
-        return None if target is None else str(target)
+        """A symlink's target, or None when path is none (one round trip when it is one)."""
+        try:
+            return str(self.client.readlink(path))
+        except CONNECTION_ERRORS as exc:
+            raise self.lost(exc) from exc
+        except OSError as exc:
+            found = self.lstat(path)  # SFTP says only "Failure" for a path that is no link
+            if found is None or found.kind != "symlink":
+                return None
+            raise RemoteError(
+                f"reading the link {path} on {self.label} failed: {reason(exc)}"
+            ) from exc
 
     def realpath(self, path: str) -> str:
         """The absolute form of an existing path."""
@@ -141,6 +181,8 @@ class SftpSession:
 
         def read() -> bytes:
             with self.client.open(path, "rb") as handle:
+                if limit <= SMALL_READ and not tail:  # one READ: no stat, no prefetch
+                    return bytes(handle.read(limit))
                 size = handle.stat().st_size or 0
                 start = max(0, size - limit) if tail else 0
                 handle.seek(start)
@@ -200,12 +242,15 @@ class SftpSession:
         return SftpBatch(self)
 
 
-def open_sftp(connection: Connection) -> SftpSession:
-    """Open the SFTP subsystem on the connection's target (one more channel, no new login)."""
+def open_sftp(connection: Connection, timeout: float = REPLY_TIMEOUT) -> SftpSession:
+    """Open the SFTP subsystem on the connection's target (one more channel, no new login).
+
+    `timeout`: how long a reply may take before the connection counts as dead.
+    """
     label = connection.label
     try:
         channel = connection.transport.open_session(timeout=30)
-        channel.settimeout(REPLY_TIMEOUT)
+        channel.settimeout(timeout)
         channel.invoke_subsystem("sftp")
         client = _Client(channel)
     except (SFTPError, EOFError) as exc:
@@ -222,4 +267,7 @@ def open_sftp(connection: Connection) -> SftpSession:
         raise ConnectError(f"lost the connection to {label}: {reason(exc)}") from exc
     except OSError as exc:
         raise ConnectError(f"lost the connection to {label}: {reason(exc)}") from exc
-    return SftpSession(label, client)
+    session = SftpSession(label, client)
+    if session.offers(LIMITS):
+        session.apply_limits()
+    return session

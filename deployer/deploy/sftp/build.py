@@ -124,6 +124,14 @@ class SftpBuild:
         for entry in by_depth:
             batch.chmod(f"{partial}/{entry.path}", entry.mode)
         batch.chmod(partial, 0o755)
+        path, rid = self.layout.path, self.layout.release_id
+        for name, text in (
+            (manifest_path(path, rid) + ".tmp", self.payload.manifest),
+            (snapshot_path(path, rid), snapshot_text(self.marker, self.recorded)),
+        ):
+            writer = batch.create(name, 0o644, int(time.time()))
+            writer.write(text.encode())
+            writer.close()
         batch.wait()
         self._publish()
         self._say(
@@ -245,16 +253,11 @@ class SftpBuild:
         batch.wait()
 
     def _publish(self) -> None:
-        """Rename the tree into place, then its manifest and snapshot (a missing one only costs a
-        full upload next time)."""
-        path, rid = self.layout.path, self.layout.release_id
-        manifest = manifest_path(path, rid)
-        self.files.write(manifest + ".tmp", self.payload.manifest.encode())
+        """Rename the tree into place, then its manifest (a missing manifest only costs a full
+        upload next time)."""
+        manifest = manifest_path(self.layout.path, self.layout.release_id)
         self.files.rename(self.layout.partial_dir, self.layout.release_dir)
         self.files.rename(manifest + ".tmp", manifest)
-        self.files.write(
-            snapshot_path(path, rid), snapshot_text(self.marker, self.recorded).encode()
-        )
 
 
 def cleanup_partial(files: FileSession, layout: Layout) -> None:

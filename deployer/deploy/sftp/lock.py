@@ -102,5 +102,14 @@ class FileLock:
 
 
 def remove_lock(files: FileSession, path: str) -> None:
-    """Remove DIR/.deployer/lock whoever holds it (deployer unlock)."""
-    remove_trees(files, [f"{path}/.deployer/lock"])
+    """Remove DIR/.deployer/lock whoever holds it (deployer unlock): one round trip, as it only
+    ever holds info (and info.new while it is rewritten); anything else there is removed too."""
+    lock = f"{path}/.deployer/lock"
+    batch = files.batch()
+    for name in ("info.new", "info"):
+        batch.remove(f"{lock}/{name}")
+    batch.rmdir(lock)
+    try:
+        batch.wait()
+    except RemoteError:
+        remove_trees(files, [lock])

@@ -43,7 +43,8 @@ def survey(files: FileSession, path: str) -> TargetState:
     lines += [] if top is None or top.kind == "dir" else ["is_dir=no"]
     if top is not None:
         lines.append(f"abspath={files.realpath(path)}")
-    lines.append(f"free_kb={(_free(files, path) or 0) // 1024}")
+    free = files.free_bytes(path) if top is not None else _free(files, path)
+    lines.append(f"free_kb={(free or 0) // 1024}")
     link = found["/current"]
     current = ""
     if link is not None and link.kind == "symlink":

@@ -88,8 +88,10 @@ class SftpDeploy:
         reporter: Reporter,
         reconnect: ReconnectFiles | None = None,
         route: str = "",
+        reopen: ReconnectFiles | None = None,
     ) -> None:
         self.files = files
+        self.reopen = reopen  # a new SFTP channel on the same connection
         self.payload = payload
         self.settings = settings
         self.provenance = provenance
@@ -154,7 +156,15 @@ class SftpDeploy:
             self.outcome.advance(Status.PLANNED)
             return
         lock = FileLock(self.files, state.path, self.provenance, "deploy")
-        lock.acquire()
+        try:
+            lock.acquire()
+        except KeyboardInterrupt:  # the mkdir may have happened with its reply unread
+            self._fresh()
+            self._lock = lock
+            self._abort_quietly("interrupted")
+            self._lock = lock
+            self._say_if_left(lock)
+            raise
         self._lock = lock
         try:
             taken = self.files.lstat(lock.directory)  # its mtime: the target's clock, now
@@ -167,9 +177,11 @@ class SftpDeploy:
             self.outcome.uploaded_bytes = report.wire_bytes
             self.outcome.details["transfer"] = {**asdict(report), "transport": "sftp"}
         except KeyboardInterrupt:
+            self._fresh()
             self._abort_quietly("interrupted")
             raise
         except Exception as exc:
+            self._fresh()
             with contextlib.suppress(DeployerError):
                 cleanup_partial(self.files, self.layout)
             self._abort_quietly(str(exc) or type(exc).__name__)
@@ -201,6 +213,7 @@ class SftpDeploy:
             self._abort_quietly(f"switching failed: {exc}")
             raise
         except KeyboardInterrupt:
+            self._fresh()
             if self._switched_meanwhile(None):
                 self._restore("interrupted")
             raise
@@ -245,6 +258,19 @@ class SftpDeploy:
             unlock=f"deployer unlock {self.route} --path {shlex.quote(path)} --transport sftp",
         )  # fmt: skip
 
+    def _fresh(self) -> None:
+        """Carry on over a new SFTP channel: an interrupt may have cut a request or a reply in
+        half, and the old channel's stream cannot be trusted after that."""
+        if self.reopen is None:
+            return
+        try:
+            files = self.reopen()
+        except DeployerError:
+            return  # the cleanup that follows says what it could not do
+        self.files = files
+        if self._lock is not None:
+            self._lock.files = files
+
     def _reconnect_or_none(self) -> None:
         if self.reconnect is not None:
             self.files = self.reconnect()
@@ -263,15 +289,17 @@ class SftpDeploy:
         """Record the deploy, prune old releases (never the live one) and release the lock."""
         if not self.settings.dry_run and self._lock is not None:
             assert self._history is not None
+            moved: list[str] = []
             try:
                 append_history(self.files, self.layout.path, self._history)
-                trash_releases(self.files, self.layout.path, self.outcome.pruned)
+                moved = trash_releases(self.files, self.layout.path, self.outcome.pruned)
             except DeployerError as exc:
                 self._say(f"warning: the release is live, but recording or pruning failed: {exc}")
             self._lock.release()
             self._lock = None
             try:
-                empty_trash(self.files, self.layout.path)
+                if moved:  # (what an earlier deploy left in the trash goes with it)
+                    empty_trash(self.files, self.layout.path)
             except DeployerError as exc:
                 self._say(
                     f"warning: old releases stay in .deployer/trash until the next deploy: {exc}"
@@ -340,12 +368,25 @@ class SftpDeploy:
             self._discard(reason, was_live=True)
         return restored
 
+    def _say_if_left(self, lock: FileLock) -> None:
+        """After an interrupted acquire: name a lock that may be ours and stays (no info yet)."""
+        self._lock = None
+        try:
+            left = self.files.lstat(lock.directory) is not None and lock.holder() in ("", lock.info)
+        except DeployerError:
+            left = True
+        if left:
+            self._say(
+                f"interrupted while taking the lock: if {lock.directory} stays, run"
+                f" `deployer unlock {self.route} --path {shlex.quote(self.settings.path)} --transport sftp`"
+            )
+
     def _abort_quietly(self, reason: str) -> None:
         """Best-effort cleanup after a failure; the first failure stays the news."""
         try:
             self.abort(reason)
-        except (DeployerError, KeyboardInterrupt):
+        except (DeployerError, KeyboardInterrupt) as exc:
             self._say(
-                "could not clean up; if the lock stays, run"
+                f"could not clean up ({exc or 'interrupted again'}); if the lock stays, run"
                 f" `deployer unlock {self.route} --path {shlex.quote(self.settings.path)} --transport sftp`"
             )

@@ -62,6 +62,9 @@ def trash_releases(files: FileSession, path: str, release_ids: Iterable[str]) ->
     The release `current` points at is never moved (read again here, just before). Returns the
     trash entries to delete.
     """
+    release_ids = list(release_ids)
+    if not release_ids:
+        return []
     live = (files.readlink(f"{path}/current") or "").rstrip("/").rsplit("/", 1)[-1]
     files.mkdir(f"{path}/.deployer/trash", 0o700)
     moved = []
