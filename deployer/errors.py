@@ -98,6 +98,15 @@ class HookError(DeployerError):
     exit_code = ExitCode.HOOK
 
 
+class HealthcheckError(HookError):
+    """The healthcheck failed every attempt; `output` holds what its last attempt printed."""
+
+    def __init__(self, message: str, output: tuple[str, ...] = (), attempts: int = 0) -> None:
+        super().__init__(message)
+        self.output = output
+        self.attempts = attempts
+
+
 class LockError(DeployerError):
     """Another deploy holds the lock on the target path."""
 
@@ -140,6 +149,14 @@ class GitLabError(DeployerError):
     """The GitLab API refused a request (token, role, project) or could not be reached."""
 
     exit_code = ExitCode.GITLAB
+
+
+class TargetsFailed(DeployerError):
+    """Some of several targets failed (the others' results stand); the first failure's exit code."""
+
+    def __init__(self, message: str, first: DeployerError) -> None:
+        super().__init__(message)
+        self.exit_code = first.exit_code
 
 
 def reason(exc: BaseException) -> str:

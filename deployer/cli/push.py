@@ -15,8 +15,10 @@ from deployer.cli.options import (
     F,
     FiniteRange,
     apply,
+    env_option,
     environment,
     hook_options,
+    hook_variables,
     path_option,
     route_options,
     transport_option,
@@ -95,12 +97,14 @@ def transfer_options(func: F) -> F:
 @route_options
 @path_option
 @hook_options
+@env_option
 @transfer_options
 @transport_option
 @webhook_options
 def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json: bool,
          before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
-         healthcheck_retries: int, healthcheck_interval: float, keep: int, shared: tuple[str, ...],
+         healthcheck_retries: int, healthcheck_interval: float, healthcheck_delay: float,
+         env: tuple[str, ...], keep: int, shared: tuple[str, ...],
          compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool, parallel: int,
          batch: str | None, shard: str | None, transport: Transport, webhook: WebhookOptions) -> None:  # fmt: skip
     """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
@@ -115,18 +119,20 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
     from deployer.remote.layout import validate_path, validate_shared
     from deployer.ssh.access import build_routes
 
-    env = environment()
+    job = environment()
     reporter = render.reporter()
+    variables = hook_variables(env, job, reporter)
     settings = PushSettings(
         path=validate_path(path),
         keep=keep,
         shared=validate_shared(split_values(shared)),
         hooks=HookSettings(before=before, after=after, healthcheck=healthcheck or None, timeout=hook_timeout,
-                           healthcheck_retries=healthcheck_retries, healthcheck_interval=healthcheck_interval),
+                           healthcheck_retries=healthcheck_retries, healthcheck_interval=healthcheck_interval,
+                           healthcheck_delay=healthcheck_delay, env=variables),
         dry_run=dry_run,
         transfer=TransferSettings(delta=not no_delta, hardlink=link_unchanged, compresslevel=compress_level),
     )  # fmt: skip
-    provenance = Provenance(**provenance_fields(env))
+    provenance = Provenance(**provenance_fields(job))
     if transport == "sftp":
         from deployer.deploy.sftp.target import refuse_hooks
 
@@ -140,12 +146,12 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
             raise ConfigError(
                 f"--dry-run works over SSH only — drop it or use --mode ssh, not {webhook.mode}"
             )
-        via_webhook = WebhookPush(webhook, artifact, settings.path, env)
+        via_webhook = WebhookPush(webhook, artifact, settings.path, job)
     if webhook.mode == "webhook":
         outcomes, error = via_webhook.run(settings, provenance, reporter)
         render.finish("push", outcomes, as_json, error)
         return
-    routes = select_shard(build_routes(route, access), parse_shard(shard, env))
+    routes = select_shard(build_routes(route, access), parse_shard(shard, job))
     if webhook.mode == "auto" and len(routes) != 1:
         raise ConfigError("--mode auto deploys to one target (one --to and one --webhook-url)")
     if not routes:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from deployer.artifact.manifest import parse_manifest, plan_delta
-from deployer.deploy.hooks import HookRunner, run_healthcheck
+from deployer.deploy.hooks import HookRunner, healthcheck_details, run_healthcheck
 from deployer.deploy.lock import DeployLock, utc_now
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.payload import Payload
@@ -35,6 +35,7 @@ from deployer.deploy.upload import Reconnect, Upload
 from deployer.errors import (
     ConnectError,
     DeployerError,
+    HealthcheckError,
     LockError,
     RemoteError,
     TransferError,
@@ -212,6 +213,8 @@ class TargetDeploy:
             self._step = "the healthcheck"
             run_healthcheck(self.runner, hooks, layout.release_dir, self.staging.env)
         except BaseException as exc:  # every class: a hook, the route, a timeout, SIGTERM, a bug
+            if isinstance(exc, HealthcheckError):  # its output goes into --json and the summary
+                self.outcome.details["healthcheck"] = healthcheck_details(hooks, exc)
             self._after_switch_failed(exc)
             raise  # a bug (restored), or the switch failed and nothing went live
         self.outcome.advance(Status.CONFIRMED)

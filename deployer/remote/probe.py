@@ -88,13 +88,19 @@ def run_checked(executor: Executor, script: str, what: str, **kwargs: object) ->
 
 
 def probe(executor: Executor, path: str, lock_info: str | None = None) -> TargetState:
-    """Run the preflight (read-only unless lock_info asks it to take the lock) and parse it.
+    """Run the preflight (read-only unless lock_info asks it to take the lock) and parse it."""
+    text = run_answered(executor, preflight_script(path, lock_info), "inspecting the target")
+    return parse_state(path, text)
+
+
+def run_answered(executor: Executor, script: str, what: str) -> str:
+    """Run a script whose output starts with an `exists=` line; return its output.
 
     Raises NoShellError when the target did not run it at all (an SFTP-only account: OpenSSH
     answers every command of a ``ForceCommand internal-sftp`` account with one line and exit 1).
     stdin is closed at once, so that a forced command reading it (an sftp-server) ends too.
     """
-    result = executor.run(preflight_script(path, lock_info), upload=_no_input)
+    result = executor.run(script, upload=_no_input)
     text = result.stdout.decode(errors="replace")
     if "\nexists=" not in "\n" + text:  # (a login banner may come before it)
         said = (text.strip() or result.stderr_line).splitlines()
@@ -105,8 +111,8 @@ def probe(executor: Executor, path: str, lock_info: str | None = None) -> Target
         )
     if result.status != 0:
         detail = result.stderr_line or f"exit status {result.status}"
-        raise RemoteError(f"inspecting the target on {executor.label} failed: {detail}")
-    return parse_state(path, text)
+        raise RemoteError(f"{what} on {executor.label} failed: {detail}")
+    return text
 
 
 def _no_input(stdin: object) -> None:

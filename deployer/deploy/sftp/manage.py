@@ -3,18 +3,22 @@ scripts): the same checks, the same history lines, the same outcomes."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from deployer.deploy.lock import utc_now
 from deployer.deploy.manage import listing
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.sftp.lock import FileLock, remove_lock
-from deployer.deploy.sftp.state import require_posix_rename, survey
+from deployer.deploy.sftp.state import MANIFEST_LIMIT, require_posix_rename, survey
 from deployer.deploy.sftp.target import append_history, switch_over_sftp
+from deployer.deploy.status import inspected
 from deployer.errors import ConfigError, RemoteError
 from deployer.output import Reporter
 from deployer.remote.files import FileSession
 from deployer.remote.history import HistoryEntry, parse_history
+from deployer.remote.layout import manifest_path
+from deployer.remote.live import HISTORY_LINES, LiveState
 from deployer.remote.lock import parse_lock_info
 from deployer.remote.state import check_current, lock_error
 
@@ -101,3 +105,24 @@ def unlock_over_sftp(files: FileSession, path: str) -> Outcome:
     if state.lock:
         remove_lock(files, state.path)
     return Outcome(files.label, Status.UNLOCKED, details={"was": state.lock})
+
+
+def status_over_sftp(files: FileSession, path: str) -> Outcome:
+    """What `deployer status` reports, read over SFTP: the live release, its provenance, the lock."""
+    state = survey(files, path)
+    if not state.exists:
+        return inspected(files.label, LiveState(path))
+    content = ""
+    if state.current:
+        manifest = files.read(manifest_path(state.path, state.current), MANIFEST_LIMIT)
+        content = hashlib.sha256(manifest).hexdigest() if manifest is not None else ""
+    text = files.read(f"{state.path}/.deployer/history", HISTORY_TAIL, tail=True) or b""
+    about = [
+        h for h in parse_history(text.decode(errors="replace")) if h.get("release") == state.current
+    ]
+    live = LiveState(
+        state.path, exists=True, current=state.current, current_is_symlink=state.current_is_symlink,
+        releases=state.releases, locked=bool(state.lock), lock=state.lock, content=content,
+        history=tuple(about[-HISTORY_LINES:]) if state.current else (),
+    )  # fmt: skip
+    return inspected(files.label, live)

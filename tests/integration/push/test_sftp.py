@@ -328,6 +328,11 @@ def test_a_fleet_of_a_shell_target_and_an_sftp_only_one(
         assert run.status == 0, run.output
         assert "deploying over SFTP" in run.output
         assert [(home / "current" / "VERSION").read_text() for home in homes] == ["one\n", "one\n"]
+        status = deployer(["status", *both, "--path", name, "--json"], env=topology.env)
+        assert status.status == 0, status.output
+        document = json.loads(status.stdout)
+        assert [t["status"] for t in document["targets"]] == ["inspected", "inspected"]
+        assert len(document["drift"]["groups"]) == 1  # the same files live on both: no drift
         # a hook for both: the SFTP-only target refuses it, so neither target switches
         refused = deployer(["push", str(make_app(tmp_path, "two")), *both, "--path", name,
                             "--before", "true"], env=topology.env)  # fmt: skip

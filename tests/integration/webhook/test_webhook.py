@@ -596,3 +596,40 @@ def test_install_service_unit_passes_systemd_analyze(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert verify.returncode == 0, verify.stderr
     assert "deployer-serve.service" not in verify.stderr
+
+
+def test_push_env_reaches_the_receivers_hooks_masked_and_only_under_allowed_names(
+    deployer, site, target: Path
+) -> None:
+    """--env through the webhook: signed in the request, allowed by name on the receiver, masked
+    in the job log, in the receiver's own log and in the deploy's state."""
+    www, url, ca = site
+    value = "w3bhook-Secret-Value-5c0d"
+    artifact = tarball(www, "app.tar.gz", APP)
+    hook = 'printf %s "$API_TOKEN" | sha256sum; echo "token=$API_TOKEN"'
+    hooks = {str(target): HookSettings(after=(hook,))}
+    args = ["push", str(artifact), "--mode", "webhook", "--artifact-url", f"{url}/app.tar.gz",
+            "--path", str(target), "--env", "API_TOKEN"]  # fmt: skip
+    with running_receiver((str(target),), FetchSettings(ca_bundle=ca), hooks=hooks,
+                          allow_env=("OTHER",)) as receiver:  # fmt: skip
+        refused = deployer([*args, "--webhook-url", receiver.url],
+                           env=cli_env(API_TOKEN=value))  # fmt: skip
+        assert not receiver.deployments.records  # nothing queued
+    assert refused.status == ExitCode.WEBHOOK, refused.output
+    line = one_error_line(refused.stderr)
+    assert "(HTTP 403)" in line and "does not pass API_TOKEN to its hooks" in line
+    assert "--allow-env" in line and value not in refused.output
+    assert live(target) == ""
+
+    with running_receiver((str(target),), FetchSettings(ca_bundle=ca), hooks=hooks,
+                          allow_env=("API_TOKEN",)) as receiver:  # fmt: skip
+        run = deployer([*args, "--webhook-url", receiver.url], env=cli_env(API_TOKEN=value))
+        (record,) = receiver.deployments.records.values()
+        server_log = "\n".join(receiver.log_lines)  # type: ignore[attr-defined]
+    assert run.status == 0, run.output
+    assert f"after| {hashlib.sha256(value.encode()).hexdigest()}  -" in run.stderr
+    assert "after| token=***" in run.stderr and value not in run.output
+    assert "token=***" in server_log and value not in server_log
+    assert value not in json.dumps(record.summary()) + "\n".join(record.lines)
+    assert not record.request.settings.hooks.env  # not kept once the deploy is over
+    assert live(target)
