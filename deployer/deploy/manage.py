@@ -43,16 +43,7 @@ def rollback_target(
     label = executor.label
     started = time.monotonic()
     state = probe(executor, path)
-    check_current(state, label)
-    if not state.exists or not state.releases:
-        raise RemoteError(f"no releases under {path} on {label} — nothing to roll back to")
-    target = release or state.previous
-    if not target:
-        raise RemoteError(
-            f"no release older than {state.current or 'current'} on {label} — nothing to roll back to"
-        )
-    if target not in state.releases:
-        raise RemoteError(f"release {target} does not exist on {label} — see deployer releases")
+    target = rollback_to(state, release, label)
     check_tools(state.tools, label, state.path)  # the switch, the hooks and the history need them
     left = parse_lock_info(state.lock) if lock_token else None
     with DeployLock(executor, state.path, provenance, "rollback", adopt=lock_token):
@@ -80,6 +71,21 @@ def rollback_target(
         executor.run(record + append_history_script(state.path, entry))
     return Outcome(label, Status.ROLLED_BACK, release=target, previous=state.current,
                    seconds=time.monotonic() - started)  # fmt: skip
+
+
+def rollback_to(state: TargetState, release: str | None, label: str) -> str:
+    """The release a rollback switches to (the named one, else the one before current), or why none."""
+    check_current(state, label)
+    if not state.exists or not state.releases:
+        raise RemoteError(f"no releases under {state.path} on {label} — nothing to roll back to")
+    target = release or state.previous
+    if not target:
+        raise RemoteError(
+            f"no release older than {state.current or 'current'} on {label} — nothing to roll back to"
+        )
+    if target not in state.releases:
+        raise RemoteError(f"release {target} does not exist on {label} — see deployer releases")
+    return target
 
 
 def list_target(executor: Executor, path: str, history_lines: int = 50) -> Outcome:

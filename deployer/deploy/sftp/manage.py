@@ -7,13 +7,13 @@ import hashlib
 import time
 
 from deployer.deploy.lock import utc_now
-from deployer.deploy.manage import listing
+from deployer.deploy.manage import listing, rollback_to
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.sftp.lock import FileLock, remove_lock
 from deployer.deploy.sftp.state import MANIFEST_LIMIT, require_posix_rename, survey
 from deployer.deploy.sftp.target import append_history, switch_over_sftp
 from deployer.deploy.status import inspected
-from deployer.errors import ConfigError, RemoteError
+from deployer.errors import ConfigError
 from deployer.output import Reporter
 from deployer.remote.files import FileSession
 from deployer.remote.history import HistoryEntry, parse_history
@@ -47,17 +47,7 @@ def rollback_over_sftp(
     require_posix_rename(files)
     started = time.monotonic()
     state = survey(files, path)
-    if not state.exists or not state.releases:
-        raise RemoteError(f"no releases under {path} on {files.label} — nothing to roll back to")
-    target = release or state.previous
-    if not target:
-        raise RemoteError(
-            f"no release older than {state.current or 'current'} on {files.label} — nothing to roll back to"
-        )
-    if target not in state.releases:
-        raise RemoteError(
-            f"release {target} does not exist on {files.label} — see deployer releases"
-        )
+    target = rollback_to(state, release, files.label)
     left = parse_lock_info(state.lock) if lock_token else None
     if left is not None:
         if left.token != lock_token:
