@@ -17,12 +17,12 @@ class ExitCode(IntEnum):
     OK = 0
     ERROR = 1  # unexpected internal error (a bug: please report it with --traceback)
     USAGE = 2  # bad flag, option value or configuration file (click uses 2 as well)
-    ARTIFACT = 3  # artifact missing, unreadable or unsafe (../ members, escaping symlinks)
+    ARTIFACT = 3  # artifact missing, unreadable or unsafe (../, escaping links, .deployignore)
     KEY = 4  # private key unusable: encrypted without passphrase, public key, garbage
     HOST_KEY = 5  # unknown, changed or revoked host key on some hop
     AUTH = 6  # the server refused authentication (wrong user or key not authorized)
     CONNECT = 7  # route failure: unreachable host, timeout, tunnel port not listening
-    REMOTE = 8  # target not ready or a remote step failed: path unwritable, tool missing, disk full
+    REMOTE = 8  # target not ready or a remote step failed: path, tools, disk full, not in --group
     HOOK = 9  # a before/after hook or healthcheck failed; live release untouched or restored
     LOCK = 10  # another deploy holds the lock on the target path
     TRANSFER = 11  # the upload was interrupted or arrived incomplete

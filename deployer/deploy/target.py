@@ -141,7 +141,8 @@ class TargetDeploy:
             if self.settings.dry_run
             else DeployLock(self.executor, self.settings.path, self.provenance, "deploy")
         )
-        state = probe(self.executor, self.settings.path, lock.info if lock else None)
+        group = self.settings.permissions.group
+        state = probe(self.executor, self.settings.path, lock.info if lock else None, group)
         if lock is not None and state.locked:
             self._lock = lock
         try:
@@ -167,6 +168,7 @@ class TargetDeploy:
             describe_plan(
                 self.reporter, self.label, self.artifact, self.settings, state, release_id, delta
             )
+            self.outcome.details["excluded"] = list(self.artifact.excluded)
             self.outcome.advance(Status.PLANNED)
             return
         try:
@@ -174,7 +176,7 @@ class TargetDeploy:
                 self.executor, self.payload, staging.layout, state.current, state.manifest,
                 self.settings.transfer, self.reporter, self.reconnect, self._relock, state.tools,
             )  # fmt: skip
-            report = upload.run(self.settings.shared)
+            report = upload.run(self.settings.shared, self.settings.permissions)
             self._use(upload.executor)  # a retry may have reconnected
             self.outcome.uploaded_bytes = report.wire_bytes
             self.outcome.details["transfer"] = asdict(report)

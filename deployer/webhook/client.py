@@ -268,7 +268,8 @@ class WebhookPush:
         from deployer.webhook.request import DeployRequest
 
         try:
-            opened = open_artifact(self.artifact)  # refuse an unsafe archive before asking anyone
+            # refuse an unsafe archive before asking anyone
+            opened = open_artifact(self.artifact, exclude=settings.exclude)
             digest = sha256_file(self.artifact)
             request = DeployRequest(self.path, self.source, digest, settings, provenance)
             reporter.line(

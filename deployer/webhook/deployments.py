@@ -22,6 +22,7 @@ from deployer.artifact.scan import open_artifact
 from deployer.deploy.hooks import HookSettings
 from deployer.deploy.outcome import Outcome, Provenance
 from deployer.deploy.payload import prepare_payload
+from deployer.deploy.plan import describe_excluded
 from deployer.deploy.settings import PushSettings
 from deployer.deploy.target import push_target
 from deployer.errors import DeployerError
@@ -64,9 +65,11 @@ def deploy_from_source(
             f"fetched {human_size(file.stat().st_size)} in {time.monotonic() - started:.1f} s"
             + ("; sha256 matches the signed request" if sha256 else ""),
         )
-        payload = prepare_payload(open_artifact(file))  # refuses unsafe archives, extracts nothing
+        # refuses unsafe archives, extracts nothing; leaves out what .deployignore and --exclude do
+        payload = prepare_payload(open_artifact(file, exclude=settings.exclude))
         if payload.artifact.cleared:
             reporter.target(label, payload.artifact.cleared_note())
+        describe_excluded(reporter, payload.artifact, dry_run=False)
         # how a person reaches this machine to roll back by hand, if switching back fails here
         route = f"--to {getpass.getuser()}@{label}"
         try:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
+from deployer.artifact.ignore import check_patterns
 from deployer.deploy.hooks import HookSettings
 from deployer.deploy.outcome import Provenance
 from deployer.deploy.settings import PushSettings
@@ -42,6 +43,7 @@ class DeployRequest:
             "source": self.source.document(),
             "keep": self.settings.keep,
             "shared": list(self.settings.shared),
+            "exclude": list(self.settings.exclude),
             "hooks": {
                 "before": list(hooks.before),
                 "after": list(hooks.after),
@@ -139,6 +141,8 @@ def parse_request(body: bytes, paths: tuple[str, ...]) -> DeployRequest:
             path=path,
             keep=keep,
             shared=validate_shared(_strings(data.get("shared", []), "shared")),
+            # excludes only leave files out: no widening, a request may choose them
+            exclude=check_patterns(_strings(data.get("exclude", []), "exclude")),
             hooks=HookSettings(
                 before=_strings(hooks.get("before", []), "hooks.before"),
                 after=_strings(hooks.get("after", []), "hooks.after"),

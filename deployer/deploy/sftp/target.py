@@ -46,7 +46,8 @@ ReconnectFiles = Callable[[], FileSession]
 
 
 def refuse_hooks(settings: PushSettings, where: str) -> None:
-    """Hooks and healthchecks need a shell: asking for them over SFTP is a usage error (exit 2)."""
+    """Hooks, healthchecks and --group need commands on the target: asking for them over SFTP is a
+    usage error (exit 2), said before anything happens."""
     hooks = settings.hooks
     named = [
         *(["--before"] if hooks.before else []),
@@ -57,6 +58,11 @@ def refuse_hooks(settings: PushSettings, where: str) -> None:
         raise ConfigError(
             f"{where}: no commands run over SFTP, so {', '.join(named)} cannot run there"
             " — drop them, or deploy to an account with a shell (--transport shell)"
+        )
+    if settings.permissions.group:
+        raise ConfigError(
+            f"{where}: --group and --writable set groups and modes with commands, and no commands"
+            " run over SFTP — drop them, or deploy to an account with a shell (--transport shell)"
         )
 
 

@@ -191,6 +191,19 @@ def test_prune_keeps_releases_and_never_the_live_one(
     assert moved == [] and live(path) == ids[2] and (path / "releases" / ids[2]).is_dir()
 
 
+def test_excludes_apply_over_sftp(topology: Topology, deployer: Deployer, tmp_path: Path) -> None:
+    assert topology.sftp_work is not None
+    path = topology.sftp_work / "excludes"
+    app = make_app(tmp_path, "one")
+    (app / ".deployignore").write_text("bin/\n")
+    run = sftp_push(deployer, topology, app, path, "--exclude", "*.css")
+    assert run.status == 0, run.output
+    release = path / "releases" / live(path)
+    assert sorted(str(p.relative_to(release)) for p in release.rglob("*")) == [
+        "VERSION", "index.html", "public", "public/css", "public/index.html",
+    ]  # fmt: skip
+
+
 def test_dry_run_over_sftp_changes_nothing(
     topology: Topology, deployer: Deployer, tmp_path: Path
 ) -> None:

@@ -482,6 +482,23 @@ def test_push_mode_webhook_end_to_end(deployer, site, target: Path) -> None:
     assert (target / "current" / "VERSION").read_text() == "v1\n"
 
 
+def test_excludes_reach_the_receiver(deployer, site, target: Path) -> None:
+    """--exclude travels in the signed request; the receiver reads the artifact's .deployignore."""
+    www, url, ca = site
+    files = {**APP, "app.js.map": "map\n", "notes.txt": "notes\n", ".deployignore": "*.map\n"}
+    artifact = tarball(www, "app.tar.gz", files)
+    with running_receiver((str(target),), FetchSettings(ca_bundle=ca)) as receiver:
+        run = deployer(["push", str(artifact), "--mode", "webhook", "--webhook-url", receiver.url,
+                        "--artifact-url", f"{url}/app.tar.gz", "--path", str(target),
+                        "--exclude", "notes.txt"], env=cli_env())  # fmt: skip
+    assert run.status == 0, run.output
+    assert sorted(p.name for p in (target / "current").iterdir()) == ["VERSION", "index.html"]
+    assert (
+        "excluded from the release (.deployignore, --exclude): .deployignore, app.js.map,"
+        in run.stderr
+    )
+
+
 def test_failing_healthcheck_through_the_webhook_fails_the_job(
     deployer, site, target: Path
 ) -> None:

@@ -12,6 +12,7 @@ from deployer.deploy.sftp.tree import parse_snapshot, snapshot_text
 from deployer.deploy.transport import by_transport
 from deployer.errors import ConfigError, ExitCode, NoShellError
 from deployer.remote.files import parents
+from deployer.remote.permissions import Permissions
 
 PUBLISHED = 1_700_000_000
 
@@ -65,6 +66,14 @@ def test_hooks_over_sftp_are_a_usage_error_naming_sftp(hooks: HookSettings, name
         caught.value
     )
     refuse_hooks(PushSettings(path="/srv/app"), "box")  # no hooks: nothing to refuse
+
+
+def test_group_and_writable_over_sftp_are_a_usage_error_too() -> None:
+    settings = PushSettings(path="/srv/app", permissions=Permissions(group="www-data"))
+    with pytest.raises(
+        ConfigError, match="box allows SFTP only: --group and --writable set groups"
+    ):
+        refuse_hooks(settings, "box allows SFTP only")
 
 
 def test_auto_falls_back_to_sftp_only_when_the_target_runs_no_commands() -> None:

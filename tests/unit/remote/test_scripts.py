@@ -23,6 +23,7 @@ from deployer.remote.layout import Layout, new_release_id, validate_shared
 from deployer.remote.live import live_script, parse_live
 from deployer.remote.local import LocalExecutor
 from deployer.remote.lock import prepare_script, unlock_script
+from deployer.remote.permissions import AS_CREATED, Permissions
 from deployer.remote.probe import preflight_script
 from deployer.remote.stage import (
     _FIRST_OF_DIR_AWK,
@@ -74,8 +75,11 @@ def stage(
     previous: str = "",
     hardlink: bool = False,
     tools: Toolset | None = None,
+    permissions: Permissions = AS_CREATED,
+    umask: str = "",
 ) -> RunResult:
-    """Run the stage script with its stdin framed as the upload does: two gzip sections, then tar."""
+    """Run the stage script with its stdin framed as the upload does: two gzip sections, then tar
+    (in a login whose umask is `umask`, when given)."""
     sections = [gzip.compress(manifest), gzip.compress(reuse)]
     script = stage_script(
         layout,
@@ -85,7 +89,10 @@ def stage(
         hardlink=hardlink,
         compressed=True,
         tools=probed if tools is None else tools,
+        permissions=permissions,
     )
+    if umask:
+        script = f"umask {umask}\n{script}"
     return sh.run(script, upload=lambda out: out.write(b"".join(sections) + tar))
 
 

@@ -46,6 +46,9 @@ def test_a_request_round_trips() -> None:
     assert parsed.provenance == Provenance("alice", "abc")
     assert parse_request(body(path=None), PATHS).path == "/srv/app"  # one path served: implied
     assert parse_request(body(path="/srv/app/"), PATHS).path == "/srv/app"
+    assert parsed.settings.exclude == ()
+    excluding = parse_request(body(exclude=["node_modules/", "!keep.map"]), PATHS)
+    assert excluding.settings.exclude == ("node_modules/", "!keep.map")
 
 
 @pytest.mark.parametrize(
@@ -55,6 +58,8 @@ def test_a_request_round_trips() -> None:
         ({"sha256": "xyz"}, HTTPStatus.BAD_REQUEST, "64 lowercase hex"),
         ({"keep": 0}, HTTPStatus.BAD_REQUEST, "'keep' must be a positive integer"),
         ({"shared": ["../etc"]}, HTTPStatus.BAD_REQUEST, "shared entry '../etc'"),
+        ({"exclude": "*.map"}, HTTPStatus.BAD_REQUEST, "'exclude' must be a list of strings"),
+        ({"exclude": ["!"]}, HTTPStatus.BAD_REQUEST, "--exclude '!' is not a gitignore pattern"),
         (
             {"hooks": {"before": "not a list"}},
             HTTPStatus.BAD_REQUEST,
