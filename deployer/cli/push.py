@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,10 +22,14 @@ from deployer.cli.options import (
     hook_variables,
     path_option,
     route_options,
+    transport_option,
 )
 from deployer.errors import ConfigError, ConnectError
 from deployer.ssh.access import Access, RouteRequest, split_values
 from deployer.webhook.options import MODES, WebhookOptions
+
+if TYPE_CHECKING:
+    from deployer.deploy.transport import Transport
 
 
 def webhook_options(func: F) -> F:
@@ -108,6 +112,7 @@ def transfer_options(func: F) -> F:
 @hook_options
 @env_option
 @transfer_options
+@transport_option
 @webhook_options
 def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json: bool,
          before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
@@ -115,8 +120,8 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
          env: tuple[str, ...], keep: int, shared: tuple[str, ...],
          exclude: tuple[str, ...], group: str | None, writable: tuple[str, ...],
          compress: CompressMode, compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool,
-         parallel: int,
-         batch: str | None, shard: str | None, webhook: WebhookOptions) -> None:  # fmt: skip
+         parallel: int, batch: str | None, shard: str | None, transport: Transport,
+         webhook: WebhookOptions) -> None:  # fmt: skip
     """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
     from deployer.artifact.ignore import check_patterns
     from deployer.artifact.scan import open_artifact
@@ -150,6 +155,12 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
                                   compress=compress),
     )  # fmt: skip
     provenance = Provenance(**provenance_fields(job))
+    if transport == "sftp":
+        from deployer.deploy.sftp.target import refuse_hooks
+
+        if webhook.mode != "ssh":
+            raise ConfigError(f"--transport sftp works with --mode ssh only, not {webhook.mode}")
+        refuse_hooks(settings, "--transport sftp")
     if webhook.mode != "ssh":
         from deployer.webhook.client import WebhookPush
 
@@ -189,7 +200,9 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
     if payload.artifact.cleared:
         reporter.line(payload.artifact.cleared_note())
     describe_excluded(reporter, payload.artifact, dry_run=dry_run)
-    result = push_over_ssh(routes, access, payload, settings, provenance, reporter, fleet)
+    result = push_over_ssh(
+        routes, access, payload, settings, provenance, reporter, fleet, transport
+    )
     outcomes, error = result.outcomes, result.error
     if webhook.mode == "auto" and isinstance(error, ConnectError) and not result.established:
         # nothing ran on the target: deploying through the receiver cannot double anything up

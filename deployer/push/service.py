@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.payload import Payload
 from deployer.deploy.settings import PushSettings
+from deployer.deploy.sftp.target import SftpDeploy
 from deployer.deploy.target import TargetDeploy
+from deployer.deploy.transport import AutoDeploy, PhasedDeploy, Transport
 from deployer.errors import DeployerError
 from deployer.output import Reporter
 from deployer.push.fleet import FleetSettings, push_fleet
@@ -25,6 +27,11 @@ from deployer.ssh.access import Access, connect_options, route_flags
 from deployer.ssh.connect import connected
 from deployer.ssh.connection import Connection
 from deployer.ssh.route import Route
+from deployer.ssh.sftp import SftpSession, open_sftp
+
+# Seconds a reply may take on the fresh SFTP channel that cleans up after an interrupt (a CI job
+# that is cancelled gets killed soon after its SIGTERM).
+CLEANUP_TIMEOUT = 20.0
 
 
 @contextmanager
@@ -51,13 +58,17 @@ def push_over_ssh(
     provenance: Provenance,
     reporter: Reporter,
     fleet: FleetSettings,
+    transport: Transport = "auto",
 ) -> PushResult:
-    """Deploy payload to every route all-or-nothing; connections are closed when it returns."""
+    """Deploy payload to every route all-or-nothing; connections are closed when it returns.
+
+    With transport "auto", a target that runs no commands is deployed to over SFTP.
+    """
     established: list[str] = []  # --mode auto falls back only if no connection ever came up
     with contextlib.ExitStack() as connections:
         connections.callback(payload.close)  # shared streams go once every upload is done
 
-        def start(index: int) -> TargetDeploy:
+        def start(index: int) -> PhasedDeploy:
             def connect() -> Connection:
                 connection = connections.enter_context(
                     connection_to(routes[index], access, reporter)
@@ -65,10 +76,26 @@ def push_over_ssh(
                 established.append(connection.label)
                 return connection
 
-            return TargetDeploy(
-                connect(), payload, settings, provenance, reporter, reconnect=connect,
-                route=route_flags(routes[index]),
-            )  # fmt: skip
+            connection = connect()
+            route = route_flags(routes[index])
+            latest = [connection]  # the SFTP path's connection (a reconnect replaces it)
+
+            def reconnect_files() -> SftpSession:
+                latest[0] = connect()
+                return open_sftp(latest[0])
+
+            def over_sftp() -> SftpDeploy:
+                return SftpDeploy(
+                    open_sftp(connection), payload, settings, provenance, reporter,
+                    reconnect=reconnect_files, route=route,
+                    reopen=lambda: open_sftp(latest[0], timeout=CLEANUP_TIMEOUT),
+                )  # fmt: skip
+
+            if transport == "sftp":
+                return over_sftp()
+            shell = TargetDeploy(connection, payload, settings, provenance, reporter, reconnect=connect,
+                                 route=route)  # fmt: skip
+            return shell if transport == "shell" else AutoDeploy(shell, over_sftp, reporter)
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)
     return PushResult(outcomes, error, established)
