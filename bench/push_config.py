@@ -26,10 +26,29 @@ DEPLOYER = "deployer push"
 DEPLOYER_LINKED = "deployer push --link-unchanged"
 TAR = "tar | ssh"
 TARGZ = "tar | gzip -1 | ssh"
+TARZSTD = "tar | zstd -3 -T0 | ssh"  # the honest best hand-made pipe
 RSYNC = "rsync -az"
 SCP = "scp -r"
-PLAIN = (TAR, TARGZ, RSYNC)  # the goal's "best plain practice"
-METHODS = (DEPLOYER, TAR, TARGZ, RSYNC, SCP)
+PLAIN = (TAR, TARGZ, TARZSTD, RSYNC)  # the goal's "best plain practice"
+METHODS = (DEPLOYER, TAR, TARGZ, TARZSTD, RSYNC, SCP)
+# full deploys must beat these by a margin (issue 18): at most 0.85x their time
+MARGIN_METHODS = (TARGZ, RSYNC)
+MARGIN = 0.85
+
+# the adaptation check: zstd at fixed levels next to the adaptive default, on the source tree
+ADAPT_LEVELS = (1, 3, 6, 9)
+
+
+def fixed_zstd(level: int) -> str:
+    """The method name of a push with zstd at one fixed level."""
+    return f"{DEPLOYER} --compress zstd --compress-level {level}"
+
+
+# redeploy scenarios: the next release with 1 % of the files changed, and either the other files'
+# mtimes kept (hard links: what a working tree redeployed looks like) or every mtime new (a fresh
+# checkout and build: what a CI job sees)
+REDEPLOY = "redeploy"
+REBUILD = "rebuild"
 
 # ---------------------------------------------------------------------------- link profiles
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import re
 import shlex
 import shutil
@@ -28,12 +29,14 @@ from bench.processes import Run, json_object, timed
 from bench.push_config import (
     CACHE,
     DEPLOYER,
-    DEPLOYER_LINKED,
+    REBUILD,
+    REDEPLOY,
     REPO,
     RSYNC,
     SCP,
     TAR,
     TARGZ,
+    TARZSTD,
     Profile,
 )
 from bench.push_topology import Topology
@@ -121,6 +124,11 @@ class Bench:
         elif method == TARGZ:
             script = (
                 f"tar -C {src} -cf - . | gzip -1 | {ssh} 'mkdir -p {dst} && tar -xzf - -C {dst}'"
+            )
+        elif method == TARZSTD:
+            script = (
+                f"tar -C {src} -cf - . | zstd -3 -T0 -q | "
+                f"{ssh} 'mkdir -p {dst} && zstd -dcq | tar -xf - -C {dst}'"
             )
         elif method == RSYNC:
             script = f"rsync -az -e {shlex.quote(f'ssh -F {self.topo.ssh_config}')} {src}/ bench-t{index}:{dst}/"
@@ -234,9 +242,11 @@ class Bench:
         timeout = self._timeout(profile, source.bytes, source.files * 3)
         name = self._name(f"{method}-{corpus.name}-{profile.key}")
         remote = str(self.topo.mnt / name)
-        if method == DEPLOYER:
-            argv, env = self.deployer_argv(source.tree, remote), self.topo.deployer_env()
-            dest = self._deployed
+        if method.startswith(DEPLOYER):
+            # "deployer push --compress zstd --compress-level 3": the rest of the name is flags
+            flags = tuple(shlex.split(method[len(DEPLOYER) :]))
+            argv = self.deployer_argv(source.tree, remote, extra=flags)
+            env, dest = self.topo.deployer_env(), self._deployed
         else:
             argv, env = self.plain_argv(method, source.tree, remote), self.topo.env()
             dest = lambda data, name: data / name  # noqa: E731
@@ -257,16 +267,28 @@ class Bench:
             )
         return result
 
-    def redeploy(self, profile: Profile, corpus: Corpus, v2: Corpus, method: str) -> Result:
-        """Deploy v1 (untimed), then time deploying v2 (1 % changed) onto it."""
-        result = self._result(profile, corpus, method, "redeploy")
+    def redeploy(
+        self, profile: Profile, corpus: Corpus, v2: Corpus, method: str, scenario: str = REDEPLOY
+    ) -> Result:
+        """Deploy v1 (untimed), then time deploying v2 (1 % changed) onto it.
+
+        REDEPLOY deploys v2 as it is (its unchanged files are v1's inodes: mtimes kept); REBUILD
+        first copies it (untimed) into a fresh tree, every file and directory new, as a CI job's
+        fresh checkout and build would make it.
+        """
+        result = self._result(profile, corpus, method, scenario)
         if result.error:
             return result
-        name = self._name(f"redeploy-{method}-{corpus.name}-{profile.key}")
+        name = self._name(f"{scenario}-{method}-{corpus.name}-{profile.key}")
+        fresh = self.logdir / f"{name}-tree"
+        if scenario == REBUILD:
+            shutil.rmtree(fresh, ignore_errors=True)
+            shutil.copytree(v2.tree, fresh, copy_function=shutil.copy)  # new inodes and mtimes
+            v2 = dataclasses.replace(v2, tree=fresh)
         remote = str(self.topo.mnt / name)
         timeout = self._timeout(profile, corpus.bytes, corpus.files)
         if method.startswith("deployer"):
-            extra: tuple[str, ...] = ("--link-unchanged",) if method == DEPLOYER_LINKED else ()
+            extra = tuple(shlex.split(method[len(DEPLOYER) :]))
             env = self.topo.deployer_env()
             first_argv = self.deployer_argv(corpus.tree, remote, extra=extra)
             argv = self.deployer_argv(v2.tree, remote, extra=extra)
@@ -290,6 +312,7 @@ class Bench:
                 )
             self.record(result, run, self._verified(run, [dest], v2.manifest))
         self._clean(name)
+        shutil.rmtree(fresh, ignore_errors=True)
         return result
 
     def parallel(self, profile: Profile, corpus: Corpus, count: int, method: str) -> Result:
@@ -319,13 +342,14 @@ class Bench:
             dests = [self._deployed(self.topo.data[i], name) for i in range(count)]
         else:
             # best plain fan-out: compress once, then one ssh per target, all at once
-            archive = self.logdir / f"{name}.tgz"
+            archive = self.logdir / f"{name}.tar.zst"
             ssh_all = " ".join(
-                f"{self.topo.ssh(i)} 'mkdir -p {remote} && tar -xzf - -C {remote}' < {archive} &"
+                f"{self.topo.ssh(i)} 'mkdir -p {remote} && zstd -dcq | tar -xf - -C {remote}'"
+                f" < {archive} &"
                 for i in range(count)
             )
             script = (
-                f"set -o pipefail; tar -C {shlex.quote(str(corpus.tree))} -cf - . | gzip -1 > {archive}; "
+                f"set -o pipefail; tar -C {shlex.quote(str(corpus.tree))} -cf - . | zstd -3 -T0 -q > {archive}; "
                 f"{ssh_all} fails=0; for job in $(jobs -p); do wait $job || fails=1; done; exit $fails"
             )
             run = self.execute(
@@ -366,7 +390,15 @@ def _deployer_details(stdout: str) -> dict[str, Any]:
     details: dict[str, Any] = {}
     for target in doc.get("targets", [])[:1]:
         transfer = (target.get("details") or {}).get("transfer") or {}
-        for key in ("compression", "wire_bytes", "files_sent", "files_reused", "bytes_sent"):
+        for key in (
+            "compression",
+            "levels",
+            "wire_waited",
+            "wire_bytes",
+            "files_sent",
+            "files_reused",
+            "bytes_sent",
+        ):
             if key in transfer:
                 details[key] = transfer[key]
         if target.get("seconds"):

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import corpora
 from bench.processes import json_object, kill_group, run_checked
 from bench.push_config import (
+    ADAPT_LEVELS,
     CACHE,
     DEPLOYER,
     DEPLOYER_LINKED,
@@ -60,12 +61,15 @@ from bench.push_config import (
     METHODS,
     QUICK_CORPORA,
     QUICK_PROFILES,
+    REBUILD,
+    REDEPLOY,
     REPO,
     RSYNC,
     SCP,
     TAR,
-    TARGZ,
+    TARZSTD,
     TINY,
+    fixed_zstd,
     parse_profile,
 )
 from bench.push_methods import Bench
@@ -92,7 +96,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--parallel-corpus", default="src", help="what the parallel-targets runs deploy (src)"
     )
-    parser.add_argument("--no-redeploy", action="store_true", help="skip the 1 %% redeploy runs")
+    parser.add_argument(
+        "--no-redeploy", action="store_true", help="skip the 1 %% redeploy and rebuild runs"
+    )
+    parser.add_argument(
+        "--no-adapt",
+        action="store_true",
+        help="skip the zstd adaptation check (fixed levels next to the adaptive default, src)",
+    )
     parser.add_argument("--no-parallel", action="store_true", help="skip the parallel-targets runs")
     parser.add_argument("--no-memory", action="store_true", help="skip the 1 GiB peak-memory run")
     parser.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)}")
@@ -281,13 +292,21 @@ def inner(args: argparse.Namespace, net: dict[str, str] | None) -> int:
                             bench.full(profile, corpus_map[c], method, prof["ssh_setup"])
             for c, v2 in changed.items():
                 for _ in range(args.repeat):
-                    for method in (DEPLOYER, DEPLOYER_LINKED, RSYNC):
-                        if method != DEPLOYER_LINKED or "--link-unchanged" in bench.push_help:
-                            bench.redeploy(profile, corpus_map[c], v2, method)
+                    for scenario in (REDEPLOY, REBUILD):
+                        for method in (DEPLOYER, DEPLOYER_LINKED, RSYNC):
+                            if method == DEPLOYER_LINKED and (
+                                scenario == REBUILD or "--link-unchanged" not in bench.push_help
+                            ):
+                                continue
+                            bench.redeploy(profile, corpus_map[c], v2, method, scenario)
+            if not args.no_adapt and "src" in corpus_map and "--compress " in bench.push_help:
+                for _ in range(args.repeat):
+                    for method in (DEPLOYER, *(fixed_zstd(n) for n in ADAPT_LEVELS)):
+                        bench.full(profile, corpus_map["src"], method, prof["ssh_setup"], "adapt")
             if not args.no_parallel:
                 for count in args.targets:
                     for _ in range(args.repeat):
-                        for method in (DEPLOYER, TARGZ):
+                        for method in (DEPLOYER, TARZSTD):
                             bench.parallel(profile, corpus_map[parallel_name], count, method)
             fastest = max(args.profiles, key=lambda p: p.rate_mbit)
             if "huge" in corpus_map and not args.no_memory and profile == fastest:

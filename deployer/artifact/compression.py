@@ -1,20 +1,109 @@
-"""How to compress the upload stream, judged from a sample of the content."""
+"""How to compress the upload stream: the codec asked for, what both ends have, and a sample.
+
+`--compress auto` (the default) sends zstd when the target has `zstd` and the `zstandard` package
+is importable here, gzip otherwise, and plain tar when a sample of the content does not compress.
+Without `--compress-level` zstd adapts its level to the link while it sends (`artifact.adapt`).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
 
-from deployer.artifact.contents import read_in_order
-from deployer.artifact.model import Artifact
+from deployer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deployer.artifact.model import Artifact
 
 SAMPLE_BYTES = 4 << 20
 
 
-INCOMPRESSIBLE = 0.92  # compressed/original above this: gzip costs CPU and saves nothing
+INCOMPRESSIBLE = 0.92  # compressed/original above this: compressing costs CPU and saves nothing
+
+
+Codec = Literal["zstd", "gzip", "none"]
+CompressMode = Literal["auto", "zstd", "gzip", "none"]
+COMPRESS_MODES: tuple[CompressMode, ...] = get_args(CompressMode)
+
+# Each codec's levels as its command line takes them. zstd stops at 19: 20-22 need --ultra and
+# windows of up to 128 MiB on the target.
+LEVELS: dict[Codec, tuple[int, int]] = {"zstd": (1, 19), "gzip": (1, 9)}
+
+GZIP_DEFAULT = 1  # the gzip level that keeps up with fast links
+
+
+@dataclass(frozen=True)
+class Compression:
+    """How one upload stream is encoded: the codec, and its level (zstd: None adapts it)."""
+
+    codec: Codec
+    level: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.codec == "none" and self.level is not None:
+            raise ValueError("plain tar has no level")
+        if self.codec == "gzip" and self.level is None:
+            raise ValueError("gzip needs a level")
+        if self.level is not None and self.codec != "none":
+            low, high = LEVELS[self.codec]
+            if not low <= self.level <= high:
+                raise ValueError(f"{self.codec} level must be {low}-{high}, not {self.level}")
+
+    @property
+    def adaptive(self) -> bool:
+        """zstd whose level follows the link while it sends."""
+        return self.codec == "zstd" and self.level is None
+
+    @property
+    def label(self) -> str:
+        """How the log names it: 'zstd (adaptive)', 'zstd -5', 'gzip -1' or 'none'."""
+        if self.codec == "none":
+            return "none"
+        return f"{self.codec} (adaptive)" if self.level is None else f"{self.codec} -{self.level}"
+
+
+PLAIN = Compression("none")
+
+
+def check_compression(mode: str, level: int | None) -> None:
+    """Raise the usage error for a codec or level that cannot be used (named as the flags are)."""
+    if mode not in COMPRESS_MODES:
+        raise ConfigError(f"--compress {mode}: choose one of {', '.join(COMPRESS_MODES)}")
+    if level is None:
+        return
+    if mode == "none":
+        raise ConfigError(
+            f"--compress-level {level} with --compress none: plain tar has no level — drop one of them"
+        )
+    if level == 0:
+        raise ConfigError("--compress-level 0: to send plain tar, use --compress none instead")
+    if mode == "auto":
+        low, high = LEVELS["gzip"]  # auto may fall back to gzip: the level must suit both
+        if not low <= level <= high:
+            raise ConfigError(
+                f"--compress-level {level} with --compress auto: auto may choose gzip, whose levels"
+                f" are {low}-{high} — use a level in {low}-{high}, or --compress zstd for zstd's"
+                f" {LEVELS['zstd'][0]}-{LEVELS['zstd'][1]}"
+            )
+        return
+    low, high = LEVELS[mode]
+    if not low <= level <= high:
+        raise ConfigError(
+            f"--compress-level {level}: {mode} levels are {low}-{high} — choose one in that range"
+        )
+
+
+def zstd_available() -> bool:
+    """The zstandard package can be imported here (without importing it: --help stays fast)."""
+    return importlib.util.find_spec("zstandard") is not None
 
 
 def compressibility(artifact: Artifact, paths: frozenset[str] | None = None) -> float:
     """Compressed/original size of a sample spread over the files to send (1.0: incompressible)."""
+    from deployer.artifact.contents import read_in_order  # the command line imports this module
+
     files = [
         e
         for e in artifact.entries
@@ -44,8 +133,23 @@ def compressibility(artifact: Artifact, paths: frozenset[str] | None = None) -> 
     return compressed / original
 
 
-def choose_compression(ratio: float, requested: int | None) -> int | None:
-    """gzip level for the stream: None (plain tar) for incompressible content, else the requested or 1."""
-    if requested == 0 or ratio > INCOMPRESSIBLE:
-        return None
-    return requested if requested is not None else 1
+def choose_compression(
+    ratio: float, mode: CompressMode, level: int | None, zstd_ok: bool
+) -> Compression:
+    """The encoding of a stream whose sample compressed to `ratio`.
+
+    `zstd_ok`: the target has zstd and zstandard is importable here. An explicit codec is used
+    as asked (the caller checks that zstd is possible); auto sends incompressible content as
+    plain tar, and picks zstd over gzip when it can.
+    """
+    if mode == "none":
+        return PLAIN
+    if mode == "gzip":
+        return Compression("gzip", level or GZIP_DEFAULT)
+    if mode == "zstd":
+        return Compression("zstd", level)
+    if ratio > INCOMPRESSIBLE:
+        return PLAIN
+    if zstd_ok:
+        return Compression("zstd", level)
+    return Compression("gzip", level or GZIP_DEFAULT)

@@ -1,4 +1,4 @@
-"""The upload stream: the checked tree as one tar (gzip when asked), in large writes, memory flat."""
+"""The upload stream: the checked tree as one tar (zstd or gzip when asked), in large writes, memory flat."""
 
 from __future__ import annotations
 
@@ -7,34 +7,48 @@ import posixpath
 import tarfile
 import zlib
 from collections.abc import Callable, Container
-from typing import IO, TYPE_CHECKING, cast
+from typing import IO, cast
 
+from deployer.artifact.adapt import AdaptiveZstd, AdaptLog, LevelPolicy
+from deployer.artifact.compression import Compression
 from deployer.artifact.contents import read_in_order
 from deployer.artifact.model import CHUNK, PERMISSION_BITS, Artifact, Entry, Sink
 from deployer.artifact.source import Content, label_of
 
-if TYPE_CHECKING:
-    pass
-
+GZIP_6 = Compression("gzip", 6)  # gzip's own default, for callers that do not choose
 
 _WRITE = 64 << 10  # smallest write handed to `out`: tar headers alone would be 512-byte packets
 
 
 class _Sink:
-    """What tarfile writes into: optional gzip, then `out`, in writes of at least _WRITE bytes."""
+    """What tarfile writes into: the codec, then `out`, in writes of at least _WRITE bytes."""
 
-    def __init__(self, out: Sink, compresslevel: int | None) -> None:
+    def __init__(self, out: Sink, compression: Compression) -> None:
         self._out = out
         # wbits 31: a gzip member with header and trailer, mtime 0 and no file name (reproducible)
         self._gzip = (
-            None if compresslevel is None else zlib.compressobj(compresslevel, zlib.DEFLATED, 31)
+            zlib.compressobj(compression.level or 1, zlib.DEFLATED, 31)
+            if compression.codec == "gzip"
+            else None
         )
+        self.zstd: AdaptiveZstd | None = None
+        if compression.codec == "zstd":
+            level = compression.level
+            policy = LevelPolicy() if level is None else LevelPolicy(level, level, level)
+            self.zstd = AdaptiveZstd(out, policy)
         self._pending = bytearray()
         self._written = 0
 
     def write(self, data: bytes, /) -> int:
         """Take uncompressed tar bytes."""
         self._written += len(data)
+        if self.zstd is not None:
+            # zstd takes its input in large pieces (tar headers alone would be 512-byte calls)
+            self._pending += data
+            if len(self._pending) >= _WRITE:
+                self.zstd.write(bytes(self._pending))
+                self._pending.clear()
+            return len(data)
         self._emit(data if self._gzip is None else self._gzip.compress(data))
         return len(data)
 
@@ -63,7 +77,12 @@ class _Sink:
         self._out.write(data)
 
     def finish(self) -> None:
-        """Write what is pending and the gzip trailer, then flush `out` if it can."""
+        """Write what is pending and the codec's end, then flush `out` if it can."""
+        if self.zstd is not None:
+            if self._pending:
+                self.zstd.write(bytes(self._pending))
+                self._pending.clear()
+            self.zstd.finish()
         if self._gzip is not None:
             self._pending += self._gzip.flush()
         if self._pending:
@@ -72,6 +91,11 @@ class _Sink:
         flush = getattr(self._out, "flush", None)
         if callable(flush):
             flush()
+
+    def abandon(self) -> None:
+        """The stream failed: stop the zstd writer without ending the stream."""
+        if self.zstd is not None:
+            self.zstd.close(discard=True)
 
 
 def _header(entry: Entry) -> tarfile.TarInfo:
@@ -92,23 +116,38 @@ def write_tar(
     artifact: Artifact,
     out: Sink,
     *,
-    compresslevel: int | None = 6,
+    compression: Compression = GZIP_6,
     on_progress: Callable[[int], None] | None = None,
     only: Container[str] | None = None,
-) -> None:
-    """Stream the artifact as one tar (gzip when compresslevel is not None) into `out`.
+) -> AdaptLog | None:
+    """Stream the artifact as one tar, encoded as `compression` says, into `out`.
 
     With `only`, regular files outside it are left out (they are already on the target);
-    directories and symlinks are always sent.
+    directories and symlinks are always sent. Returns what zstd's level did (None: not zstd).
     """
-    if compresslevel is not None and not 0 <= compresslevel <= 9:
-        raise ValueError(f"compresslevel must be 0-9 or None, not {compresslevel}")
     label = label_of(artifact.source)
     by_path = {e.path: e for e in artifact.entries}
-    sink = _Sink(out, compresslevel)
+    sink = _Sink(out, compression)
+    try:
+        _write_members(artifact, sink, label, by_path, on_progress, only)
+        sink.finish()
+    except BaseException:
+        sink.abandon()
+        raise
+    return sink.zstd.log if sink.zstd is not None else None
+
+
+def _write_members(
+    artifact: Artifact,
+    sink: _Sink,
+    label: str,
+    by_path: dict[str, Entry],
+    on_progress: Callable[[int], None] | None,
+    only: Container[str] | None,
+) -> None:
     tar = tarfile.TarFile(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK)
     sent: set[str] = set()
-    # On failure neither the end-of-archive blocks nor the gzip trailer are written, so the
+    # On failure neither the end-of-archive blocks nor the codec's trailer are written, so the
     # receiving tar sees a cut stream and fails instead of unpacking a shorter "valid" tree.
     with read_in_order(artifact, only) as items:
         for entry, content in items:
@@ -134,4 +173,3 @@ def write_tar(
             if entry.kind == "dir" and entry.path not in sent:
                 tar.addfile(_header(entry))  # empty directories, and those no file went into
     tar.close()
-    sink.finish()

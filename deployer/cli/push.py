@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from deployer.artifact.compression import COMPRESS_MODES, CompressMode
 from deployer.ci.environment import provenance_fields
 from deployer.cli import render
 from deployer.cli.options import (
@@ -80,9 +81,13 @@ def transfer_options(func: F) -> F:
                           " user must be in GROUP."),
         click.option("--writable", multiple=True, envvar="DEPLOYER_WRITABLE", metavar="PATH",
                      help="Shared path made writable by --group (never by everyone; repeatable)."),
-        click.option("--compress-level", type=click.IntRange(0, 9), envvar="DEPLOYER_COMPRESS_LEVEL",
-                     help="gzip level of the upload stream (0: none). Default: gzip -1, none for incompressible"
-                          " content."),
+        click.option("--compress", type=click.Choice(COMPRESS_MODES), default="auto", show_default=True,
+                     envvar="DEPLOYER_COMPRESS",
+                     help="Upload stream codec. auto: zstd where the target has it (else gzip), plain tar"
+                          " for incompressible content."),
+        click.option("--compress-level", type=int, envvar="DEPLOYER_COMPRESS_LEVEL", metavar="N",
+                     help="Fixed level (zstd 1-19, gzip 1-9; auto: 1-9). Default: zstd adapts its level to"
+                          " the link while sending, gzip uses 1."),
         click.option("--no-delta", is_flag=True, envvar="DEPLOYER_NO_DELTA",
                      help="Send every file, even those unchanged since the live release."),
         click.option("--link-unchanged", is_flag=True, envvar="DEPLOYER_LINK_UNCHANGED",
@@ -114,8 +119,9 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
          healthcheck_retries: int, healthcheck_interval: float, healthcheck_delay: float,
          env: tuple[str, ...], keep: int, shared: tuple[str, ...],
          exclude: tuple[str, ...], group: str | None, writable: tuple[str, ...],
-         compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool, parallel: int,
-         batch: str | None, shard: str | None, transport: Transport, webhook: WebhookOptions) -> None:  # fmt: skip
+         compress: CompressMode, compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool,
+         parallel: int, batch: str | None, shard: str | None, transport: Transport,
+         webhook: WebhookOptions) -> None:  # fmt: skip
     """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
     from deployer.artifact.ignore import check_patterns
     from deployer.artifact.scan import open_artifact
@@ -145,7 +151,8 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
                            healthcheck_retries=healthcheck_retries, healthcheck_interval=healthcheck_interval,
                            healthcheck_delay=healthcheck_delay, env=variables),
         dry_run=dry_run,
-        transfer=TransferSettings(delta=not no_delta, hardlink=link_unchanged, compresslevel=compress_level),
+        transfer=TransferSettings(delta=not no_delta, hardlink=link_unchanged, compresslevel=compress_level,
+                                  compress=compress),
     )  # fmt: skip
     provenance = Provenance(**provenance_fields(job))
     if transport == "sftp":

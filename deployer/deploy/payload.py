@@ -6,7 +6,13 @@ import functools
 import threading
 from collections.abc import Callable, Container
 
-from deployer.artifact.compression import choose_compression, compressibility
+from deployer.artifact.adapt import AdaptLog
+from deployer.artifact.compression import (
+    Compression,
+    CompressMode,
+    choose_compression,
+    compressibility,
+)
 from deployer.artifact.manifest import (
     FileDigest,
     digest_files,
@@ -33,7 +39,7 @@ class Payload:
         self.artifact = artifact
         self._targets = targets
         self._ratios: dict[frozenset[str], float] = {}
-        self._spools: dict[tuple[frozenset[str], int], Spool] = {}
+        self._spools: dict[tuple[frozenset[str], Compression], Spool] = {}
         self._lock = threading.Lock()  # guards _ratios and _spools
         self._digests: dict[str, FileDigest] | BaseException | None = None
         self._stop = threading.Event()
@@ -60,38 +66,47 @@ class Payload:
         """The manifest stored with each release."""
         return manifest_text(self.digests)
 
-    def compression(self, send: frozenset[str], requested: int | None) -> int | None:
-        """The gzip level for a stream of `send` (None: plain tar), sampled once per set of files."""
-        with self._lock:
-            ratio = self._ratios.get(send)
-            if ratio is None:
-                ratio = self._ratios[send] = compressibility(self.artifact, send)
-        return choose_compression(ratio, requested)
+    def compression(
+        self, send: frozenset[str], mode: CompressMode, level: int | None, zstd_ok: bool
+    ) -> Compression:
+        """The encoding of a stream of `send`, its content sampled once per set of files (auto
+        only: an explicit codec needs no sample). `zstd_ok`: both ends can use zstd."""
+        ratio = 0.0
+        if mode == "auto":
+            with self._lock:
+                ratio = self._ratios.get(send, -1.0)
+                if ratio < 0:
+                    ratio = self._ratios[send] = compressibility(self.artifact, send)
+        return choose_compression(ratio, mode, level, zstd_ok)
 
-    def shared_stream(self, send: frozenset[str], level: int | None) -> Spool | None:
-        """The gzip tar stream of `send`, encoded once for all targets (None: encode your own).
+    def shared_stream(self, send: frozenset[str], compression: Compression) -> Spool | None:
+        """The compressed tar stream of `send`, encoded once for all targets (None: encode your
+        own).
 
         Only compressed streams of a push to several targets are shared: a plain tar costs
         no more to build per target than to read back from a spool.
         """
-        if self._targets < 2 or level is None:
+        if self._targets < 2 or compression.codec == "none":
             return None
         with self._lock:
-            spool = self._spools.get((send, level))
+            spool = self._spools.get((send, compression))
             if spool is None:
-                encode = functools.partial(self.encode, send, level)
-                spool = self._spools[send, level] = Spool(encode)
+                encode = functools.partial(self.encode, send, compression)
+                spool = self._spools[send, compression] = Spool(encode)
             return spool
 
     def encode(
         self,
         send: Container[str],
-        level: int | None,
+        compression: Compression,
         out: Sink,
         on_progress: Callable[[int], None] | None = None,
-    ) -> None:
-        """Write the tar stream of `send` (gzip at `level`, None: plain) into `out`."""
-        write_tar(self.artifact, out, compresslevel=level, on_progress=on_progress, only=send)
+    ) -> AdaptLog | None:
+        """Write the tar stream of `send`, encoded as `compression` says, into `out`; return
+        what zstd's level did (None: not zstd)."""
+        return write_tar(
+            self.artifact, out, compression=compression, on_progress=on_progress, only=send
+        )
 
     def close(self) -> None:
         """Stop hashing and drop the shared streams (call when the deploy is over, however it

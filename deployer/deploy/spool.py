@@ -5,7 +5,9 @@ stream and its gzip are the same bytes for all of them. Compressing them once pe
 CPU that the runner needs for encryption (gzip -1 of 32 MB of source is ~0.35 s of CPU; twenty
 targets made that seven seconds). A `Spool` runs the encoder once, in a thread, into an unlinked
 temporary file, and each target copies from that file as it grows: nobody waits for the whole
-stream, memory stays flat, and the file is gone when the last reader closes it.
+stream, memory stays flat, and the file is gone when the last reader closes it. The encoder
+stays at most _AHEAD bytes ahead of the furthest reader: its writes wait as a connection's would,
+which is what tells an adaptive compressor that the wire, not the CPU, is the limit.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from deployer.errors import TransferError
 
 _READ = 256 << 10  # per reader: twenty targets hold 5 MB of it
 
-Encoder = Callable[[Sink, Callable[[int], None]], None]
+_AHEAD = 8 << 20  # how far the encoder may run ahead of the furthest reader
+
+Encoder = Callable[[Sink, Callable[[int], object]], object]
 """Writes the whole stream into its first argument and reports content bytes to its second."""
 
 
@@ -38,6 +42,7 @@ class Spool:
         self._done = False
         self._error: BaseException | None = None
         self._closed = False
+        self._furthest = -1  # the furthest offset any reader has copied (-1: no reader yet)
         self._thread = threading.Thread(
             target=self._run, args=(encode,), name="deployer-spool", daemon=True
         )
@@ -56,6 +61,8 @@ class Spool:
             self._changed.notify_all()
 
     def _append(self, data: bytes) -> int:
+        with self._changed:
+            self._changed.wait_for(self._may_write)
         if self._closed:
             raise _Closed
         view = memoryview(data)
@@ -71,6 +78,10 @@ class Spool:
             self._size += len(data)
             self._changed.notify_all()
         return len(data)
+
+    def _may_write(self) -> bool:
+        """Whether the encoder may write on (called holding the lock)."""
+        return self._closed or self._size - max(self._furthest, 0) < _AHEAD
 
     def _progress(self, n: int) -> None:
         with self._changed:
@@ -104,6 +115,10 @@ class Spool:
                 data = os.pread(fd, min(_READ, size - offset), offset)
                 out.write(data)
                 offset += len(data)
+                with self._changed:
+                    if offset > self._furthest:
+                        self._furthest = offset
+                        self._changed.notify_all()
             elif error is not None:
                 raise error
             elif done:
@@ -111,7 +126,9 @@ class Spool:
 
     def close(self) -> None:
         """Stop the encoder at its next write and drop the file (readers must be done)."""
-        self._closed = True
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
         self._thread.join()
         self._file.close()
 

@@ -16,16 +16,22 @@ import gzip
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from deployer.artifact.compression import (
+    Compression,
+    CompressMode,
+    check_compression,
+    zstd_available,
+)
 from deployer.artifact.manifest import (
     parse_manifest,
     plan_delta,
 )
 from deployer.deploy.payload import Payload
 from deployer.deploy.spool import Spool
-from deployer.errors import ConnectError, RemoteError, TransferError
+from deployer.errors import ConfigError, ConnectError, RemoteError, TransferError
 from deployer.output import Reporter, human_size
 from deployer.remote.executor import Executor
 from deployer.remote.layout import Layout
@@ -39,12 +45,22 @@ RETRY_DELAYS = (1.0, 3.0, 8.0)  # seconds before each new attempt after a droppe
 
 @dataclass(frozen=True)
 class TransferSettings:
-    """How to move bytes: delta or not, how to reuse unchanged files, gzip level (None: auto)."""
+    """How to move bytes: delta or not, how to reuse unchanged files, the codec and its level
+    (None: zstd adapts it, gzip uses 1)."""
 
     delta: bool = True
     hardlink: bool = False
     compresslevel: int | None = None
     retries: int = len(RETRY_DELAYS)
+    compress: CompressMode = "auto"
+
+    def __post_init__(self) -> None:
+        check_compression(self.compress, self.compresslevel)
+        if self.compress == "zstd" and not zstd_available():
+            raise ConfigError(
+                "--compress zstd needs the zstandard package, which is not installed here"
+                " — pip install zstandard (deployer-ci depends on it), or use --compress gzip"
+            )
 
 
 @dataclass
@@ -58,6 +74,8 @@ class TransferReport:
     wire_bytes: int = 0  # what the tar stream weighed
     attempts: int = 1
     compression: str = "none"
+    levels: list[int] = field(default_factory=list)  # zstd: every level used, in order
+    wire_waited: float = 0.0  # zstd: seconds the connection waited for the compressor
     shared_stream: bool = False  # the stream was encoded once for several targets
 
 
@@ -120,19 +138,19 @@ class Upload:
         started = time.monotonic()
         self.permissions = permissions
         plan = plan_delta(self.payload.digests, self.previous_manifest)
-        level = self.payload.compression(plan.send, self.settings.compresslevel)
-        self.report.compression = f"gzip -{level}" if level is not None else "none"
+        compression = self._compression(plan.send)
+        self.report.compression = compression.label
         self.report.files_reused, self.report.files_sent = len(plan.reuse), len(plan.send)
         self.report.bytes_sent = plan.send_bytes
-        spool = self.payload.shared_stream(plan.send, level)
+        spool = self.payload.shared_stream(plan.send, compression)
         self.report.shared_stream = spool is not None
-        failed = self._stage_with_retries(shared, set(plan.send), plan.reuse, level, spool)
+        failed = self._stage_with_retries(shared, set(plan.send), plan.reuse, compression, spool)
         if failed:
             self._explain(failed, set(plan.reuse))
             self.report.files_reused -= len(failed & set(plan.reuse))
             self.report.files_sent += len(failed & set(plan.reuse))
             self.report.bytes_sent += sum(self.payload.digests[p].size for p in failed)
-            failed = self._stage_with_retries(shared, failed, (), level)
+            failed = self._stage_with_retries(shared, failed, (), compression)
         if failed:
             self.executor.run(remove_partial_script(self.layout))
             raise RemoteError(
@@ -147,9 +165,27 @@ class Upload:
             f" ({human_size(self.report.bytes_sent)}; {self.report.files_reused} unchanged reused on the"
             f" target, {self.report.files_trusted} of them not hashed again)"
             f", {human_size(self.report.wire_bytes)} on the wire [{self.report.compression}"
-            f"{', shared stream' if self.report.shared_stream else ''}] in {elapsed:.1f} s",
+            f"{self._levels()}{', shared stream' if self.report.shared_stream else ''}]"
+            f" in {elapsed:.1f} s",
         )
         return self.report
+
+    def _compression(self, send: frozenset[str]) -> Compression:
+        """The codec for this target: as asked, zstd only where both ends have it."""
+        mode = self.settings.compress
+        if mode == "zstd" and not self.tools.zstd:
+            raise RemoteError(
+                f"{self.executor.label} lacks zstd -dc, which --compress zstd needs — install zstd"
+                " there, or use --compress auto (zstd where the target has it, else gzip)"
+            )
+        zstd_ok = self.tools.zstd and zstd_available()
+        return self.payload.compression(send, mode, self.settings.compresslevel, zstd_ok)
+
+    def _levels(self) -> str:
+        """', level 3→4→5' when zstd adapted its level."""
+        if len(self.report.levels) < 2:
+            return ""
+        return ", level " + "→".join(map(str, self.report.levels))
 
     def _explain(self, failed: set[str], reused: set[str]) -> None:
         """Say why files are sent a second time."""
@@ -172,7 +208,7 @@ class Upload:
         shared: tuple[str, ...],
         send: set[str],
         reuse: tuple[str, ...],
-        level: int | None,
+        compression: Compression,
         spool: Spool | None = None,
     ) -> set[str]:
         """Run the stage command, resuming after dropped connections; return the files that failed.
@@ -183,7 +219,7 @@ class Upload:
         attempt = 0
         while True:
             try:
-                return self._stage(shared, send, reuse, level, spool)
+                return self._stage(shared, send, reuse, compression, spool)
             except (TransferError, ConnectError) as exc:
                 if self.reconnect is None or attempt >= self.settings.retries:
                     raise
@@ -219,7 +255,7 @@ class Upload:
         shared: tuple[str, ...],
         send: set[str],
         reuse: tuple[str, ...],
-        level: int | None,
+        compression: Compression,
         spool: Spool | None,
     ) -> set[str]:
         """One stage command: manifest + reuse list + tar stream; the files that failed verification."""
@@ -233,7 +269,7 @@ class Upload:
             sections=(len(manifest), len(reused)),
             previous_id=self.previous if reuse else "",
             hardlink=self.settings.hardlink,
-            compressed=level is not None,
+            codec=compression.codec,
             tools=self.tools,
             permissions=self.permissions,
         )
@@ -247,8 +283,11 @@ class Upload:
             counting.write(reused)
             if spool is not None:
                 spool.copy_to(counting, on_progress=advance)
-            else:
-                self.payload.encode(send, level, counting, advance)
+                return
+            log = self.payload.encode(send, compression, counting, advance)
+            if log is not None:
+                self.report.levels = list(log.levels)
+                self.report.wire_waited = round(log.empty_seconds, 2)
 
         result = self.executor.run(script, upload=feed)
         if result.status == RemoteStatus.VERIFY_FAILED:

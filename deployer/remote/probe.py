@@ -6,7 +6,7 @@ from deployer.errors import NoShellError, RemoteError
 from deployer.remote.executor import Executor, RunResult
 from deployer.remote.shell import q
 from deployer.remote.state import TargetState, parse_state
-from deployer.remote.tools import tools_script
+from deployer.remote.tools import save_tools_script, tools_script
 
 HISTORY_LINES = 1000  # the newest history lines the probe reads for failed releases
 
@@ -74,6 +74,7 @@ def _lock_attempt(lock_info: str) -> str:
   if mkdir -- "$P/.deployer/lock" 2>/dev/null; then
     printf '%s\\n' {q(lock_info)} > "$P/.deployer/lock/info"
     rm -rf -- "$P"/releases/.*.partial
+{save_tools_script()}
     out locked yes
   else
     out lock "$(head -n 1 -- "$P/.deployer/lock/info" 2>/dev/null)"

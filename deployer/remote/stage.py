@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from deployer.remote.layout import Layout, manifest_path, snapshot_path
 from deployer.remote.permissions import AS_CREATED, Permissions, release_lines, shared_lines
 from deployer.remote.shell import q
 from deployer.remote.status import RemoteStatus
 from deployer.remote.tools import Toolset
+
+# How the tar stream arrives (artifact.compression.Codec: remote may not import artifact)
+Codec = Literal["zstd", "gzip", "none"]
 
 
 def stage_script(
@@ -18,7 +22,7 @@ def stage_script(
     sections: tuple[int, int],
     previous_id: str,
     hardlink: bool,
-    compressed: bool,
+    codec: Codec,
     tools: Toolset,
     permissions: Permissions = AS_CREATED,
 ) -> str:
@@ -32,7 +36,9 @@ def stage_script(
     (one path a line) and the command exits RemoteStatus.VERIFY_FAILED, leaving the partial dir so that
     a second call can send just those files. On success it prints ``trusted=N``: the copies that
     the snapshot vouched for. `tools` (what the probe found) says whether copies may use reflinks
-    and run several at a time; everything else is what GNU coreutils and BusyBox both have.
+    and run several at a time; everything else is what GNU coreutils and BusyBox both have. The
+    tar stream is `codec`-encoded: zstd goes through the target's `zstd -dc` (BusyBox's and older
+    GNU tars cannot call it themselves), gzip through tar's own -z.
     `permissions` (--group, --writable) are applied to the verified tree and the shared entries.
     """
     manifest_bytes, reuse_bytes = sections
@@ -52,8 +58,7 @@ def stage_script(
         # dd with fullblock reads exactly the section; what follows stays on stdin for tar
         f'dd bs={manifest_bytes} count=1 iflag=fullblock 2>/dev/null | gzip -dc > "$M.tmp"',
         f'dd bs={reuse_bytes} count=1 iflag=fullblock 2>/dev/null | gzip -dc > "$W.reuse"',
-        # as root too, files belong to the deploying user, never to the uid in a header
-        f'tar --no-same-owner -x{"z" if compressed else ""}f - -C "$T"',
+        *_unpack(codec),
         ': > "$W.trusted"',
     ]
     if previous_id:
@@ -125,6 +130,19 @@ def stage_script(
 
 
 STAT_FORMAT = "%i|%s|%y|%z|%n"
+
+
+def _unpack(codec: Codec) -> list[str]:
+    """Unpack the rest of stdin into $T (as root too, files belong to the deploying user)."""
+    if codec != "zstd":
+        return [f'tar --no-same-owner -x{"z" if codec == "gzip" else ""}f - -C "$T"']
+    # sh has no pipefail: zstd's status comes back through a file. A stream cut between frames
+    # would otherwise leave tar a shorter archive; tar fails on its own on a cut inside a member
+    return [
+        '{ zstd -dcq; echo "$?" >"$W.unzstd"; } | tar --no-same-owner -xf - -C "$T"',
+        '[ "$(cat -- "$W.unzstd")" = 0 ] ||'
+        ' { echo "zstd -dc could not decode the upload stream" >&2; rm -f -- "$W".*; exit 1; }',
+    ]
 
 
 # Prints the reused files (read from stat lines of the previous release, taken after the copy)

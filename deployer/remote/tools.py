@@ -29,6 +29,8 @@ class Need:
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 # an empty tar archive (two zero blocks), gzipped: printf makes it with no other tool
 _EMPTY_TAR_GZ = "".join(f"\\{byte:03o}" for byte in gzip.compress(bytes(1024), mtime=0))
+# the same archive as one zstd frame (made by `zstd -19 --no-check`; a unit test decodes it)
+EMPTY_TAR_ZST = bytes.fromhex("28b52ffd006845000008000100fc2b2004")
 
 _COREUTILS = ("cat", "cut", "date", "df", "dirname", "head", "id", "ln", "mkdir", "readlink", "rm",
               "sleep", "tail", "tr", "wc")  # fmt: skip
@@ -80,10 +82,21 @@ PARALLEL = Need(
     "xargs -P", "findutils", "[ \"$(printf 'a\\000' | xargs -0 -r -P 2 -n 1 echo)\" = a ]"
 )
 TIMEOUT = Need("timeout", "coreutils", "timeout -k 1 5 true")
+ZSTD = Need(
+    "zstd -dc",
+    "zstd",
+    "[ \"$(printf '{}' | zstd -dcq | wc -c)\" -eq 1024 ]".format(
+        "".join(f"\\{byte:03o}" for byte in EMPTY_TAR_ZST)
+    ),
+)
 
-# What the scripts use when it is there: copy-on-write copies, copies several at a time, and a
-# time limit for hooks (without it, deployer's own client-side limit stops them).
-OPTIONAL: tuple[Need, ...] = (REFLINK, PARALLEL, TIMEOUT)
+# What the scripts use when it is there: copy-on-write copies, copies several at a time, a time
+# limit for hooks (without it, deployer's own client-side limit stops them) and zstd for the
+# upload stream (without it, gzip).
+OPTIONAL: tuple[Need, ...] = (REFLINK, PARALLEL, TIMEOUT, ZSTD)
+
+
+TOOLS_CACHE = ".deployer/tools"  # under the deploy path: what the last locking probe found
 
 # What --group and --writable add (remote.permissions): checked only when they are asked for.
 GROUP_TOOLS: tuple[Need, ...] = (
@@ -109,10 +122,24 @@ def tools_script(group: str = "") -> str:
 
     With `group` (--group), also the tools permissions need and whether the login may give files
     that group (`group_ok=yes`, else `group_error=` what chgrp said): either failing means no lock.
-    Runs after the probe has set `d` (the deploy path's nearest existing directory) and `out`.
+    Runs after the probe has set `P` (the deploy path), `d` (its nearest existing directory) and
+    `out`. The checks start a few dozen processes (about 0.1 s on a busy machine); when every
+    required tool passed, a locking probe keeps the result in $P/.deployer/tools (see
+    `save_tools_script`), keyed on the user and a listing of every tool's binary (path, size,
+    time: an install, upgrade or removal changes it), and the next probe reads it from there. With
+    `group` the checks always run, and nothing is kept: whether chgrp works depends on the group.
     """
     required = "\n".join(_check_line(need, " || m=1") for need in REQUIRED)
     optional = "\n".join(_check_line(need, "") for need in OPTIONAL)
+    programs = " ".join(dict.fromkeys(need.name.split()[0] for need in (*REQUIRED, *OPTIONAL)))
+    keying = (
+        ""
+        if group
+        else f"""bins=$(for c in {programs}; do command -v "$c"; done)
+key=$( {{ id -u; ls -lLn --full-time -- $bins 2>/dev/null || ls -lLn -- $bins; }} 2>/dev/null |
+  sha256sum 2>/dev/null)
+"""
+    )
     if group:
         optional += "\n" + "\n".join(_check_line(need, " || m=1") for need in GROUP_TOOLS)
         optional += (
@@ -120,20 +147,35 @@ def tools_script(group: str = "") -> str:
             ' else out group_error "$(head -n 1 ge)"; m=1; fi'
         )
     return f"""tools=no
+fresh=no
+key=
+{keying}if [ -n "$key" ] && [ -f "$P/{TOOLS_CACHE}" ] && [ "$(head -n 1 -- "$P/{TOOLS_CACHE}")" = "$key" ]; then
+  have=$(tail -n +2 -- "$P/{TOOLS_CACHE}") && printf '%s\\n' "$have" && tools=yes
+else
 t=${{TMPDIR:-/tmp}}/.deployer-probe.$$
 if mkdir -m 700 -- "$t" 2>/dev/null || {{ t="$d/.deployer-probe.$$"; mkdir -m 700 -- "$t" 2>/dev/null; }}; then
-  (
+  have=$(
   cd -- "$t" && mkdir -p a/b c d e && : > a/b/f || exit 1
   m=0
 {required}
 {optional}
   exit $m
-  ) && tools=yes
+  ) && tools=yes && fresh=yes
+  printf '%s\\n' "$have"
   rm -rf -- "$t"
 else
   out scratch no
 fi
+fi
 """
+
+
+def save_tools_script() -> str:
+    """Shell text for a locking probe, after it made $P/.deployer: keep what the checks found."""
+    return f"""if [ "$fresh" = yes ] && [ -n "$key" ]; then
+  {{ printf '%s\\n' "$key" "$have" > "$P/{TOOLS_CACHE}.tmp" &&
+    mv -f -- "$P/{TOOLS_CACHE}.tmp" "$P/{TOOLS_CACHE}"; }} 2>/dev/null
+fi"""
 
 
 def _check_line(need: Need, otherwise: str) -> str:
@@ -163,6 +205,11 @@ class Toolset:
     def parallel(self) -> bool:
         """xargs -P works (GNU findutils; BusyBox built with it)."""
         return PARALLEL.name in self.have
+
+    @property
+    def zstd(self) -> bool:
+        """zstd -dc decodes a stream (the zstd package; BusyBox has no zstd applet)."""
+        return ZSTD.name in self.have
 
     @property
     def timeout(self) -> bool:

@@ -24,8 +24,11 @@ def push_json(deployer, topology, app: Path, target: Path, *extra: str) -> dict:
 
 
 def grow(app: Path, count: int = 50) -> None:
+    # lines that differ, as real code does: zstd makes a few hundred bytes of 200 equal lines,
+    # less than the list of unchanged files a redeploy sends
     for i in range(count):
-        (app / "public" / f"asset-{i}.js").write_text(f"console.log({i});\n" * 200)
+        lines = (f"console.log({i}, '{os.urandom(8).hex()}');\n" for _ in range(200))
+        (app / "public" / f"asset-{i}.js").write_text("".join(lines))
 
 
 def test_redeploy_sends_only_changed_files(topology, deployer, tmp_path: Path) -> None:
@@ -47,7 +50,9 @@ def test_redeploy_sends_only_changed_files(topology, deployer, tmp_path: Path) -
     assert second["uploaded_bytes"] < first["uploaded_bytes"]
     current = target / "current"
     assert (current / "public" / "asset-7.js").read_text() == "changed\n"
-    assert (current / "public" / "asset-8.js").read_text() == "console.log(8);\n" * 200
+    assert (current / "public" / "asset-8.js").read_text() == (
+        app / "public" / "asset-8.js"
+    ).read_text()
     assert os.readlink(current / "index.html") == "public/index.html"  # symlinks always travel
     # copies by default: the releases share no inode, so each stays immutable
     old = target / "releases" / first["release"] / "public" / "asset-8.js"

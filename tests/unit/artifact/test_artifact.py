@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from deployer.artifact.compression import PLAIN, Compression
 from deployer.artifact.contents import open_contents
 from deployer.artifact.model import Artifact, Entry
 from deployer.artifact.scan import open_artifact
@@ -48,8 +49,9 @@ def tree(root: Path) -> Tree:
 
 
 def stream(artifact: Artifact, path: Path, compresslevel: int | None = 6, **kwargs: object) -> Path:
+    compression = PLAIN if compresslevel is None else Compression("gzip", compresslevel)
     with path.open("wb") as out:
-        write_tar(artifact, out, compresslevel=compresslevel, **kwargs)  # type: ignore[arg-type]
+        write_tar(artifact, out, compression=compression, **kwargs)  # type: ignore[arg-type]
     return path
 
 
@@ -450,7 +452,7 @@ def test_streaming_is_chunked_with_flat_memory_and_progress_adds_up(
     progress: list[int] = []
     tracemalloc.start()
     try:
-        write_tar(artifact, sink, compresslevel=1, on_progress=progress.append)
+        write_tar(artifact, sink, compression=Compression("gzip", 1), on_progress=progress.append)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -464,7 +466,7 @@ def test_streaming_is_chunked_with_flat_memory_and_progress_adds_up(
 
 def test_plain_tar_stream_is_sent_in_few_large_writes(app: Path) -> None:
     sink = Recorder()
-    write_tar(open_artifact(app), sink, compresslevel=None)
+    write_tar(open_artifact(app), sink, compression=PLAIN)
     assert len(sink.writes) == 1  # a small tree: one write, not one per 512-byte header
     assert sink.writes[0] % 10240 == 0  # whole tar records
 
@@ -510,9 +512,13 @@ def test_an_archive_replaced_after_checking_is_refused(tmp_path: Path) -> None:
         write_tar(artifact, Recorder())
 
 
-def test_bad_compresslevel_is_a_programming_error(app: Path) -> None:
-    with pytest.raises(ValueError, match="compresslevel"):
-        write_tar(open_artifact(app), Recorder(), compresslevel=11)
+def test_bad_levels_are_programming_errors() -> None:
+    with pytest.raises(ValueError, match="gzip level must be 1-9, not 11"):
+        Compression("gzip", 11)
+    with pytest.raises(ValueError, match="zstd level must be 1-19, not 20"):
+        Compression("zstd", 20)
+    with pytest.raises(ValueError, match="plain tar has no level"):
+        Compression("none", 3)
 
 
 # --------------------------------------------------------------------------- refusals: the path

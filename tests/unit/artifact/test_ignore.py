@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from deployer.artifact.compression import PLAIN
 from deployer.artifact.ignore import Exclusion, check_patterns
 from deployer.artifact.manifest import digest_files
 from deployer.artifact.model import Artifact
@@ -126,7 +127,7 @@ def test_excluded_files_are_absent_from_sizes_digests_and_the_upload(tmp_path: P
         assert artifact.total_size == len("app.js\n") and artifact.file_count == 1
         assert set(digest_files(artifact)) == {"app.js"}
         out = io.BytesIO()
-        write_tar(artifact, out, compresslevel=None)
+        write_tar(artifact, out, compression=PLAIN)
         with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
             assert tar.getnames() == ["app.js"]
 
@@ -243,7 +244,7 @@ def test_modes_no_release_may_carry_are_cleared(tmp_path: Path) -> None:
         assert modes["bin/tool"] == 0o755 and modes["data.txt"] == 0o644
         assert modes["shared"] == 0o755
         out = io.BytesIO()
-        write_tar(artifact, out, compresslevel=None)
+        write_tar(artifact, out, compression=PLAIN)
         with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
             for member in tar.getmembers():
                 assert not member.mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | 0o022)

@@ -7,6 +7,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from deployer.artifact.compression import PLAIN
 from deployer.artifact.scan import open_artifact
 from deployer.artifact.tar import write_tar
 
@@ -62,7 +63,7 @@ def test_setuid_setgid_and_sticky_bits_are_dropped_and_named(tmp_path: Path) -> 
             " only): bin/sgid, bin/suid, spool"
         )
         stream = io.BytesIO()
-        write_tar(artifact, stream, compresslevel=None)
+        write_tar(artifact, stream, compression=PLAIN)
         stream.seek(0)
         with tarfile.open(fileobj=stream) as tar:
             for member in tar.getmembers():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from deployer.artifact.compression import PLAIN, Compression
 from deployer.artifact.scan import open_artifact
 from deployer.artifact.tar import write_tar
 from deployer.deploy.payload import prepare_payload
@@ -124,12 +125,14 @@ def text_app(tmp_path: Path) -> Path:
 def test_a_fleet_payload_encodes_each_stream_once(text_app: Path) -> None:
     payload = prepare_payload(open_artifact(text_app), targets=3)
     send = frozenset(payload.digests)
-    spool = payload.shared_stream(send, 1)
-    assert spool is not None and payload.shared_stream(send, 1) is spool
-    assert payload.shared_stream(send, 6) is not spool  # another level is another stream
-    assert payload.shared_stream(send, None) is None  # plain tar: each target builds its own
+    gzip1 = Compression("gzip", 1)
+    spool = payload.shared_stream(send, gzip1)
+    assert spool is not None and payload.shared_stream(send, Compression("gzip", 1)) is spool
+    assert payload.shared_stream(send, Compression("gzip", 6)) is not spool  # another stream
+    assert payload.shared_stream(send, Compression("zstd")) is not spool
+    assert payload.shared_stream(send, PLAIN) is None  # plain tar: each target builds its own
     direct = Collect()
-    write_tar(payload.artifact, direct, compresslevel=1, only=send)
+    write_tar(payload.artifact, direct, compression=gzip1, only=send)
     shared = Collect()
     spool.copy_to(shared)
     assert hashlib.sha256(shared.data).digest() == hashlib.sha256(direct.data).digest()
@@ -138,4 +141,36 @@ def test_a_fleet_payload_encodes_each_stream_once(text_app: Path) -> None:
 
 def test_a_single_target_streams_directly(text_app: Path) -> None:
     payload = prepare_payload(open_artifact(text_app))
-    assert payload.shared_stream(frozenset(payload.digests), 1) is None
+    assert payload.shared_stream(frozenset(payload.digests), Compression("gzip", 1)) is None
+
+
+def test_the_encoder_waits_for_the_readers_as_a_connection_would_make_it_wait() -> None:
+    """An adaptive compressor learns that the wire is the limit from writes that wait: the spool
+    lets the encoder run at most _AHEAD bytes ahead of the furthest reader."""
+    chunk = os.urandom(1 << 20)
+    written: list[int] = []
+
+    def encode(out, on_progress) -> None:
+        for _ in range(24):
+            out.write(chunk)
+            written.append(len(chunk))
+
+    spool = Spool(encode)
+    time.sleep(0.5)  # no reader yet: the encoder stops at the limit
+    assert 8 <= len(written) <= 9
+    sink = Collect()
+    spool.copy_to(sink)  # the reader lets it go on to the end
+    assert bytes(sink.data) == chunk * 24 and len(written) == 24
+    spool.close()
+
+
+def test_closing_a_spool_releases_an_encoder_waiting_for_readers() -> None:
+    def encode(out, on_progress) -> None:
+        while True:
+            out.write(bytes(1 << 20))
+
+    spool = Spool(encode)
+    time.sleep(0.2)
+    started = time.monotonic()
+    spool.close()  # nobody reads: the waiting encoder must not keep close() waiting
+    assert time.monotonic() - started < 5

@@ -18,7 +18,8 @@ from deployer.remote.tools import OPTIONAL, REQUIRED, Toolset, check_tools
 from tests.busybox import BusyBoxShell, applet_dir, require_busybox
 from tests.unit.remote.test_scripts import manifest_of, reuse_lines, targz
 
-EVERY = frozenset(need.name for need in (*REQUIRED, *OPTIONAL))
+# every check a BusyBox userland passes: BusyBox has no zstd applet (uploads then use gzip)
+EVERY = frozenset(need.name for need in (*REQUIRED, *OPTIONAL)) - {"zstd -dc"}
 
 
 def probe_in(userland: BusyBoxShell, path: Path, lock_info: str | None = None) -> TargetState:
@@ -113,7 +114,7 @@ def _stage(userland: BusyBoxShell, path: Path, rid: str, files: dict[str, bytes]
     reuse = reuse_lines({name: data for name, data in files.items() if name not in sent})
     sections = [gzip.compress(manifest_of(files)), gzip.compress(reuse)]
     script = stage_script(Layout(str(path), rid), [], sections=(len(sections[0]), len(sections[1])),
-                          previous_id=previous, hardlink=False, compressed=True, tools=tools)  # fmt: skip
+                          previous_id=previous, hardlink=False, codec="gzip", tools=tools)  # fmt: skip
     assert "-P" not in script.split()
     return userland.run(script, upload=lambda out: out.write(b"".join(sections) + targz(sent)))
 
@@ -129,3 +130,41 @@ def test_no_scratch_directory_is_said_as_such() -> None:
 def test_the_stat_check_uses_the_stage_scripts_format() -> None:
     check = next(need.check for need in REQUIRED if need.name == "stat -c")
     assert f"stat -c '{STAT_FORMAT}'" in check
+
+
+def test_a_locking_probe_keeps_what_it_found_and_the_next_probe_reuses_it(tmp_path: Path) -> None:
+    userland = busybox_without(tmp_path)
+    path = tmp_path / "app"
+    first = probe_in(userland, path, lock_info="deploy by test token T")
+    assert first.locked and first.tools.have == EVERY
+    kept = path / ".deployer" / "tools"
+    key, *lines = kept.read_text().splitlines()
+    assert sorted(lines) == sorted(f"have={name}" for name in EVERY)
+    (path / ".deployer" / "lock" / "info").unlink()
+    (path / ".deployer" / "lock").rmdir()
+    # the next probe believes the kept result (under the same key) instead of checking again
+    kept.write_text("\n".join([key, *(line for line in lines if line != "have=timeout")]) + "\n")
+    again = probe_in(userland, path, lock_info="deploy by test token T")
+    assert again.locked and again.tools.have == EVERY - {"timeout"}
+    # a probe asked to check a group runs every check, and keeps nothing
+    (path / ".deployer" / "lock" / "info").unlink()
+    (path / ".deployer" / "lock").rmdir()
+    result = userland.run(preflight_script(str(path), "deploy by test token T", group="root"))
+    assert "have=timeout" in result.stdout.decode()
+
+
+def test_a_tool_replaced_since_the_last_probe_is_checked_again(tmp_path: Path) -> None:
+    userland = busybox_without(tmp_path)
+    path = tmp_path / "app"
+    assert probe_in(userland, path, lock_info="deploy by test token T").tools.parallel
+    (path / ".deployer" / "lock" / "info").unlink()
+    (path / ".deployer" / "lock").rmdir()
+    shim(userland, "xargs", "-P", "invalid option -- 'P'")  # within the same second, too
+    again = probe_in(userland, path, lock_info="deploy by test token T")
+    assert again.locked and not again.tools.parallel and again.tools.have == EVERY - {"xargs -P"}
+    removed = busybox_without(tmp_path / "other", "stat")
+    (path / ".deployer" / "lock" / "info").unlink()
+    (path / ".deployer" / "lock").rmdir()
+    moved = BusyBoxShell(removed.applets)
+    state = probe_in(moved, path, lock_info="deploy by test token T")
+    assert [need.name for need in state.tools.missing] == ["stat -c"] and not state.locked
