@@ -22,6 +22,7 @@ from deployer.cli.options import (
 )
 from deployer.errors import ConfigError, ConnectError
 from deployer.ssh.access import Access, RouteRequest, split_values
+from deployer.ssh.transports import CHOICES, TransportChoice
 from deployer.webhook.options import MODES, WebhookOptions
 
 
@@ -82,6 +83,10 @@ def transfer_options(func: F) -> F:
                      help="Switch targets in rolling batches of N (or P% of them); default: all together."),
         click.option("--shard", envvar="DEPLOYER_SHARD", metavar="K/N|auto",
                      help="Deploy only every N-th target starting at K (auto: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL)."),
+        click.option("--transport", type=click.Choice(CHOICES), default="auto", show_default=True,
+                     envvar="DEPLOYER_TRANSPORT",
+                     help="SSH client that carries the push: openssh (ssh 8.5+, one master per hop, shared by"
+                          " a fleet), paramiko, or auto (openssh when installed)."),
     ]  # fmt: skip
     return apply(func, options)
 
@@ -97,7 +102,8 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
          before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
          healthcheck_retries: int, healthcheck_interval: float, keep: int, shared: tuple[str, ...],
          compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool, parallel: int,
-         batch: str | None, shard: str | None, webhook: WebhookOptions) -> None:  # fmt: skip
+         batch: str | None, shard: str | None, transport: TransportChoice,
+         webhook: WebhookOptions) -> None:  # fmt: skip
     """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
     from deployer.artifact.scan import open_artifact
     from deployer.deploy.hooks import HookSettings
@@ -151,7 +157,9 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
     )
     if payload.artifact.cleared:
         reporter.line(payload.artifact.cleared_note())
-    result = push_over_ssh(routes, access, payload, settings, provenance, reporter, fleet)
+    result = push_over_ssh(
+        routes, access, payload, settings, provenance, reporter, fleet, transport
+    )
     outcomes, error = result.outcomes, result.error
     if webhook.mode == "auto" and isinstance(error, ConnectError) and not result.established:
         # nothing ran on the target: deploying through the receiver cannot double anything up

@@ -23,6 +23,7 @@ from deployer.ssh.access import Access, connect_options, route_flags
 from deployer.ssh.connect import connected
 from deployer.ssh.connection import Connection
 from deployer.ssh.route import Route
+from deployer.ssh.transports import Session, Transport, TransportChoice, open_transport
 
 
 @contextmanager
@@ -30,6 +31,18 @@ def connection_to(route: Route, access: Access, reporter: Reporter) -> Iterator[
     """A connection along route that is closed (every hop) when the block ends."""
     with connected(route, connect_options(route, access, reporter.line)) as connection:
         yield connection
+
+
+@contextmanager
+def session_to(
+    route: Route, access: Access, reporter: Reporter, transport: Transport
+) -> Iterator[Session]:
+    """A session along route over `transport`, closed when the block ends."""
+    session = transport.connect(route, connect_options(route, access, reporter.line))
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 @dataclass
@@ -49,19 +62,22 @@ def push_over_ssh(
     provenance: Provenance,
     reporter: Reporter,
     fleet: FleetSettings,
+    transport: TransportChoice = "auto",
 ) -> PushResult:
     """Deploy payload to every route all-or-nothing; connections are closed when it returns."""
     established: list[str] = []  # --mode auto falls back only if no connection ever came up
     with contextlib.ExitStack() as connections:
         connections.callback(payload.close)  # shared streams go once every upload is done
+        carrier = open_transport(transport, access.env, reporter.line)
+        connections.callback(carrier.close)  # after every session: a fleet shares its masters
 
         def start(index: int) -> TargetDeploy:
-            def connect() -> Connection:
-                connection = connections.enter_context(
-                    connection_to(routes[index], access, reporter)
+            def connect() -> Session:
+                session = connections.enter_context(
+                    session_to(routes[index], access, reporter, carrier)
                 )
-                established.append(connection.label)
-                return connection
+                established.append(session.label)
+                return session
 
             return TargetDeploy(
                 connect(), payload, settings, provenance, reporter, reconnect=connect,
@@ -69,6 +85,9 @@ def push_over_ssh(
             )  # fmt: skip
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)
+    for outcome in outcomes:
+        if outcome.target in established:
+            outcome.details["transport"] = carrier.name
     return PushResult(outcomes, error, established)
 
 
