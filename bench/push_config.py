@@ -24,12 +24,22 @@ MiB = 1 << 20
 
 DEPLOYER = "deployer push"
 DEPLOYER_LINKED = "deployer push --link-unchanged"
+# deployer over paramiko in this process, to compare with the default (OpenSSH) on request:
+# --methods "deployer push,deployer push --transport paramiko,..."
+DEPLOYER_PARAMIKO = "deployer push --transport paramiko"
 TAR = "tar | ssh"
 TARGZ = "tar | gzip -1 | ssh"
 RSYNC = "rsync -az"
 SCP = "scp -r"
 PLAIN = (TAR, TARGZ, RSYNC)  # the goal's "best plain practice"
 METHODS = (DEPLOYER, TAR, TARGZ, RSYNC, SCP)
+EXTRA_METHODS = (DEPLOYER_PARAMIKO,)  # measured only when --methods names them
+
+
+def deployer_flags(method: str) -> tuple[str, ...]:
+    """The flags a deployer method adds to `deployer push` ("deployer push --x y" -> --x y)."""
+    return tuple(method.removeprefix(DEPLOYER).split())
+
 
 # ---------------------------------------------------------------------------- link profiles
 

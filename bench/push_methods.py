@@ -28,13 +28,13 @@ from bench.processes import Run, json_object, timed
 from bench.push_config import (
     CACHE,
     DEPLOYER,
-    DEPLOYER_LINKED,
     REPO,
     RSYNC,
     SCP,
     TAR,
     TARGZ,
     Profile,
+    deployer_flags,
 )
 from bench.push_topology import Topology
 
@@ -234,8 +234,12 @@ class Bench:
         timeout = self._timeout(profile, source.bytes, source.files * 3)
         name = self._name(f"{method}-{corpus.name}-{profile.key}")
         remote = str(self.topo.mnt / name)
-        if method == DEPLOYER:
-            argv, env = self.deployer_argv(source.tree, remote), self.topo.deployer_env()
+        if method.startswith(DEPLOYER):
+            extra = deployer_flags(method)
+            argv, env = (
+                self.deployer_argv(source.tree, remote, extra=extra),
+                self.topo.deployer_env(),
+            )
             dest = self._deployed
         else:
             argv, env = self.plain_argv(method, source.tree, remote), self.topo.env()
@@ -266,7 +270,7 @@ class Bench:
         remote = str(self.topo.mnt / name)
         timeout = self._timeout(profile, corpus.bytes, corpus.files)
         if method.startswith("deployer"):
-            extra: tuple[str, ...] = ("--link-unchanged",) if method == DEPLOYER_LINKED else ()
+            extra = deployer_flags(method)
             env = self.topo.deployer_env()
             first_argv = self.deployer_argv(corpus.tree, remote, extra=extra)
             argv = self.deployer_argv(v2.tree, remote, extra=extra)
@@ -301,7 +305,7 @@ class Bench:
             result.error = f"only {len(self.topo.targets)} targets started"
         elif count > 1 and not self.topo.private_mounts:
             result.error = "n/a: needs root (per-target mount namespaces)"
-        elif method == DEPLOYER and count > 1 and not self.has_parallel:
+        elif method.startswith(DEPLOYER) and count > 1 and not self.has_parallel:
             result.error = "n/a: deployer push has no --parallel yet"
         if result.error:
             self._say(result, "")
@@ -309,9 +313,11 @@ class Bench:
         timeout = self._timeout(profile, corpus.bytes, corpus.files, count)
         name = self._name(f"parallel{count}-{method}-{corpus.name}-{profile.key}")
         remote = str(self.topo.mnt / name)
-        if method == DEPLOYER:
+        if method.startswith(DEPLOYER):
             run = self.execute(
-                self.deployer_argv(corpus.tree, remote, targets=count),
+                self.deployer_argv(
+                    corpus.tree, remote, targets=count, extra=deployer_flags(method)
+                ),
                 env=self.topo.deployer_env(),
                 timeout=timeout,
                 name=name,

@@ -68,7 +68,10 @@ def push_over_ssh(
     established: list[str] = []  # --mode auto falls back only if no connection ever came up
     with contextlib.ExitStack() as connections:
         connections.callback(payload.close)  # shared streams go once every upload is done
-        carrier = open_transport(transport, access.env, reporter.line)
+        carrier = open_transport(
+            transport, access.env, reporter.line,
+            targets=len(routes), artifact_bytes=payload.artifact.total_size,
+        )  # fmt: skip
         connections.callback(carrier.close)  # after every session: a fleet shares its masters
 
         def start(index: int) -> TargetDeploy:

@@ -92,7 +92,7 @@ def _rsa_algorithm(flags: int) -> str | None:
     return None
 
 
-def peer_is_allowed(conn: socket.socket) -> bool:
+def _peer_is_allowed(conn: socket.socket) -> bool:
     """Like OpenSSH's ssh-agent: only our own uid or root may talk to us (Linux SO_PEERCRED)."""
     peercred = getattr(socket, "SO_PEERCRED", None)
     if peercred is None:
@@ -157,9 +157,10 @@ class MemoryAgent:
     def __exit__(self, *exc: object) -> None:
         """Stop serving, drop open connections and remove the socket directory."""
         self._stopping.set()
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() now, not at its poll
+        if self._listener is not None and self.socket_path:
+            # a connection wakes accept() now; it would otherwise notice at its next poll
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as poke:
+                poke.connect(self.socket_path)
         if self._acceptor is not None:
             self._acceptor.join(timeout=5 * _POLL_SECONDS + 1)
         # Close only once the accept loop is gone, so it never touches a reused descriptor.
@@ -187,7 +188,7 @@ class MemoryAgent:
                     return
                 continue  # e.g. ECONNABORTED or EMFILE: keep serving the others
             conn.settimeout(None)
-            if not peer_is_allowed(conn):
+            if not _peer_is_allowed(conn):
                 conn.close()
                 continue
             with self._lock:

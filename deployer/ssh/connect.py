@@ -168,11 +168,16 @@ def _authenticate(
     raise key_refused(route, index, offered, options.auth_hint)
 
 
-def connect(route: Route, options: ConnectOptions) -> Connection:
-    """Connect hop by hop, verifying each host key and authenticating, and return the target."""
+def connect(
+    route: Route, options: ConnectOptions, first: socket.socket | None = None
+) -> Connection:
+    """Connect hop by hop, verifying each host key and authenticating, and return the target.
+
+    first: the connection to the first hop when the caller has made it already.
+    """
     transports: list[paramiko.Transport] = []
     try:
-        sock: Any = first_hop_socket(route, options.timeout)
+        sock: Any = first if first is not None else first_hop_socket(route, options.timeout)
         for index in range(len(route.hops)):
             if index > 0:
                 sock = _open_hop_channel(transports[-1], route, index, options.timeout)

@@ -48,14 +48,6 @@ def config_word(text: str, *, expanded: bool = True) -> str:
     return f'"{escaped}"'
 
 
-def known_hosts_command(python: str, helper: str, broker: str, hop: str) -> str:
-    """The KnownHostsCommand that asks the broker about the key `hop` presents."""
-    # ssh expands tokens in the arguments, not in the program's own name
-    words = [config_word(python, expanded=False)]
-    words += [config_word(word) for word in ("-I", "-S", helper, broker, hop)]
-    return " ".join([*words, "%H", "%t", "%K"])
-
-
 def host_key_algorithms(known: Sequence[str]) -> str:
     """The hop's known algorithms first, then the rest (a known host must show a known type)."""
     first = [a for a in known if a in HOST_KEY_ALGORITHMS]

@@ -30,7 +30,7 @@ from deployer.ssh.route import Route
 
 READ_CHUNK = 65536
 PIPE_SIZE = 1 << 20  # a deeper stdin pipe: fewer wake-ups of the master per megabyte
-WRITE_BUFFER = 256 << 10  # tar writes 512-byte headers; the pipe gets them in batches
+WRITE_BUFFER = 64 << 10  # tar writes 512-byte headers; the pipe gets them in batches
 TAIL = 65536  # streamed output: only this much is kept for messages
 OPEN_TIMEOUT = 30.0  # seconds for the master to open a session (one round trip)
 SETTLE = 0.5  # seconds a master that dropped a session gets to exit before it counts as alive

@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Hashable, Mapping
@@ -29,8 +28,7 @@ from deployer.ssh.agent import MemoryAgent
 from deployer.ssh.connect import ConnectOptions, first_hop_socket
 from deployer.ssh.failures import channel_failed, no_key
 from deployer.ssh.hostkeys import fingerprint
-from deployer.ssh.openssh import knownhosts_command
-from deployer.ssh.openssh.argv import MasterSpec, host_key_algorithms, known_hosts_command
+from deployer.ssh.openssh.argv import MasterSpec, host_key_algorithms
 from deployer.ssh.openssh.classify import forward_failure, login_failure
 from deployer.ssh.openssh.connection import OpenSSHConnection
 from deployer.ssh.openssh.master import ForwardRefused, Master
@@ -56,11 +54,7 @@ class OpenSSHTransport:
             self._env.pop(name, None)
         self._stack = contextlib.ExitStack()
         self._dir = self._stack.enter_context(private_directory("deployer-ssh-"))
-        try:
-            self._broker = HostKeyBroker(self._dir)
-        except BaseException:
-            self._stack.close()
-            raise
+        self._broker = HostKeyBroker(self._dir)
         self._stack.callback(self._broker.close)
         # Masters are started from one thread that lives as long as they may (their parent
         # death signal follows the thread that started them, and fleet threads come and go).
@@ -73,18 +67,29 @@ class OpenSSHTransport:
         self._ids = itertools.count(1)
         self._closed = False
 
-    def connect(self, route: Route, options: ConnectOptions) -> OpenSSHConnection:
-        """Log in hop by hop (reusing the masters already up) and return the target's session."""
+    def connect(
+        self, route: Route, options: ConnectOptions, first: socket.socket | None = None
+    ) -> OpenSSHConnection:
+        """Log in hop by hop (reusing the masters already up) and return the target's session.
+
+        first: the connection to the first hop when the caller has made it already (it is
+        closed if a master for that hop is up anyway).
+        """
         master: Master | None = None
         for index in range(len(route.hops)):
-            master = self._master(route, index, options, master)
+            master = self._master(route, index, options, master, first)
         assert master is not None
         key = self._broker.verdict(master.hop_id).key
         assert key is not None, "a master is up only once its host key was accepted"
         return OpenSSHConnection(route, master, key)
 
     def _master(
-        self, route: Route, index: int, options: ConnectOptions, previous: Master | None
+        self,
+        route: Route,
+        index: int,
+        options: ConnectOptions,
+        previous: Master | None,
+        first: socket.socket | None,
     ) -> Master:
         """Hop index's master: the one up already for the same hops and keys, or a new one."""
         credentials = options.credentials_for(index)
@@ -101,20 +106,29 @@ class OpenSSHTransport:
         with lock:  # targets behind one jump host wait for its one master
             master = self._masters.get(chain)
             if master is not None and master.usable():
+                if first is not None and index == 0:
+                    first.close()
                 return master
             if master is not None:
                 master.stop()  # its connection died: the hops behind it are started anew
-            master = self._start(route, index, options, previous)
+            master = self._start(route, index, options, previous, first)
             with self._lock:
                 self._masters[chain] = master
             return master
 
     def _start(
-        self, route: Route, index: int, options: ConnectOptions, previous: Master | None
+        self,
+        route: Route,
+        index: int,
+        options: ConnectOptions,
+        previous: Master | None,
+        first: socket.socket | None,
     ) -> Master:
         hop = route.hops[index]
         candidates = options.credentials_for(index).candidates()
         if not candidates:
+            if first is not None:
+                first.close()
             raise no_key(route, index)
         hop_id = str(next(self._ids))
         what = route.describe(index)
@@ -126,15 +140,13 @@ class OpenSSHTransport:
             if notice:
                 options.on_notice(notice)
 
-        self._broker.expect(hop_id, check)
+        known_hosts = self._broker.expect(hop_id, check)
         spec = MasterSpec(
             ssh=self._ssh,
             hop=hop,
             control=str(self._dir / f"c{hop_id}"),
             agent=self._agent(candidates).socket_path,
-            known_hosts_command=known_hosts_command(
-                sys.executable, knownhosts_command.__file__, self._broker.socket_path, hop_id
-            ),
+            known_hosts_command=known_hosts,
             host_key_algorithms=host_key_algorithms(
                 options.host_keys.algorithms_for(*hop.known_as)
             ),
@@ -142,7 +154,7 @@ class OpenSSHTransport:
         )
         carrier: ControlConnection | None = None
         if previous is None:
-            connection = first_hop_socket(route, options.timeout)
+            connection = first if first is not None else first_hop_socket(route, options.timeout)
         else:
             connection, carrier = self._forward(previous, route, index, options.timeout)
         master = Master(spec, hop_id, connection, self._dir / f"log{hop_id}", self._spawn, carrier)

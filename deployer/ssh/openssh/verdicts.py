@@ -1,11 +1,13 @@
 """Host keys on the OpenSSH path are judged by deployer's own rules, before ssh logs in anywhere.
 
-Every ssh deployer starts has ``KnownHostsCommand`` set to ``knownhosts_command.py``, which hands
-the key a hop presented to this broker over a private Unix socket. The broker runs the hop's
-check (``HostKeyPolicy.check``, exactly as on the paramiko path: the same verdicts, messages and
---accept-new-host-keys notices) and answers yes or no; ssh is told about a key only when deployer
-trusts it, so its strict checking refuses everything else. What each hop's check concluded is
-kept for the caller: the refusal to report, or the key that was accepted.
+Every master deployer starts has a ``KnownHostsCommand``: a few lines of ``/bin/sh`` that hand
+the key its hop presented to this broker through a pair of FIFOs in deployer's private directory
+and print a known_hosts line for it only if the broker says the key is trusted; ssh's strict
+checking refuses everything else. The broker runs the hop's check (``HostKeyPolicy.check``,
+exactly as on the paramiko path: the same verdicts, messages and --accept-new-host-keys
+notices) and keeps what it concluded for the caller: the refusal to report, or the key accepted.
+A shell and two FIFOs, not a helper program: ssh runs the command once per hop while the
+deploy waits, and a Python interpreter would add tens of milliseconds to every login.
 """
 
 from __future__ import annotations
@@ -13,22 +15,31 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import socket
+import errno
+import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from deployer.errors import ConfigError, DeployerError, InternalError
-from deployer.ssh.agent import peer_is_allowed
+from deployer.errors import DeployerError, InternalError
+from deployer.ssh.openssh.argv import config_word
 
-SOCKET_NAME = "hostkeys.sock"
 MAX_REQUEST = 64 * 1024
 TRUSTED = b"trusted\n"
-CLIENT_TIMEOUT = 5.0  # seconds a helper gets to send its one line
+REFUSED = b"refused\n"
+JOIN_WAIT = 2.0  # seconds close() waits for each hop's thread once it is woken
+
+# $0: the FIFOs' common name; $1, $2, $3: ssh's %t (key type), %K (base64 key), %H (the name
+# ssh looks the key up under). Exits 0 whatever happens: ssh treats a failing command as fatal,
+# while printing nothing refuses the key, which is what deployer wants then.
+_ASK = (
+    'printf "%%s %%s\\n" "$1" "$2" >"$0.q" || exit 0; read -r v <"$0.a" || exit 0;'
+    ' [ "$v" = trusted ] && printf "%%s %%s %%s\\n" "$3" "$1" "$2"; exit 0'
+)
 
 Check = Callable[[str, bytes], None]
-"""Raises HostKeyError unless (key type, key blob) is trusted for its hop."""
+"""Raises a DeployerError (HostKeyError) unless (key type, key blob) is trusted for its hop."""
 
 
 @dataclass
@@ -38,93 +49,108 @@ class HopVerdict:
     check: Check
     key: tuple[str, bytes] | None = None  # (key type, blob) once accepted
     error: DeployerError | None = None  # the refusal to report
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def checked(self) -> bool:
         """Whether ssh got as far as presenting this hop's key."""
         return self.key is not None or self.error is not None
 
+    def answer(self, request: bytes) -> bytes:
+        """TRUSTED or REFUSED for one request line: the key type and the base64 key."""
+        try:
+            key_type, key = request.decode().split()
+            blob = base64.b64decode(key, validate=True)
+        except (UnicodeDecodeError, ValueError, binascii.Error):
+            return REFUSED
+        if "NONE" in (key_type, key):
+            return REFUSED  # asked without a key (ssh ordering algorithms): nothing to vouch for
+        with self.lock:
+            if self.key is not None:  # asked again: only the key already accepted
+                return TRUSTED if self.key == (key_type, blob) else REFUSED
+            if self.error is not None:
+                return REFUSED
+            try:
+                self.check(key_type, blob)
+            except DeployerError as exc:
+                self.error = exc
+                return REFUSED
+            except Exception as exc:  # a bug must refuse the key, and be reported as one
+                self.error = InternalError(
+                    f"internal error checking a host key ({type(exc).__name__}: {exc})"
+                    " — rerun with --traceback and report it"
+                )
+                return REFUSED
+            self.key = (key_type, blob)
+            return TRUSTED
+
+
+class _Hop:
+    """One hop's FIFOs and the thread that answers on them."""
+
+    def __init__(self, base: Path, verdict: HopVerdict) -> None:
+        self.base = base
+        self.verdict = verdict
+        self.stopping = False
+        for suffix in (".q", ".a"):
+            os.mkfifo(f"{base}{suffix}", 0o600)
+        self.thread = threading.Thread(target=self._serve, name="deployer-hostkey", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            with open(f"{self.base}.q", "rb") as asked:  # waits for ssh's command (or close())
+                request = asked.read(MAX_REQUEST)
+            if self.stopping:
+                return
+            reply = self.verdict.answer(request)
+            if self.stopping:  # closed meanwhile: no master is to log in any more
+                reply = REFUSED
+            with contextlib.suppress(OSError), open(f"{self.base}.a", "wb") as said:
+                said.write(reply)
+
+    def stop(self) -> None:
+        """Wake whoever waits on either FIFO (this thread, or a helper whose ssh was stopped)."""
+        self.stopping = True
+        for _ in range(3):  # it may move from one FIFO to the other meanwhile
+            for suffix in (".q", ".a"):
+                for flags in (os.O_WRONLY, os.O_RDONLY):
+                    try:
+                        os.close(os.open(f"{self.base}{suffix}", flags | os.O_NONBLOCK))
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENXIO, errno.ENOENT):  # ENXIO: no reader
+                            raise
+            self.thread.join(timeout=JOIN_WAIT / 3)
+            if not self.thread.is_alive():
+                break
+        for suffix in (".q", ".a"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"{self.base}{suffix}")
+
 
 class HostKeyBroker:
     """Answers ssh's KnownHostsCommand with deployer's verdict on the key of each hop it expects."""
 
     def __init__(self, directory: Path) -> None:
-        self.socket_path = str(directory / SOCKET_NAME)
-        self._hops: dict[str, HopVerdict] = {}
+        self._directory = directory
+        self._hops: dict[str, _Hop] = {}
         self._lock = threading.Lock()
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._listener.bind(self.socket_path)
-            self._listener.listen(64)
-        except OSError as exc:
-            self._listener.close()
-            raise ConfigError(
-                f"cannot create a socket in {directory}: {exc.strerror or exc}"
-                " — set TMPDIR to a short, writable directory"
-            ) from exc
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="deployer-hostkeys", daemon=True)
-        self._thread.start()
 
-    def _serve(self) -> None:
-        """Answer one helper at a time (each asks once, about one key, and is answered at once)."""
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                continue  # close() wakes accept() with an error; anything else: keep serving
-            with conn:
-                if not peer_is_allowed(conn):
-                    continue
-                conn.settimeout(CLIENT_TIMEOUT)
-                with contextlib.suppress(OSError):
-                    conn.sendall(self.answer(conn.makefile("rb").readline(MAX_REQUEST)))
-
-    def expect(self, hop: str, check: Check) -> None:
-        """Judge keys presented for `hop` (an id in ssh's KnownHostsCommand) with `check`."""
+    def expect(self, hop: str, check: Check) -> str:
+        """Judge keys presented for `hop` with `check`; the KnownHostsCommand that asks about them."""
+        base = self._directory / f"hostkey-{hop}"
         with self._lock:
-            self._hops[hop] = HopVerdict(check)
+            self._hops[hop] = _Hop(base, HopVerdict(check))
+        return f"/bin/sh -c '{_ASK}' {config_word(str(base))} %t %K %H"
 
     def verdict(self, hop: str) -> HopVerdict:
         """What the check of `hop` concluded so far."""
         with self._lock:
-            return self._hops[hop]
-
-    def answer(self, request: bytes) -> bytes:
-        """TRUSTED or nothing for one request line: HOP, key type and base64 key, tab-separated."""
-        try:
-            hop, key_type, key = request.decode().rstrip("\n").split("\t")
-            blob = base64.b64decode(key, validate=True)
-        except (UnicodeDecodeError, ValueError, binascii.Error):
-            return b""
-        with self._lock:
-            verdict = self._hops.get(hop)
-            if verdict is None:
-                return b""
-            if verdict.key is not None:  # asked again (a re-key): the key must not have changed
-                return TRUSTED if verdict.key == (key_type, blob) else b""
-            if verdict.error is not None:
-                return b""
-            try:
-                verdict.check(key_type, blob)
-            except DeployerError as exc:
-                verdict.error = exc
-                return b""
-            except Exception as exc:  # a bug must refuse the key, and be reported as one
-                verdict.error = InternalError(
-                    f"internal error checking a host key ({type(exc).__name__}: {exc})"
-                    " — rerun with --traceback and report it"
-                )
-                return b""
-            verdict.key = (key_type, blob)
-            return TRUSTED
+            return self._hops[hop].verdict
 
     def close(self) -> None:
-        """Stop answering and remove the socket."""
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() at once
-        self._thread.join(timeout=CLIENT_TIMEOUT + 1)
-        self._listener.close()
-        with contextlib.suppress(OSError):
-            Path(self.socket_path).unlink()
+        """Stop answering and remove the FIFOs."""
+        with self._lock:
+            hops, self._hops = list(self._hops.values()), {}
+        for hop in hops:
+            hop.stop()
