@@ -15,12 +15,12 @@ import select
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from deployer.errors import ConfigError
+from deployer.remote.executor import Executor
 
 if TYPE_CHECKING:
-    from deployer.remote.executor import OutputSink, RunResult
     from deployer.ssh.connect import ConnectOptions
     from deployer.ssh.route import Route
 
@@ -33,21 +33,8 @@ AUTO_OPENSSH_BYTES = 16 << 20  # one target: below this, OpenSSH's faster stream
 FAST_CONTACT = 0.05
 
 
-class Session(Protocol):
+class Session(Executor, Protocol):
     """A logged-in target: an Executor that is closed when done."""
-
-    label: str
-
-    def run(
-        self,
-        script: str,
-        *,
-        upload: Callable[[BinaryIO], object] | None = None,
-        on_output: OutputSink | None = None,
-        timeout: float | None = None,
-    ) -> RunResult:
-        """Run script with sh on the target (see remote.executor.Executor)."""
-        ...
 
     def close(self) -> None:
         """Close the session (and what only it uses)."""

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from deployer.errors import CommandTimeout, ConnectError, DeployerError, TransferError, reason
-from deployer.remote.executor import KILL_AFTER, OutputSink, RunResult
+from deployer.errors import CommandTimeout, ConnectError, DeployerError
+from deployer.remote.executor import KILL_AFTER, OutputSink, RunResult, upload_failure
 from deployer.ssh.openssh.argv import remote_command, stop_command
 from deployer.ssh.openssh.master import Master
 from deployer.ssh.openssh.mux import ControlConnection, Message, MuxError, Reply, new_session
@@ -120,12 +120,9 @@ class OpenSSHConnection:
             os.close(err)
         if uploader is not None:
             uploader.join(timeout=10)
-            if isinstance(uploader.error, DeployerError):
-                raise uploader.error  # e.g. the artifact changed while being sent: its own exit code
-            if uploader.error is not None and status == 0:
-                raise TransferError(
-                    f"upload to {self.label} failed: {reason(uploader.error)} — run the push again"
-                ) from uploader.error
+            failure = upload_failure(uploader.error, status, self.label)
+            if failure is not None:
+                raise failure
         return RunResult(status, stdout, stderr)
 
     def _open(self, command: str, fds: tuple[int, int, int]) -> ControlConnection:
