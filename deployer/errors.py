@@ -17,12 +17,12 @@ class ExitCode(IntEnum):
     OK = 0
     ERROR = 1  # unexpected internal error (a bug: please report it with --traceback)
     USAGE = 2  # bad flag, option value or configuration file (click uses 2 as well)
-    ARTIFACT = 3  # artifact missing, unreadable or unsafe (../ members, escaping symlinks)
+    ARTIFACT = 3  # artifact missing, unreadable or unsafe (../, escaping links, .deployignore)
     KEY = 4  # private key unusable: encrypted without passphrase, public key, garbage
     HOST_KEY = 5  # unknown, changed or revoked host key on some hop
     AUTH = 6  # the server refused authentication (wrong user or key not authorized)
     CONNECT = 7  # route failure: unreachable host, timeout, tunnel port not listening
-    REMOTE = 8  # target not ready or a remote step failed: path unwritable, tool missing, disk full
+    REMOTE = 8  # target not ready or a remote step failed: path, tools, disk full, not in --group
     HOOK = 9  # a before/after hook or healthcheck failed; live release untouched or restored
     LOCK = 10  # another deploy holds the lock on the target path
     TRANSFER = 11  # the upload was interrupted or arrived incomplete
@@ -94,6 +94,15 @@ class HookError(DeployerError):
     exit_code = ExitCode.HOOK
 
 
+class HealthcheckError(HookError):
+    """The healthcheck failed every attempt; `output` holds what its last attempt printed."""
+
+    def __init__(self, message: str, output: tuple[str, ...] = (), attempts: int = 0) -> None:
+        super().__init__(message)
+        self.output = output
+        self.attempts = attempts
+
+
 class LockError(DeployerError):
     """Another deploy holds the lock on the target path."""
 
@@ -136,6 +145,14 @@ class GitLabError(DeployerError):
     """The GitLab API refused a request (token, role, project) or could not be reached."""
 
     exit_code = ExitCode.GITLAB
+
+
+class TargetsFailed(DeployerError):
+    """Some of several targets failed (the others' results stand); the first failure's exit code."""
+
+    def __init__(self, message: str, first: DeployerError) -> None:
+        super().__init__(message)
+        self.exit_code = first.exit_code
 
 
 def reason(exc: BaseException) -> str:

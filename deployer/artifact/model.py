@@ -30,6 +30,11 @@ CHUNK = 1 << 20
 # reach a target (as root, tar would restore them on files it also makes root's).
 PERMISSION_BITS = 0o777
 
+# ... and of those, never write permission for the group or others (as CPython's tarfile `data`
+# filter): a release is its owner's to change; --group and --writable grant the rest explicitly.
+# Dropped without a word: builds made with umask 0000 (GitLab's runners) have it on every file.
+DEPLOYED_BITS = PERMISSION_BITS & ~0o022
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -61,6 +66,8 @@ class Artifact:
     entries: tuple[Entry, ...]
     origins: Mapping[str, Origin] = field(default_factory=dict, repr=False, compare=False)
     cleared: tuple[str, ...] = ()  # entries whose setuid, setgid or sticky bit was dropped
+    # the topmost paths .deployignore and --exclude left out ('dir/' for a directory)
+    excluded: tuple[str, ...] = ()
 
     @property
     def total_size(self) -> int:

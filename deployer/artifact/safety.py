@@ -10,7 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deployer.artifact.model import PERMISSION_BITS, Artifact, ArtifactKind, Entry, Origin
+from deployer.artifact.model import (
+    DEPLOYED_BITS,
+    PERMISSION_BITS,
+    Artifact,
+    ArtifactKind,
+    Entry,
+    Origin,
+)
 from deployer.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -104,8 +111,10 @@ def assemble(
     kind: ArtifactKind,
     entries: list[Entry],
     origins: Mapping[str, Origin],
+    excluded: tuple[str, ...] = (),
 ) -> Artifact:
-    """Check the tree as a whole (duplicates, paths through symlinks, links leaving it), sort it."""
+    """Check the tree as a whole (duplicates, paths through symlinks, links leaving it), sort it,
+    and keep of each mode only DEPLOYED_BITS (the special bits dropped are named in `cleared`)."""
     by_path: dict[str, Entry] = {}
     for entry in entries:
         seen = by_path.get(entry.path)
@@ -136,13 +145,20 @@ def assemble(
     for path, target in links.items():
         _check_symlink(label, path, target, links)
     if not any(e.kind == "file" for e in entries):
+        if excluded:
+            raise ArtifactError(
+                f"artifact {label}: every file is excluded (by .deployignore or --exclude)"
+                " — check the patterns (--dry-run lists what they exclude)"
+            )
         raise ArtifactError(
             f"artifact {label} is empty (no files) — build it first or check the path"
         )
     ordered = tuple(sorted(by_path.values(), key=lambda e: e.path.split("/")))
     cleared = tuple(e.path for e in ordered if e.kind != "symlink" and e.mode & ~PERMISSION_BITS)
-    kept = tuple(replace(e, mode=e.mode & PERMISSION_BITS) for e in ordered)
-    return Artifact(source, kind, kept, origins, cleared)
+    kept = tuple(
+        e if e.kind == "symlink" else replace(e, mode=e.mode & DEPLOYED_BITS) for e in ordered
+    )
+    return Artifact(source, kind, kept, origins, cleared, excluded)
 
 
 def _check_symlink(label: str, path: str, target: str, links: Mapping[str, str]) -> None:

@@ -18,10 +18,19 @@ import tarfile
 import time
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from deployer.artifact.ignore import (
+    IGNORE_FILE,
+    MAX_IGNORE_FILE,
+    Exclusion,
+    check_patterns,
+    check_size,
+    not_a_file_error,
+    read_patterns,
+)
 from deployer.artifact.model import CHUNK, SUPPORTED, TAR_SUFFIXES, Artifact, Entry, Origin
 from deployer.artifact.safety import (
     MAX_LINK_TARGET,
@@ -59,9 +68,16 @@ def _too_many(label: str, limit: int) -> ArtifactError:
     )
 
 
-def open_artifact(path: Path, max_members: int = MAX_MEMBERS) -> Artifact:
-    """Inspect and validate an artifact; raises ArtifactError before anything is written anywhere."""
+def open_artifact(
+    path: Path, max_members: int = MAX_MEMBERS, exclude: Sequence[str] = ()
+) -> Artifact:
+    """Inspect and validate an artifact; raises ArtifactError before anything is written anywhere.
+
+    What its root's .deployignore and the `exclude` patterns (gitignore syntax, applied after the
+    file's) leave out is absent from the result: its entries, sizes, manifest and upload.
+    """
     label = label_of(path)
+    patterns = check_patterns(exclude)
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -78,18 +94,40 @@ def open_artifact(path: Path, max_members: int = MAX_MEMBERS) -> Artifact:
             f"artifact {label} cannot be read ({reason(exc)}) — check the path"
         ) from exc
     if stat.S_ISDIR(info.st_mode):
-        return assemble(path, label, "dir", _scan_dir(path, label, max_members), {})
+        exclusion = Exclusion([*_dir_ignore_file(path, label), *patterns])
+        entries = _scan_dir(path, label, max_members, exclusion)
+        return assemble(path, label, "dir", entries, {}, exclusion.excluded)
     lowered = path.name.lower()
     if not stat.S_ISREG(info.st_mode) or not lowered.endswith((*TAR_SUFFIXES, ".zip")):
         raise ArtifactError(f"artifact {label} is not {SUPPORTED} — package it as one of those")
     if lowered.endswith(".zip"):
-        entries, origins = _scan_zip(path, label, max_members)
-        return assemble(path, label, "zip", entries, origins)
-    entries, origins = _scan_tar(path, label, max_members)
-    return assemble(path, label, "tar", entries, origins)
+        entries, origins, excluded = _scan_zip(path, label, max_members, patterns)
+        return assemble(path, label, "zip", entries, origins, excluded)
+    entries, origins, excluded = _scan_tar(path, label, max_members, patterns)
+    return assemble(path, label, "tar", entries, origins, excluded)
 
 
-def _scan_dir(root: Path, label: str, max_members: int) -> list[Entry]:
+def _dir_ignore_file(root: Path, label: str) -> list[str]:
+    """The patterns of the directory's own .deployignore (none when it has none)."""
+    where = root / IGNORE_FILE
+    try:
+        mode = where.lstat().st_mode
+    except OSError:
+        return []  # none; or the directory itself cannot be read, which its scan reports
+    if not stat.S_ISREG(mode):
+        kind = "symlink" if stat.S_ISLNK(mode) else "directory" if stat.S_ISDIR(mode) else ""
+        raise not_a_file_error(label, kind or type_name(mode))
+    try:
+        with open(os.open(where, OPEN_FLAGS), "rb") as handle:
+            return read_patterns(handle.read(MAX_IGNORE_FILE + 1), label)
+    except OSError as exc:
+        raise ArtifactError(
+            f"artifact {label}: {IGNORE_FILE} cannot be read ({reason(exc)})"
+            " — make it readable by the user running deployer"
+        ) from exc
+
+
+def _scan_dir(root: Path, label: str, max_members: int, exclusion: Exclusion) -> list[Entry]:
     entries: list[Entry] = []
     pending = [""]
     while pending:
@@ -110,7 +148,14 @@ def _scan_dir(root: Path, label: str, max_members: int) -> list[Entry]:
                 " — check the directory"
             ) from exc
         for item in listing:
-            rel = member_name(label, f"{folder}/{item.name}" if folder else item.name)
+            rel = f"{folder}/{item.name}" if folder else item.name
+            try:
+                # an excluded directory is not even walked: node_modules/ may hold 100 000 files
+                if exclusion.skip(rel, item.is_dir(follow_symlinks=False)):
+                    continue
+            except OSError:
+                pass  # is_dir() could not tell: the stat below reports it
+            rel = member_name(label, rel)
             try:
                 info = item.stat(follow_symlinks=False)
                 mode = info.st_mode
@@ -142,7 +187,25 @@ def _scan_dir(root: Path, label: str, max_members: int) -> list[Entry]:
     return entries
 
 
-def _scan_tar(path: Path, label: str, max_members: int) -> tuple[list[Entry], dict[str, Origin]]:
+def _is_ignore_file(name: str, *, dos: bool = False) -> bool:
+    try:
+        return clean_name(name, dos=dos) == IGNORE_FILE
+    except BadName:
+        return False  # refused with its reason once every name is checked
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.isdir():
+        return "directory"
+    if member.issym():
+        return "symlink"
+    return "hard link" if member.islnk() else TAR_TYPES.get(member.type, "special file")
+
+
+def _scan_tar(
+    path: Path, label: str, max_members: int, patterns: Sequence[str]
+) -> tuple[list[Entry], dict[str, Origin], tuple[str, ...]]:
+    ignore: list[str] | None = None
     try:
         with TarSource(path) as source:
             tar = tarfile.TarFile(fileobj=source, mode="r")
@@ -151,6 +214,14 @@ def _scan_tar(path: Path, label: str, max_members: int) -> tuple[list[Entry], di
                 members.append(member)
                 if len(members) > max_members:
                     raise _too_many(label, max_members)
+                if _is_ignore_file(member.name):
+                    if not member.isfile():
+                        raise not_a_file_error(label, _member_kind(member))
+                    if ignore is not None:
+                        raise _twice(label, member.name)
+                    # read now, in passing: a compressed stream is read front to back once
+                    check_size(member.size, label)
+                    ignore = read_patterns(_read_member(tar, member), label)
             source.check_end(tar.offset)
     except PermissionError:
         raise unreadable_error(label) from None
@@ -162,6 +233,7 @@ def _scan_tar(path: Path, label: str, max_members: int) -> tuple[list[Entry], di
     files = {
         rel: index for index, (m, rel) in enumerate(zip(members, paths, strict=True)) if m.isfile()
     }
+    exclusion = Exclusion([*(ignore or []), *patterns])
     entries: list[Entry] = []
     origins: dict[str, Origin] = {}
     for index, (member, rel) in enumerate(zip(members, paths, strict=True)):
@@ -172,6 +244,8 @@ def _scan_tar(path: Path, label: str, max_members: int) -> tuple[list[Entry], di
                 f"artifact {label}: member {member.name!r} names the release directory itself"
                 " but is not a directory — rebuild the archive"
             )
+        if exclusion.skip(rel, member.isdir()):
+            continue
         mode = member.mode & 0o7777
         origin = Origin(index, member.name, index, member.name)
         if member.isdir():
@@ -200,10 +274,24 @@ def _scan_tar(path: Path, label: str, max_members: int) -> tuple[list[Entry], di
             kind = TAR_TYPES.get(member.type, f"tar entry of type {member.type.decode()!r}")
             raise special_error(label, "member", rel, kind)
         origins[rel] = origin
-    return entries, origins
+    return entries, origins, exclusion.excluded
 
 
-def _scan_zip(path: Path, label: str, max_members: int) -> tuple[list[Entry], dict[str, Origin]]:
+def _twice(label: str, name: str) -> ArtifactError:
+    return ArtifactError(
+        f"artifact {label}: member {name!r} appears twice — rebuild the archive so every path"
+        " appears once"
+    )
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    return b"" if handle is None else handle.read(MAX_IGNORE_FILE + 1)
+
+
+def _scan_zip(
+    path: Path, label: str, max_members: int, patterns: Sequence[str]
+) -> tuple[list[Entry], dict[str, Origin], tuple[str, ...]]:
     try:
         with open(path, "rb") as raw:
             declared = zip_entry_count(raw)
@@ -212,7 +300,8 @@ def _scan_zip(path: Path, label: str, max_members: int) -> tuple[list[Entry], di
             with zipfile.ZipFile(raw) as archive:
                 if len(archive.infolist()) > max_members:
                     raise _too_many(label, max_members)
-                entries, origins = _zip_entries(archive, label)
+                exclusion = Exclusion([*_zip_ignore_file(archive, label), *patterns])
+                entries, origins = _zip_entries(archive, label, exclusion)
                 _verify_zip(archive, label, entries, origins)
     except PermissionError:
         raise unreadable_error(label) from None
@@ -220,7 +309,23 @@ def _scan_zip(path: Path, label: str, max_members: int) -> tuple[list[Entry], di
         raise ArtifactError(
             f"artifact {label} is not a valid zip archive ({reason(exc)}) — rebuild it"
         ) from exc
-    return entries, origins
+    return entries, origins, exclusion.excluded
+
+
+def _zip_ignore_file(archive: zipfile.ZipFile, label: str) -> list[str]:
+    """The patterns of the zip's own .deployignore (none when it has none)."""
+    found = [i for i in archive.infolist() if _is_ignore_file(i.filename, dos=True)]
+    if not found:
+        return []
+    if len(found) > 1:
+        raise _twice(label, found[1].filename)
+    info = found[0]
+    unix, is_dir = _zip_mode(info)
+    if is_dir or stat.S_IFMT(unix) not in (0, stat.S_IFREG):
+        kind = "directory" if is_dir else "symlink" if stat.S_ISLNK(unix) else type_name(unix)
+        raise not_a_file_error(label, kind)
+    check_size(info.file_size, label)  # before reading it
+    return read_patterns(archive.read(info), label)
 
 
 _EOCD = struct.Struct("<4s4H2LH")  # end of central directory record (APPNOTE 4.3.16)
@@ -250,21 +355,21 @@ def zip_entry_count(raw: BinaryIO) -> int | None:
     return int(_ZIP64_EOCD.unpack(record)[7])
 
 
-def _zip_entries(archive: zipfile.ZipFile, label: str) -> tuple[list[Entry], dict[str, Origin]]:
+def _zip_mode(info: zipfile.ZipInfo) -> tuple[int, bool]:
+    """The member's unix st_mode (0 when the zip has none) and whether it is a directory."""
+    # unix zip tools keep st_mode in the high half; elsewhere it holds junk (Python: 0600)
+    unix = info.external_attr >> 16 if info.create_system == 3 else 0
+    return unix, info.filename.replace("\\", "/").endswith("/") or stat.S_ISDIR(unix)
+
+
+def _zip_entries(
+    archive: zipfile.ZipFile, label: str, exclusion: Exclusion
+) -> tuple[list[Entry], dict[str, Origin]]:
     entries: list[Entry] = []
     origins: dict[str, Origin] = {}
     for index, info in enumerate(archive.infolist()):
         rel = member_name(label, info.filename, dos=True)
-        if info.flag_bits & 0x1:
-            raise ArtifactError(
-                f"artifact {label}: member {info.filename!r} is encrypted"
-                " — build the zip without a password"
-            )
-        # unix zip tools keep st_mode in the high half; elsewhere it holds junk (Python: 0600)
-        unix = info.external_attr >> 16 if info.create_system == 3 else 0
-        perms = stat.S_IMODE(unix)
-        mtime = _zip_mtime(info)
-        is_dir = info.filename.replace("\\", "/").endswith("/") or stat.S_ISDIR(unix)
+        unix, is_dir = _zip_mode(info)
         if not rel:
             if is_dir:
                 continue
@@ -272,6 +377,15 @@ def _zip_entries(archive: zipfile.ZipFile, label: str) -> tuple[list[Entry], dic
                 f"artifact {label}: member {info.filename!r} names the release directory itself"
                 " but is not a directory — rebuild the archive"
             )
+        if exclusion.skip(rel, is_dir):
+            continue
+        if info.flag_bits & 0x1:
+            raise ArtifactError(
+                f"artifact {label}: member {info.filename!r} is encrypted"
+                " — build the zip without a password"
+            )
+        perms = stat.S_IMODE(unix)
+        mtime = _zip_mtime(info)
         if is_dir:
             entries.append(Entry(rel, "dir", perms or 0o755, 0, mtime))
         elif stat.S_ISLNK(unix):

@@ -7,7 +7,9 @@ writes the step outputs (``release``, ``status``) when ``--github-output FILE`` 
 from __future__ import annotations
 
 import argparse
+import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,30 @@ def render_summary(document: Mapping[str, Any] | None, exit_code: int) -> str:
         row = (target.get("target", ""), result, target.get("release", ""),
                target.get("previous", ""), f"{seconds:.1f}")  # fmt: skip
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    for target in targets:
+        lines += _healthcheck_output(target)
     return "\n".join(lines) + "\n"
+
+
+def _healthcheck_output(target: Mapping[str, Any]) -> list[str]:
+    """A failed healthcheck's last output as a collapsed block (the --json document is masked)."""
+    check = (target.get("details") or {}).get("healthcheck")
+    if not isinstance(check, Mapping):
+        return []
+    output = [str(line) for line in check.get("output") or []]
+    # a fence longer than any run of backticks in the output, so that none can close it
+    fence = "`" * max([3, *(len(run) + 1 for line in output for run in re.findall(r"`+", line))])
+    title = f"{_cell(target.get('target', ''))}: healthcheck `{_cell(check.get('command', ''))}`"
+    attempts = int(check.get("attempts") or 0)
+    return [
+        "",
+        f"<details><summary>{html.escape(title)} failed {attempts} time(s): its last output</summary>",
+        "",
+        fence + "text",
+        *(output or ["(nothing)"]),
+        fence,
+        "</details>",
+    ]
 
 
 def step_outputs(document: Mapping[str, Any] | None) -> dict[str, str]:

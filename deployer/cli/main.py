@@ -25,11 +25,13 @@ from deployer.config import (
     read_config_file,
 )
 from deployer.errors import DeployerError, ExitCode
+from deployer.output import Masker
 
 # Every command lives in its own module, imported only when it is used or listed.
 COMMANDS: dict[str, str] = {
     "push": "deployer.cli.push:push",
     "releases": "deployer.cli.targets:releases",
+    "status": "deployer.cli.status:status",
     "rollback": "deployer.cli.targets:rollback",
     "unlock": "deployer.cli.targets:unlock",
     "exec": "deployer.cli.targets:exec_",
@@ -107,8 +109,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     show_traceback = "--traceback" in args or os.environ.get("DEPLOYER_DEBUG", "") not in ("", "0")
     signal.signal(signal.SIGTERM, _interrupt)  # CI cancels jobs with SIGTERM: clean up like Ctrl-C
+    masker = Masker()  # commands add the --env values; the error line goes through it too
+
+    def stack() -> None:
+        click.echo(masker.text(traceback.format_exc()), err=True, nl=False)
+
     try:
-        cli.main(args=args, prog_name="deployer", standalone_mode=False)
+        cli.main(args=args, prog_name="deployer", standalone_mode=False, obj=masker)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -119,19 +126,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(ExitCode.INTERRUPTED)
     except DeployerError as exc:
         if show_traceback:
-            traceback.print_exc()
-        click.echo(f"deployer: error: {exc}", err=True)
+            stack()
+        click.echo(f"deployer: error: {masker.text(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("deployer: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
     except Exception:  # a bug: say so in one line, with the stack only on request
         if show_traceback:
-            traceback.print_exc()
+            stack()
         exc_type, exc_value = sys.exc_info()[:2]
         name = exc_type.__name__ if exc_type else "error"
         click.echo(
-            f"deployer: internal error ({name}: {exc_value}) — rerun with --traceback and report it",
+            masker.text(
+                f"deployer: internal error ({name}: {exc_value}) — rerun with --traceback and report it"
+            ),
             err=True,
         )
         sys.exit(ExitCode.ERROR)

@@ -14,12 +14,15 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from deployer.ci.environment import is_ci
 from deployer.ssh.access import Access, RouteRequest
+
+if TYPE_CHECKING:
+    from deployer.output import Reporter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -184,8 +187,40 @@ def hook_options(func: F) -> F:
                      envvar="DEPLOYER_HEALTHCHECK_RETRIES"),
         click.option("--healthcheck-interval", type=Finite(), default=3.0, show_default=True,
                      envvar="DEPLOYER_HEALTHCHECK_INTERVAL", help="Seconds between healthcheck attempts."),
+        click.option("--healthcheck-delay", type=FiniteRange(min=0), default=0.0, show_default=True,
+                     envvar="DEPLOYER_HEALTHCHECK_DELAY", metavar="SECONDS",
+                     help="Seconds to wait after the switch (and the after hooks) before the first healthcheck."),
     ]  # fmt: skip
     return apply(func, options)
+
+
+SHORT_VALUE = 4  # a value this short masks (***) much that is no secret: say so
+
+
+def hook_variables(
+    entries: Sequence[str], job: Mapping[str, str], reporter: Reporter
+) -> dict[str, str]:
+    """The --env variables by name, their values masked in everything this run prints from now on."""
+    from deployer.cli.render import masker
+    from deployer.environment import hook_variables as resolve
+
+    variables = resolve(entries, job)
+    masker().add(variables.values())
+    for name, value in variables.items():
+        if 0 < len(value.strip()) < SHORT_VALUE:
+            reporter.line(
+                f"warning: --env {name} is shorter than {SHORT_VALUE} characters: every occurrence of"
+                " its value in deployer's output is shown as *** (a value that is no secret can go"
+                " into the hook command itself: NAME=value ./run)"
+            )
+    return variables
+
+
+env_option = click.option(
+    "--env", "env", multiple=True, envvar="DEPLOYER_ENV", metavar="NAME[=VALUE]",
+    help="Export NAME to every hook on the target (repeatable): its value from this job's environment,"
+         " or VALUE. Sent on the session's stdin, never on a command line; shown as *** in all output.",
+)  # fmt: skip
 
 
 _ROUTE_NAMES = (

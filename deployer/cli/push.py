@@ -15,8 +15,10 @@ from deployer.cli.options import (
     F,
     FiniteRange,
     apply,
+    env_option,
     environment,
     hook_options,
+    hook_variables,
     path_option,
     route_options,
 )
@@ -67,6 +69,14 @@ def transfer_options(func: F) -> F:
                      help="Releases to keep (the live one is never removed)."),
         click.option("--shared", multiple=True, envvar="DEPLOYER_SHARED", metavar="PATH",
                      help="Path linked from DIR/shared into each release ('dir/' for a directory; repeatable)."),
+        click.option("--exclude", multiple=True, envvar="DEPLOYER_EXCLUDE", metavar="PATTERN",
+                     help="Leave out what matches (gitignore syntax: 'node_modules/', '*.map', '!keep.map';"
+                          " repeatable; after the artifact's own .deployignore)."),
+        click.option("--group", envvar="DEPLOYER_GROUP", metavar="GROUP",
+                     help="Release files get group GROUP, readable by it (directories setgid); the deploy"
+                          " user must be in GROUP."),
+        click.option("--writable", multiple=True, envvar="DEPLOYER_WRITABLE", metavar="PATH",
+                     help="Shared path made writable by --group (never by everyone; repeatable)."),
         click.option("--compress-level", type=click.IntRange(0, 9), envvar="DEPLOYER_COMPRESS_LEVEL",
                      help="gzip level of the upload stream (0: none). Default: gzip -1, none for incompressible"
                           " content."),
@@ -96,38 +106,49 @@ def transfer_options(func: F) -> F:
 @route_options
 @path_option
 @hook_options
+@env_option
 @transfer_options
 @webhook_options
 def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json: bool,
          before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
-         healthcheck_retries: int, healthcheck_interval: float, keep: int, shared: tuple[str, ...],
+         healthcheck_retries: int, healthcheck_interval: float, healthcheck_delay: float,
+         env: tuple[str, ...], keep: int, shared: tuple[str, ...],
+         exclude: tuple[str, ...], group: str | None, writable: tuple[str, ...],
          compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool, parallel: int,
          batch: str | None, shard: str | None, transport: TransportChoice,
          webhook: WebhookOptions) -> None:  # fmt: skip
     """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
+    from deployer.artifact.ignore import check_patterns
     from deployer.artifact.scan import open_artifact
     from deployer.deploy.hooks import HookSettings
     from deployer.deploy.outcome import Provenance
     from deployer.deploy.payload import prepare_payload
+    from deployer.deploy.plan import describe_excluded
     from deployer.deploy.settings import PushSettings
     from deployer.deploy.upload import TransferSettings
     from deployer.push.fleet import FleetSettings, parse_batch, parse_shard, select_shard
     from deployer.push.service import push_over_ssh
     from deployer.remote.layout import validate_path, validate_shared
+    from deployer.remote.permissions import validate_permissions
     from deployer.ssh.access import build_routes
 
-    env = environment()
+    job = environment()
     reporter = render.reporter()
+    variables = hook_variables(env, job, reporter)
+    shared_entries = validate_shared(split_values(shared))
     settings = PushSettings(
         path=validate_path(path),
         keep=keep,
-        shared=validate_shared(split_values(shared)),
+        shared=shared_entries,
+        exclude=check_patterns(exclude),
+        permissions=validate_permissions(group, split_values(writable), shared_entries),
         hooks=HookSettings(before=before, after=after, healthcheck=healthcheck or None, timeout=hook_timeout,
-                           healthcheck_retries=healthcheck_retries, healthcheck_interval=healthcheck_interval),
+                           healthcheck_retries=healthcheck_retries, healthcheck_interval=healthcheck_interval,
+                           healthcheck_delay=healthcheck_delay, env=variables),
         dry_run=dry_run,
         transfer=TransferSettings(delta=not no_delta, hardlink=link_unchanged, compresslevel=compress_level),
     )  # fmt: skip
-    provenance = Provenance(**provenance_fields(env))
+    provenance = Provenance(**provenance_fields(job))
     if webhook.mode != "ssh":
         from deployer.webhook.client import WebhookPush
 
@@ -135,12 +156,19 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
             raise ConfigError(
                 f"--dry-run works over SSH only — drop it or use --mode ssh, not {webhook.mode}"
             )
-        via_webhook = WebhookPush(webhook, artifact, settings.path, env)
+        if settings.permissions.group:
+            # the receiver deploys as its own service user: which group may read or write is its
+            # administrator's choice, not a request's
+            raise ConfigError(
+                f"--group and --writable work over SSH only — drop them or use --mode ssh, not"
+                f" {webhook.mode}"
+            )
+        via_webhook = WebhookPush(webhook, artifact, settings.path, job)
     if webhook.mode == "webhook":
         outcomes, error = via_webhook.run(settings, provenance, reporter)
         render.finish("push", outcomes, as_json, error)
         return
-    routes = select_shard(build_routes(route, access), parse_shard(shard, env))
+    routes = select_shard(build_routes(route, access), parse_shard(shard, job))
     if webhook.mode == "auto" and len(routes) != 1:
         raise ConfigError("--mode auto deploys to one target (one --to and one --webhook-url)")
     if not routes:
@@ -148,7 +176,9 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
             f"--shard {shard} selects no target out of {len(split_values(route.to))} — use fewer shards"
         )
     fleet = FleetSettings(parallel=parallel, batch=parse_batch(batch, len(routes)))
-    payload = prepare_payload(open_artifact(artifact), targets=len(routes))
+    payload = prepare_payload(
+        open_artifact(artifact, exclude=settings.exclude), targets=len(routes)
+    )
     if len(routes) > 1:
         reporter = render.reporter(bars=False)  # one bar cannot show several uploads
     reporter.line(
@@ -157,6 +187,7 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
     )
     if payload.artifact.cleared:
         reporter.line(payload.artifact.cleared_note())
+    describe_excluded(reporter, payload.artifact, dry_run=dry_run)
     result = push_over_ssh(
         routes, access, payload, settings, provenance, reporter, fleet, transport
     )

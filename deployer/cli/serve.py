@@ -53,6 +53,9 @@ def receiver_options(func: F) -> F:
                      help="Accepted clock difference; request ids are remembered for this long."),
         click.option("--allow-request-hooks", is_flag=True, envvar="DEPLOYER_ALLOW_REQUEST_HOOKS",
                      help="Run the hooks a request names (then the webhook secret can run any command here)."),
+        click.option("--allow-env", multiple=True, envvar="DEPLOYER_ALLOW_ENV", metavar="NAME",
+                     help="A variable a request may pass to the hooks (push --env NAME; repeatable). Requests"
+                          " with any other name are refused."),
         # deployer.toml's [served."/srv/app"] tables: hooks per served path, over the flags
         click.option("--served", "served", type=click.UNPROCESSED, hidden=True, default=None),
     ]  # fmt: skip
@@ -61,12 +64,22 @@ def receiver_options(func: F) -> F:
 
 
 def _hooks(before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, timeout: float,
-           retries: int, interval: float) -> HookSettings:  # fmt: skip
+           retries: int, interval: float, delay: float) -> HookSettings:  # fmt: skip
     """The hook flags as settings (every served path's, unless deployer.toml says otherwise)."""
     from deployer.deploy.hooks import HookSettings
 
     return HookSettings(before=before, after=after, healthcheck=healthcheck or None, timeout=timeout,
-                        healthcheck_retries=retries, healthcheck_interval=interval)  # fmt: skip
+                        healthcheck_retries=retries, healthcheck_interval=interval,
+                        healthcheck_delay=delay)  # fmt: skip
+
+
+def _variable_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """--allow-env names, checked to be names a push can send."""
+    from deployer.environment import check_variable_name
+
+    for name in names:
+        check_variable_name(name, "--allow-env")
+    return names
 
 
 class ServeGroup(DefaultCommandGroup):
@@ -110,9 +123,10 @@ def serve() -> None:
 @click.option("--keep", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--shared", multiple=True, metavar="PATH", help="--poll: shared entry (repeatable).")
 def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: Path | None, gitlab_url: str,
-        max_artifact_size: int, max_body: int, window: float, allow_request_hooks: bool, served: object,
+        max_artifact_size: int, max_body: int, window: float, allow_request_hooks: bool,
+        allow_env: tuple[str, ...], served: object,
         before: tuple[str, ...], after: tuple[str, ...], healthcheck: str | None, hook_timeout: float,
-        healthcheck_retries: int, healthcheck_interval: float, secret_file: Path | None,
+        healthcheck_retries: int, healthcheck_interval: float, healthcheck_delay: float, secret_file: Path | None,
         gitlab_token_file: Path | None, tls_key: Path | None, poll: bool, gitlab_project: str | None,
         ref: str | None, job_name: str | None, artifact_path: str | None, interval: float,
         replay_file: Path | None, keep: int, shared: tuple[str, ...]) -> None:  # fmt: skip
@@ -129,9 +143,8 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
     from deployer.webhook.service import read_secret, served_hooks, served_paths
     from deployer.webhook.sources import FetchSettings
 
-    common = _hooks(
-        before, after, healthcheck, hook_timeout, healthcheck_retries, healthcheck_interval
-    )
+    common = _hooks(before, after, healthcheck, hook_timeout, healthcheck_retries,
+                    healthcheck_interval, healthcheck_delay)  # fmt: skip
     env = environment()
     token, _ = read_secret(env, "DEPLOYER_GITLAB_TOKEN", gitlab_token_file)
     fetching = FetchSettings(
@@ -176,7 +189,7 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
     tls = tls_context(tls_cert, tls_key) if tls_cert is not None else None
     settings_ = ReceiverSettings(
         secret=secret, paths=directories, fetching=fetching, window=window, max_body=max_body,
-        hooks=hooks, allow_request_hooks=allow_request_hooks,
+        hooks=hooks, allow_request_hooks=allow_request_hooks, allow_env=_variable_names(allow_env),
         replay_file=replay_file or default_replay_file(env, port),
     )  # fmt: skip
     if allow_request_hooks:
@@ -203,9 +216,11 @@ def run(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: P
 )
 def install_service(paths: tuple[str, ...], listen: str, tls_cert: Path | None, ca_bundle: Path | None,
                     gitlab_url: str, max_artifact_size: int, max_body: int, window: float,
-                    allow_request_hooks: bool, served: object, before: tuple[str, ...], after: tuple[str, ...],
+                    allow_request_hooks: bool, allow_env: tuple[str, ...], served: object,
+                    before: tuple[str, ...], after: tuple[str, ...],
                     healthcheck: str | None, hook_timeout: float, healthcheck_retries: int,
-                    healthcheck_interval: float, secret_file: Path, gitlab_token_file: Path | None,
+                    healthcheck_interval: float, healthcheck_delay: float, secret_file: Path,
+                    gitlab_token_file: Path | None,
                     tls_key: Path | None, name: str, service_user: str, unit_dir: Path, deployer_path: str | None,
                     print_only: bool) -> None:  # fmt: skip
     """Write a hardened systemd unit running `deployer serve` and print how to enable it."""
@@ -221,16 +236,15 @@ def install_service(paths: tuple[str, ...], listen: str, tls_cert: Path | None, 
             " deployer.toml the service reads: run it with `deployer --config FILE serve ...`"
             " (systemctl edit), or give the flags instead"
         )
-    hooks = _hooks(
-        before, after, healthcheck, hook_timeout, healthcheck_retries, healthcheck_interval
-    )
+    hooks = _hooks(before, after, healthcheck, hook_timeout, healthcheck_retries,
+                   healthcheck_interval, healthcheck_delay)  # fmt: skip
     host, port = parse_listen_address(listen, "--listen")
     unit = receiver_unit(
         served=directories, host=host, port=port, secret_file=secret_file, gitlab_url=gitlab_url,
         max_artifact_size=max_artifact_size, max_body=max_body, window=window, tls_cert=tls_cert,
         tls_key=tls_key, ca_bundle=ca_bundle, gitlab_token_file=gitlab_token_file, name=name,
         user=service_user, deployer=deployer_argv(deployer_path),
-        hooks=hook_arguments(hooks, allow_request_hooks),
+        hooks=hook_arguments(hooks, allow_request_hooks, _variable_names(allow_env)),
     )  # fmt: skip
     if print_only:
         click.echo(unit, nl=False)

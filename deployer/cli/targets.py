@@ -13,8 +13,10 @@ from deployer.ci.environment import provenance_fields
 from deployer.cli import render
 from deployer.cli.options import (
     after_option,
+    env_option,
     environment,
     hook_timeout_option,
+    hook_variables,
     path_option,
     route_options,
 )
@@ -86,8 +88,10 @@ def releases(route: RouteRequest, access: Access, path: str, as_json: bool) -> N
 @click.option("--lock-token", metavar="TOKEN",
               help="Take over the lock a deploy left when it lost the target after switching"
                    " (its last line names the token).")  # fmt: skip
+@env_option
 def rollback(route: RouteRequest, access: Access, path: str, as_json: bool, release_id: str | None,
-             after: tuple[str, ...], hook_timeout: float, lock_token: str | None) -> None:  # fmt: skip
+             after: tuple[str, ...], hook_timeout: float, lock_token: str | None,
+             env: tuple[str, ...]) -> None:  # fmt: skip
     """Switch current back to the previous release (or --release ID)."""
     from deployer.deploy.hooks import HookSettings
     from deployer.deploy.manage import rollback_target
@@ -100,8 +104,9 @@ def rollback(route: RouteRequest, access: Access, path: str, as_json: bool, rele
             " that named this command"
         )
     reporter = render.reporter()
-    hooks = HookSettings(after=after, timeout=hook_timeout)
-    provenance = Provenance(**provenance_fields(environment()))
+    job = environment()
+    hooks = HookSettings(after=after, timeout=hook_timeout, env=hook_variables(env, job, reporter))
+    provenance = Provenance(**provenance_fields(job))
     directory = validate_path(path)
     on_each_target(
         "rollback", route, access, as_json, reporter,
@@ -136,27 +141,45 @@ def unlock(route: RouteRequest, access: Access, path: str, as_json: bool) -> Non
 
 @click.command(name="exec", context_settings={"ignore_unknown_options": True})
 @route_options
+@env_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_(route: RouteRequest, access: Access, as_json: bool, command: tuple[str, ...]) -> None:
+def exec_(route: RouteRequest, access: Access, as_json: bool, env: tuple[str, ...],
+          command: tuple[str, ...]) -> None:  # fmt: skip
     """Run COMMAND on each target (after --), streaming its output; exit with its status."""
     from deployer.deploy.outcome import Outcome, Status
+    from deployer.remote.hooks import command_script, send_variables
 
-    script = " ".join(command)  # like ssh: the words are joined and run by the login shell
+    reporter = render.reporter()
+    variables = hook_variables(env, environment(), reporter)
+    # like ssh: the words are joined and run by the shell
+    script = command_script(" ".join(command), bool(variables))
     statuses: list[int] = []
+    masker = render.masker()
 
     def run(connection: Connection) -> Outcome:
+        masked = {"stdout": masker.stream(), "stderr": masker.stream()}
+
         def forward(stream: str, chunk: bytes) -> None:
             target = sys.stdout if stream == "stdout" else sys.stderr
-            target.buffer.write(chunk)
+            target.buffer.write(masked[stream].feed(chunk))
             target.flush()
 
-        result = connection.run(script, on_output=None if as_json else forward)
+        result = connection.run(
+            script,
+            upload=send_variables(variables),
+            on_output=None if as_json else forward,
+        )
+        if not as_json:  # what each stream held back in case a value began there
+            for name, stream in masked.items():
+                out = sys.stdout if name == "stdout" else sys.stderr
+                out.buffer.write(stream.close())
+                out.flush()
         statuses.append(result.status)
         return Outcome(connection.label, Status.RAN, exit_code=result.status,
                        details={"stdout": result.stdout.decode(errors="replace"),
                                 "stderr": result.stderr.decode(errors="replace")})  # fmt: skip
 
-    on_each_target("exec", route, access, as_json, render.reporter(), run)
+    on_each_target("exec", route, access, as_json, reporter, run)
     failed = [s for s in statuses if s != 0]
     if failed:
         sys.exit(failed[0])

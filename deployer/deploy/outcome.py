@@ -35,6 +35,7 @@ class Status(str, Enum):
     LISTED = "listed"  # deployer releases
     UNLOCKED = "unlocked"  # deployer unlock
     RAN = "ran"  # deployer exec
+    INSPECTED = "inspected"  # deployer status: the target answered
 
     def __str__(self) -> str:
         return self.value

@@ -6,6 +6,7 @@ from deployer.artifact.manifest import DeltaPlan
 from deployer.artifact.model import Artifact
 from deployer.deploy.settings import PushSettings
 from deployer.output import Reporter, human_size
+from deployer.remote.permissions import describe as describe_permissions
 from deployer.remote.state import TargetState
 from deployer.remote.switch import (
     plan_prune,
@@ -44,7 +45,32 @@ def describe_plan(
             say(f"would run {kind} hook: {command}")
     if settings.hooks.healthcheck:
         say(f"would run healthcheck: {settings.hooks.healthcheck}")
+    for line in describe_permissions(settings.permissions):
+        say(line)
     pruned = plan_prune([*state.releases, release_id], release_id, settings.keep, state.failed)
     if pruned:
         say(f"would prune: {', '.join(pruned)}")
     say("dry run: nothing was changed")
+
+
+# --dry-run names each excluded path up to this many (then a count; --json lists them all)
+LISTED_EXCLUDED = 200
+
+
+def describe_excluded(reporter: Reporter, artifact: Artifact, *, dry_run: bool) -> None:
+    """Say what .deployignore and --exclude leave out: every path in a dry run, else a summary."""
+    excluded = artifact.excluded
+    if not excluded:
+        return
+    if not dry_run:
+        shown = ", ".join(excluded[:5]) + (
+            f", … ({len(excluded) - 5} more)" if len(excluded) > 5 else ""
+        )
+        reporter.line(f"excluded from the release (.deployignore, --exclude): {shown}")
+        return
+    for path in excluded[:LISTED_EXCLUDED]:
+        reporter.line(f"dry run: would exclude {path}")
+    if len(excluded) > LISTED_EXCLUDED:
+        reporter.line(
+            f"dry run: would exclude {len(excluded) - LISTED_EXCLUDED} more paths (--json lists them all)"
+        )

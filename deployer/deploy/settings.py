@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from deployer.deploy.hooks import HookSettings
 from deployer.deploy.upload import TransferSettings
+from deployer.remote.permissions import AS_CREATED, Permissions
 
 
 @dataclass(frozen=True)
@@ -18,3 +19,5 @@ class PushSettings:
     hooks: HookSettings = field(default_factory=HookSettings)
     dry_run: bool = False
     transfer: TransferSettings = field(default_factory=TransferSettings)
+    exclude: tuple[str, ...] = ()  # gitignore patterns, applied after the artifact's .deployignore
+    permissions: Permissions = AS_CREATED  # --group, --writable

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from deployer.artifact.manifest import parse_manifest, plan_delta
-from deployer.deploy.hooks import HookRunner, run_healthcheck
+from deployer.deploy.hooks import HookRunner, healthcheck_details, run_healthcheck
 from deployer.deploy.lock import DeployLock, utc_now
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.payload import Payload
@@ -35,6 +35,7 @@ from deployer.deploy.upload import Reconnect, Upload
 from deployer.errors import (
     ConnectError,
     DeployerError,
+    HealthcheckError,
     LockError,
     RemoteError,
     TransferError,
@@ -140,7 +141,8 @@ class TargetDeploy:
             if self.settings.dry_run
             else DeployLock(self.executor, self.settings.path, self.provenance, "deploy")
         )
-        state = probe(self.executor, self.settings.path, lock.info if lock else None)
+        group = self.settings.permissions.group
+        state = probe(self.executor, self.settings.path, lock.info if lock else None, group)
         if lock is not None and state.locked:
             self._lock = lock
         try:
@@ -166,6 +168,7 @@ class TargetDeploy:
             describe_plan(
                 self.reporter, self.label, self.artifact, self.settings, state, release_id, delta
             )
+            self.outcome.details["excluded"] = list(self.artifact.excluded)
             self.outcome.advance(Status.PLANNED)
             return
         try:
@@ -173,7 +176,7 @@ class TargetDeploy:
                 self.executor, self.payload, staging.layout, state.current, state.manifest,
                 self.settings.transfer, self.reporter, self.reconnect, self._relock, state.tools,
             )  # fmt: skip
-            report = upload.run(self.settings.shared)
+            report = upload.run(self.settings.shared, self.settings.permissions)
             self._use(upload.executor)  # a retry may have reconnected
             self.outcome.uploaded_bytes = report.wire_bytes
             self.outcome.details["transfer"] = asdict(report)
@@ -212,6 +215,8 @@ class TargetDeploy:
             self._step = "the healthcheck"
             run_healthcheck(self.runner, hooks, layout.release_dir, self.staging.env)
         except BaseException as exc:  # every class: a hook, the route, a timeout, SIGTERM, a bug
+            if isinstance(exc, HealthcheckError):  # its output goes into --json and the summary
+                self.outcome.details["healthcheck"] = healthcheck_details(hooks, exc)
             self._after_switch_failed(exc)
             raise  # a bug (restored), or the switch failed and nothing went live
         self.outcome.advance(Status.CONFIRMED)

@@ -29,6 +29,7 @@ from deployer.errors import ConnectError, RemoteError, TransferError
 from deployer.output import Reporter, human_size
 from deployer.remote.executor import Executor
 from deployer.remote.layout import Layout
+from deployer.remote.permissions import AS_CREATED, Permissions
 from deployer.remote.stage import inventory_script, remove_partial_script, stage_script
 from deployer.remote.status import RemoteStatus
 from deployer.remote.tools import Toolset
@@ -107,15 +108,17 @@ class Upload:
         self.relock = relock
         # what the probe found; unprobed, only what GNU coreutils and BusyBox both have
         self.tools = tools or Toolset()
+        self.permissions = AS_CREATED
         self.report = TransferReport()
 
-    def run(self, shared: tuple[str, ...]) -> TransferReport:
-        """Build and publish the release on the target, or raise.
+    def run(self, shared: tuple[str, ...], permissions: Permissions = AS_CREATED) -> TransferReport:
+        """Build and publish the release on the target (with `permissions`), or raise.
 
         A failed build or verification removes the partial dir; after a broken stream it stays
         (hidden, never live) for the retry to resume, and the next push's lock step clears it.
         """
         started = time.monotonic()
+        self.permissions = permissions
         plan = plan_delta(self.payload.digests, self.previous_manifest)
         level = self.payload.compression(plan.send, self.settings.compresslevel)
         self.report.compression = f"gzip -{level}" if level is not None else "none"
@@ -232,6 +235,7 @@ class Upload:
             hardlink=self.settings.hardlink,
             compressed=level is not None,
             tools=self.tools,
+            permissions=self.permissions,
         )
         advance = self.reporter.progress(
             self.executor.label, "upload", sum(digests[p].size for p in send)

@@ -1,7 +1,8 @@
 """Pushes and target commands over SSH: connect to each target along its route and run the deploy.
 
 ``push_over_ssh`` deploys one payload to every route all-or-nothing (see ``push.fleet``);
-``for_each_target`` runs a command (releases, rollback, unlock, exec) on each target in turn.
+``for_each_target`` runs a command (releases, rollback, unlock, exec) on each target in turn;
+``ask_every_target`` asks every target at once (status), whichever of them fail.
 Both connect through ``ssh.connect``, so that every command verifies host keys the same way.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -120,3 +122,35 @@ def for_each_target(
                 )
             )
     return outcomes, error
+
+
+def ask_every_target(
+    routes: list[Route],
+    access: Access,
+    reporter: Reporter,
+    action: Callable[[Connection], Outcome],
+    parallel: int = 10,
+) -> tuple[list[Outcome], list[DeployerError]]:
+    """Run action on every target, `parallel` at a time; one that fails does not stop the others.
+
+    Returns an outcome per target (FAILED for those that failed) and their errors, in route order.
+    """
+
+    def ask(route: Route) -> Outcome | DeployerError:
+        try:
+            with connection_to(route, access, reporter) as connection:
+                return action(connection)
+        except DeployerError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(routes)))) as pool:
+        answers = list(pool.map(ask, routes))
+    outcomes: list[Outcome] = []
+    errors: list[DeployerError] = []
+    for route, answer in zip(routes, answers, strict=True):
+        if isinstance(answer, DeployerError):
+            errors.append(answer)
+            answer = Outcome(str(route.target), Status.FAILED, error=str(answer),
+                             exit_code=int(answer.exit_code))  # fmt: skip
+        outcomes.append(answer)
+    return outcomes, errors

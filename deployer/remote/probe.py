@@ -14,9 +14,11 @@ HISTORY_LINES = 1000  # the newest history lines the probe reads for failed rele
 _LAST_ACTION_SED = r's/^{"action":"\(%s\)".*"release":"\([0-9TZ-]*\)".*$/h=\1 \2/p'
 
 
-def preflight_script(path: str, lock_info: str | None = None) -> str:
+def preflight_script(path: str, lock_info: str | None = None, group: str = "") -> str:
     """Probe the target: path, permissions, free space, tools, releases, lock (read-only), and with
-    lock_info also create the layout and take the lock when the path is usable (saves a round trip)."""
+    lock_info also create the layout and take the lock when the path is usable (saves a round trip).
+    With group (--group), also whether the login may give files that group."""
+    asked = f'out group {q(group)}\nout groups "$(id -Gn 2>/dev/null)"\n' if group else ""
     return f"""P={q(path)}
 out() {{ printf '%s=%s\\n' "$1" "$2"; }}
 d="$P"
@@ -32,7 +34,7 @@ out writable "$w"
 if [ "$P" = "$d" ]; then rest=; elif [ "$d" = . ]; then rest="/${{P#./}}"; else rest="${{P#"$d"}}"; fi
 out abspath "$(cd -- "$d" 2>/dev/null && pwd -P)$rest"
 out free_kb "$(df -Pk -- "$d" 2>/dev/null | awk 'NR==2 {{print $4}}')"
-{tools_script()}
+{asked}{tools_script(group)}
 ck=none
 if [ -L "$P/current" ]; then
   c=$(readlink -- "$P/current")
@@ -67,6 +69,7 @@ def _lock_attempt(lock_info: str) -> str:
     on a target that has every tool the scripts need."""
     return f"""if [ "$w" = yes ] && [ "$tools" = yes ] && {{ [ ! -e "$P" ] || [ -d "$P" ]; }} &&
   [ "$ck" != bad ] && [ "$ck" != other ]; then
+  umask o-w  # whatever the login's umask, nothing deployer creates is writable by everyone
   mkdir -p -- "$P/releases" "$P/shared" "$P/.deployer/manifests" 2>/dev/null
   if mkdir -- "$P/.deployer/lock" 2>/dev/null; then
     printf '%s\\n' {q(lock_info)} > "$P/.deployer/lock/info"
@@ -87,7 +90,10 @@ def run_checked(executor: Executor, script: str, what: str, **kwargs: object) ->
     return result
 
 
-def probe(executor: Executor, path: str, lock_info: str | None = None) -> TargetState:
+def probe(
+    executor: Executor, path: str, lock_info: str | None = None, group: str = ""
+) -> TargetState:
     """Run the preflight (read-only unless lock_info asks it to take the lock) and parse it."""
-    result = run_checked(executor, preflight_script(path, lock_info), "inspecting the target")
+    script = preflight_script(path, lock_info, group)
+    result = run_checked(executor, script, "inspecting the target")
     return parse_state(path, result.stdout.decode(errors="replace"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from deployer.remote.layout import Layout, manifest_path, snapshot_path
+from deployer.remote.permissions import AS_CREATED, Permissions, release_lines, shared_lines
 from deployer.remote.shell import q
 from deployer.remote.status import RemoteStatus
 from deployer.remote.tools import Toolset
@@ -19,6 +20,7 @@ def stage_script(
     hardlink: bool,
     compressed: bool,
     tools: Toolset,
+    permissions: Permissions = AS_CREATED,
 ) -> str:
     """Build the release in one command: manifest, reuse list and tar stream arrive on stdin.
 
@@ -31,6 +33,7 @@ def stage_script(
     a second call can send just those files. On success it prints ``trusted=N``: the copies that
     the snapshot vouched for. `tools` (what the probe found) says whether copies may use reflinks
     and run several at a time; everything else is what GNU coreutils and BusyBox both have.
+    `permissions` (--group, --writable) are applied to the verified tree and the shared entries.
     """
     manifest_bytes, reuse_bytes = sections
     how = "-l" if hardlink else "-p --reflink=auto" if tools.reflink else "-p"
@@ -38,6 +41,7 @@ def stage_script(
     work = f"{layout.path}/.deployer/stage.{layout.release_id}"
     lines = [
         "set -e",
+        "umask o-w",  # whatever the login's umask, nothing deployer creates is writable by everyone
         "export TZ=UTC0",  # stat's times compare as text
         f"P={q(layout.path)}",
         f"T={q(layout.partial_dir)}",
@@ -98,8 +102,10 @@ def stage_script(
         f"  exit {int(RemoteStatus.VERIFY_FAILED)}",
         "fi",
     ]
+    lines += release_lines(permissions)
     for item in shared:
         lines.append(_link_shared(item))
+    lines += shared_lines(permissions, shared)
     lines += [
         # the stat snapshot lets the next deploy trust unchanged files without hashing them.
         # File times have the kernel's tick (up to 10 ms): wait one, so that every file written

@@ -8,7 +8,7 @@ from deployer.errors import LockError, RemoteError
 from deployer.output import human_size
 from deployer.remote.layout import RELEASE_ID
 from deployer.remote.lock import parse_lock_info
-from deployer.remote.tools import Toolset, check_tools
+from deployer.remote.tools import GROUP_TOOLS, Toolset, check_tools
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class TargetState:
     login: str = ""
     manifest: tuple[str, ...] = ()  # the live release's manifest lines
     locked: bool = False  # the probe took the lock for us
+    group: str = ""  # the --group asked for ('' when none)
+    group_ok: bool = False  # the login may give files that group (chgrp worked)
+    group_error: str = ""  # what chgrp said when it did not
+    groups: tuple[str, ...] = ()  # the login's groups (id -Gn)
 
     @property
     def has_timeout(self) -> bool:
@@ -81,7 +85,11 @@ def parse_state(path: str, text: str) -> TargetState:
         writable=values.get("writable") == "yes",
         writable_dir=values.get("writable_dir", ""),
         free_bytes=int(values.get("free_kb", "0") or 0) * 1024,
-        tools=Toolset(frozenset(have), checked=values.get("scratch") != "no"),
+        tools=Toolset(
+            frozenset(have),
+            checked=values.get("scratch") != "no",
+            extra=GROUP_TOOLS if values.get("group") else (),
+        ),
         current=current_id,
         current_is_symlink=values.get("current_kind", "symlink") == "symlink",
         current_bad=bad,
@@ -91,6 +99,10 @@ def parse_state(path: str, text: str) -> TargetState:
         login=values.get("login", ""),
         manifest=tuple(manifest),
         locked=values.get("locked") == "yes",
+        group=values.get("group", ""),
+        group_ok=values.get("group_ok") == "yes",
+        group_error=values.get("group_error", ""),
+        groups=tuple(values.get("groups", "").split()),
     )
 
 
@@ -106,6 +118,8 @@ def check_ready(state: TargetState, label: str, needed_bytes: int) -> None:
             f" — chown it to that user or choose another --path"
         )
     check_tools(state.tools, label, state.path)
+    if state.group and not state.group_ok:
+        raise group_error(state, label)
     check_current(state, label)
     # room for the new tree plus a margin for filesystem overhead
     if state.free_bytes and needed_bytes and state.free_bytes < needed_bytes * 1.1 + 1024 * 1024:
@@ -115,6 +129,22 @@ def check_ready(state: TargetState, label: str, needed_bytes: int) -> None:
         )
     if state.lock:
         raise lock_error(state.lock, state.path, label)
+
+
+def group_error(state: TargetState, label: str) -> RemoteError:
+    """The deploy user may not give files the --group: not a member (or no such group)."""
+    login = state.login or "the login user"
+    groups = ", ".join(state.groups) or "none known"
+    if state.group in state.groups:  # a member, and still chgrp failed: say what it said
+        return RemoteError(
+            f"{login} on {label} cannot give files group {state.group} ({state.group_error})"
+            f" — check the group there, or choose another --group"
+        )
+    return RemoteError(
+        f"{login} on {label} is not in group {state.group} (its groups: {groups}) — add it"
+        f" there (as root: usermod -aG {state.group} {login}; it applies from the next login)"
+        " or choose another --group; nothing was uploaded"
+    )
 
 
 def check_current(state: TargetState, label: str) -> None:

@@ -85,15 +85,40 @@ TIMEOUT = Need("timeout", "coreutils", "timeout -k 1 5 true")
 # time limit for hooks (without it, deployer's own client-side limit stops them).
 OPTIONAL: tuple[Need, ...] = (REFLINK, PARALLEL, TIMEOUT)
 
+# What --group and --writable add (remote.permissions): checked only when they are asked for.
+GROUP_TOOLS: tuple[Need, ...] = (
+    Need("chgrp", "coreutils"),
+    Need(
+        "chmod g+rwXs",
+        "coreutils",
+        "mkdir g && : >g/h && chmod 700 g && chmod 600 g/h && chmod -- g+rwxs,o-w g &&"
+        " chmod -- g+rX,g-w g/h && [ -g g ]",
+    ),
+    Need(
+        "find -prune -user -group -perm",
+        "findutils",
+        'mkdir k && chmod 750 k && [ "$(find k -prune -type d -user "$(id -u)"'
+        ' -group "$(stat -c %g -- k)" -perm -050 ! -perm -002)" = k ]',
+    ),
+)
 
-def tools_script() -> str:
+
+def tools_script(group: str = "") -> str:
     """Shell text for the probe: `have=<name>` for every tool that works (or `scratch=no`), and
     tools=yes in the shell when every required one does.
 
+    With `group` (--group), also the tools permissions need and whether the login may give files
+    that group (`group_ok=yes`, else `group_error=` what chgrp said): either failing means no lock.
     Runs after the probe has set `d` (the deploy path's nearest existing directory) and `out`.
     """
     required = "\n".join(_check_line(need, " || m=1") for need in REQUIRED)
     optional = "\n".join(_check_line(need, "") for need in OPTIONAL)
+    if group:
+        optional += "\n" + "\n".join(_check_line(need, " || m=1") for need in GROUP_TOOLS)
+        optional += (
+            f"\n  if chgrp -- {q(group)} a/b/f 2>ge; then out group_ok yes;"
+            ' else out group_error "$(head -n 1 ge)"; m=1; fi'
+        )
     return f"""tools=no
 t=${{TMPDIR:-/tmp}}/.deployer-probe.$$
 if mkdir -m 700 -- "$t" 2>/dev/null || {{ t="$d/.deployer-probe.$$"; mkdir -m 700 -- "$t" 2>/dev/null; }}; then
@@ -122,11 +147,12 @@ class Toolset:
 
     have: frozenset[str] = frozenset()  # the names of the Needs whose check passed
     checked: bool = True  # False: no scratch directory could be made to run the checks in
+    extra: tuple[Need, ...] = ()  # required on top of REQUIRED (GROUP_TOOLS for --group)
 
     @property
     def missing(self) -> tuple[Need, ...]:
         """The required tools that are absent or lack an option the scripts use."""
-        return tuple(need for need in REQUIRED if need.name not in self.have)
+        return tuple(need for need in (*REQUIRED, *self.extra) if need.name not in self.have)
 
     @property
     def reflink(self) -> bool:

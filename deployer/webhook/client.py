@@ -51,7 +51,9 @@ class WebhookClient:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"--webhook-url {url!r} must be an http:// or https:// URL")
-        if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname or ""):
+        # plain http:// to another machine: the request (with any --env values) is readable on the way
+        self.cleartext = parts.scheme == "http" and not is_loopback(parts.hostname or "")
+        if self.cleartext and not allow_http:
             raise ConfigError(
                 f"--webhook-url {url!r}: plain http:// only goes to this machine (localhost or"
                 " 127.0.0.1) — use https:// (deployer serve --tls-cert), or pass"
@@ -266,13 +268,19 @@ class WebhookPush:
         from deployer.webhook.request import DeployRequest
 
         try:
-            opened = open_artifact(self.artifact)  # refuse an unsafe archive before asking anyone
+            # refuse an unsafe archive before asking anyone
+            opened = open_artifact(self.artifact, exclude=settings.exclude)
             digest = sha256_file(self.artifact)
             request = DeployRequest(self.path, self.source, digest, settings, provenance)
             reporter.line(
                 f"deploying {self.artifact} ({opened.file_count} files, sha256 {digest[:16]}…) through"
                 f" the webhook at {self.client.base}; the receiver fetches {self.source.describe()}"
             )
+            if settings.hooks.env and self.client.cleartext:
+                reporter.line(
+                    f"warning: --env values go to {self.client.base} in plain http (--webhook-allow-http):"
+                    " anyone on the network in between can read them — use https://"
+                )
             answer = self.client.submit(request.to_document())
             deploy_id = str(answer["id"])
             reporter.line(f"[{self.label}] accepted as deploy {deploy_id}; following its log")

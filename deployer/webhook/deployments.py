@@ -13,7 +13,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal, TextIO, cast
@@ -22,10 +22,11 @@ from deployer.artifact.scan import open_artifact
 from deployer.deploy.hooks import HookSettings
 from deployer.deploy.outcome import Outcome, Provenance
 from deployer.deploy.payload import prepare_payload
+from deployer.deploy.plan import describe_excluded
 from deployer.deploy.settings import PushSettings
 from deployer.deploy.target import push_target
 from deployer.errors import DeployerError
-from deployer.output import Reporter, human_size
+from deployer.output import Masker, Reporter, human_size
 from deployer.remote.local import LocalExecutor
 from deployer.webhook.limits import Limits
 from deployer.webhook.request import MAX_BODY, DeployRequest
@@ -64,9 +65,11 @@ def deploy_from_source(
             f"fetched {human_size(file.stat().st_size)} in {time.monotonic() - started:.1f} s"
             + ("; sha256 matches the signed request" if sha256 else ""),
         )
-        payload = prepare_payload(open_artifact(file))  # refuses unsafe archives, extracts nothing
+        # refuses unsafe archives, extracts nothing; leaves out what .deployignore and --exclude do
+        payload = prepare_payload(open_artifact(file, exclude=settings.exclude))
         if payload.artifact.cleared:
             reporter.target(label, payload.artifact.cleared_note())
+        describe_excluded(reporter, payload.artifact, dry_run=False)
         # how a person reaches this machine to roll back by hand, if switching back fails here
         route = f"--to {getpass.getuser()}@{label}"
         try:
@@ -81,6 +84,8 @@ class DeployRecord:
     def __init__(self, request: DeployRequest, echo: Callable[[str], None]) -> None:
         self.id = secrets.token_urlsafe(18)
         self.request = request
+        # the request's --env values never reach the log, its echo or the final state
+        self._masker = Masker(request.settings.hooks.env.values())
         self.state: RecordState = "queued"
         self.exit_code: int | None = None
         self.error = ""
@@ -99,7 +104,7 @@ class DeployRecord:
             self._pending += text
             *complete, self._pending = self._pending.split("\n")
             for line in complete:
-                line = _STAMP.sub("", line, count=1)
+                line = self._masker.text(_STAMP.sub("", line, count=1))
                 self._lines.append(line)
                 self._echo(f"[{self.id}] {line}")
             if len(self._lines) > MAX_LOG_LINES:
@@ -118,8 +123,16 @@ class DeployRecord:
             self.state = state
             if state in FINAL_STATES:
                 self.exit_code = int(error.exit_code) if error else 0
-                self.error = str(error) if error else ""
+                self.error = self._masker.text(str(error)) if error else ""
+                self.outcome = self._masker.data(self.outcome)
+                self._forget_variables()
             self._changed.notify_all()
+
+    def _forget_variables(self) -> None:
+        """Once the deploy is over its variables are not kept (the log is masked already)."""
+        hooks = replace(self.request.settings.hooks, env={})
+        self.request = replace(self.request, settings=replace(self.request.settings, hooks=hooks))
+        self._masker = Masker()
 
     def summary(self) -> dict[str, Any]:
         """The state without the log."""
@@ -181,6 +194,7 @@ class ReceiverSettings:
     label: str = field(default_factory=socket.gethostname)
     hooks: Mapping[str, HookSettings] = field(default_factory=dict)  # per served path
     allow_request_hooks: bool = False  # run the hooks a request names (the secret runs commands)
+    allow_env: tuple[str, ...] = ()  # variable names a request may pass to the hooks (--env)
     limits: Limits = field(default_factory=Limits)
     replay_file: Path | None = None  # accepted request ids, kept across restarts (required)
 

@@ -262,8 +262,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )  # fmt: skip
             request = parse_request(body, settings.paths)
             request = with_receiver_hooks(
-                request, settings.hooks_for(request.path), settings.allow_request_hooks
-            )
+                request, settings.hooks_for(request.path), settings.allow_request_hooks,
+                settings.allow_env,
+            )  # fmt: skip
             record, ahead = self.server.deployments.submit(request)
         except Rejected as rejected:
             self._refuse(rejected)

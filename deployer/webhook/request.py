@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
+from deployer.artifact.ignore import check_patterns
 from deployer.deploy.hooks import HookSettings
 from deployer.deploy.outcome import Provenance
 from deployer.deploy.settings import PushSettings
@@ -41,6 +43,7 @@ class DeployRequest:
             "source": self.source.document(),
             "keep": self.settings.keep,
             "shared": list(self.settings.shared),
+            "exclude": list(self.settings.exclude),
             "hooks": {
                 "before": list(hooks.before),
                 "after": list(hooks.after),
@@ -48,7 +51,11 @@ class DeployRequest:
                 "timeout": hooks.timeout,
                 "healthcheck_retries": hooks.healthcheck_retries,
                 "healthcheck_interval": hooks.healthcheck_interval,
+                "healthcheck_delay": hooks.healthcheck_delay,
             },
+            # secrets: the body is signed and goes over TLS (plain http only to this machine
+            # unless --webhook-allow-http); the receiver masks them in the log it keeps
+            "env": dict(hooks.env),
             "transfer": {
                 "delta": self.settings.transfer.delta,
                 "hardlink": self.settings.transfer.hardlink,
@@ -65,6 +72,14 @@ def _strings(value: object, name: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _bad(f"'{name}' must be a list of strings")
     return tuple(value)
+
+
+def _variables(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise _bad("'env' must be an object of names and string values")
+    return value
 
 
 def _number(value: object, name: str) -> float:
@@ -126,6 +141,8 @@ def parse_request(body: bytes, paths: tuple[str, ...]) -> DeployRequest:
             path=path,
             keep=keep,
             shared=validate_shared(_strings(data.get("shared", []), "shared")),
+            # excludes only leave files out: no widening, a request may choose them
+            exclude=check_patterns(_strings(data.get("exclude", []), "exclude")),
             hooks=HookSettings(
                 before=_strings(hooks.get("before", []), "hooks.before"),
                 after=_strings(hooks.get("after", []), "hooks.after"),
@@ -135,6 +152,10 @@ def parse_request(body: bytes, paths: tuple[str, ...]) -> DeployRequest:
                 healthcheck_interval=_number(
                     hooks.get("healthcheck_interval", 3), "hooks.healthcheck_interval"
                 ),
+                healthcheck_delay=_number(
+                    hooks.get("healthcheck_delay", 0), "hooks.healthcheck_delay"
+                ),
+                env=_variables(data.get("env", {})),
             ),
             transfer=TransferSettings(
                 delta=bool(transfer.get("delta", True)), hardlink=bool(transfer.get("hardlink"))
@@ -152,16 +173,28 @@ def parse_request(body: bytes, paths: tuple[str, ...]) -> DeployRequest:
 
 
 def with_receiver_hooks(
-    request: DeployRequest, configured: HookSettings, allow: bool
+    request: DeployRequest,
+    configured: HookSettings,
+    allow: bool,
+    allowed_env: Collection[str] = (),
 ) -> DeployRequest:
     """The request with the hooks the receiver runs for its path: those configured there.
 
     Hooks are commands run on the server, so the webhook secret must not choose them: a request
     naming hook commands other than the configured ones is refused (403), unless the receiver
     was started with --allow-request-hooks; the same ones (a push configured like its receiver)
-    are no widening and pass.
+    are no widening and pass. Variables (--env) reach the hooks only under the names the
+    receiver allows (--allow-env): a request with any other name is refused (403).
     """
     asked = request.settings.hooks
+    refused = sorted(set(asked.env) - set(allowed_env))
+    if refused:
+        raise Rejected(
+            HTTPStatus.FORBIDDEN,
+            f"this receiver does not pass {', '.join(refused)} to its hooks — allow each name on the"
+            " receiver (deployer serve --allow-env NAME, or allow_env in its deployer.toml), or drop"
+            " it from the push's --env",
+        )
     named = (asked.before, asked.after, asked.healthcheck)
     if allow and any(named):
         return request
@@ -173,4 +206,5 @@ def with_receiver_hooks(
             " receiver's), configure them on the receiver (deployer serve --before/--after/"
             "--healthcheck, or its deployer.toml), or start it with --allow-request-hooks",
         )
-    return replace(request, settings=replace(request.settings, hooks=configured))
+    hooks = replace(configured, env=asked.env)  # the receiver's hooks, with the allowed variables
+    return replace(request, settings=replace(request.settings, hooks=hooks))

@@ -43,7 +43,8 @@ def served_paths(paths: Sequence[str]) -> tuple[str, ...]:
 
 _HOOK_FIELDS = {"before": "before", "after": "after", "healthcheck": "healthcheck",
                 "hook_timeout": "timeout", "healthcheck_retries": "healthcheck_retries",
-                "healthcheck_interval": "healthcheck_interval"}  # fmt: skip
+                "healthcheck_interval": "healthcheck_interval",
+                "healthcheck_delay": "healthcheck_delay"}  # fmt: skip
 
 
 def served_hooks(
@@ -52,7 +53,8 @@ def served_hooks(
     """Each served path's hooks: common (the flags), with its [served."PATH"] table on top.
 
     per_path is what deployer.toml holds under `served` (None when nothing): a table per served
-    path with before, after, healthcheck, hook_timeout, healthcheck_retries, healthcheck_interval.
+    path with before, after, healthcheck, hook_timeout, healthcheck_retries, healthcheck_interval,
+    healthcheck_delay.
     """
     hooks = {path: common for path in served}
     if per_path is None:
@@ -89,7 +91,7 @@ def served_hooks(
                 changes[name] = tuple(changes[name])
         if not isinstance(changes.get("healthcheck", ""), str):
             raise ConfigError(f"deployer.toml: served.{str(raw)!r}.healthcheck must be a command")
-        for name in ("timeout", "healthcheck_retries", "healthcheck_interval"):
+        for name in ("timeout", "healthcheck_retries", "healthcheck_interval", "healthcheck_delay"):
             value = changes.get(name, 0)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"deployer.toml: served.{str(raw)!r}: {name} must be a number")
@@ -97,8 +99,11 @@ def served_hooks(
     return hooks
 
 
-def hook_arguments(hooks: HookSettings, allow_request_hooks: bool) -> list[str]:
-    """The receiver's hook flags as command-line words (for the unit's ExecStart)."""
+def hook_arguments(
+    hooks: HookSettings, allow_request_hooks: bool, allow_env: Sequence[str] = ()
+) -> list[str]:
+    """The receiver's hook flags (and the variables it lets requests pass) as command-line words
+    (for the unit's ExecStart)."""
     words = [word for command in hooks.before for word in ("--before", command)]
     words += [word for command in hooks.after for word in ("--after", command)]
     if hooks.healthcheck:
@@ -108,9 +113,11 @@ def hook_arguments(hooks: HookSettings, allow_request_hooks: bool) -> list[str]:
         ("--hook-timeout", hooks.timeout, defaults.timeout),
         ("--healthcheck-retries", hooks.healthcheck_retries, defaults.healthcheck_retries),
         ("--healthcheck-interval", hooks.healthcheck_interval, defaults.healthcheck_interval),
+        ("--healthcheck-delay", hooks.healthcheck_delay, defaults.healthcheck_delay),
     ):
         if value != default:
             words += [flag, f"{value:g}"]
+    words += [word for name in allow_env for word in ("--allow-env", name)]
     return [*words, *(["--allow-request-hooks"] if allow_request_hooks else [])]
 
 

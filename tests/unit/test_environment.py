@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deployer.environment import child_environment, is_secret
+from deployer.environment import child_environment, hook_variables, is_secret
+from deployer.errors import ConfigError
 from deployer.remote.local import LocalExecutor
 from deployer.ssh.proxy import parse_proxy, parse_proxy_command
 from deployer.tunnel.ssh_argv import RuntimePaths, ssh_environment
@@ -65,3 +66,24 @@ def test_tunnel_ssh_gets_the_agent_and_only_its_own_proxys_password(tmp_path: Pa
     assert ssh_environment(parent, paths, proxy)["DEPLOYER_PROXY_PASSWORD"] == "from-url"
     command = parse_proxy_command("ssh -W %h:%p bastion")
     assert "DEPLOYER_PROXY_PASSWORD" not in ssh_environment(parent, paths, command)
+
+
+def test_hook_variables_take_values_from_the_job_or_the_flag() -> None:
+    job = {"API_TOKEN": "t0ken-value", "EMPTY": ""}
+    assert hook_variables(["API_TOKEN", "NOTE=a=b c", "EMPTY", "BLANK="], job) == {
+        "API_TOKEN": "t0ken-value", "NOTE": "a=b c", "EMPTY": "", "BLANK": "",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("entry", "words"), [
+    ("DATABASE_URL", "DATABASE_URL is not set in this job's environment"),
+    ("1ST=x", "'1ST' is not a variable name"),
+    ("MY-VAR=hunter2", "'MY-VAR' is not a variable name"),
+    ("=hunter2", "'' is not a variable name"),
+    ("SSH_PRIVATE_KEY", "never passes its own secrets on"),
+    ("DEPLOYER_WEBHOOK_SECRET=hunter2", "never passes its own secrets on"),
+])  # fmt: skip
+def test_hook_variables_refuse_what_cannot_be_passed(entry: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        hook_variables([entry], {"SSH_PRIVATE_KEY": "key"})
+    assert words in str(caught.value) and "hunter2" not in str(caught.value)

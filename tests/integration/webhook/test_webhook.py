@@ -482,6 +482,23 @@ def test_push_mode_webhook_end_to_end(deployer, site, target: Path) -> None:
     assert (target / "current" / "VERSION").read_text() == "v1\n"
 
 
+def test_excludes_reach_the_receiver(deployer, site, target: Path) -> None:
+    """--exclude travels in the signed request; the receiver reads the artifact's .deployignore."""
+    www, url, ca = site
+    files = {**APP, "app.js.map": "map\n", "notes.txt": "notes\n", ".deployignore": "*.map\n"}
+    artifact = tarball(www, "app.tar.gz", files)
+    with running_receiver((str(target),), FetchSettings(ca_bundle=ca)) as receiver:
+        run = deployer(["push", str(artifact), "--mode", "webhook", "--webhook-url", receiver.url,
+                        "--artifact-url", f"{url}/app.tar.gz", "--path", str(target),
+                        "--exclude", "notes.txt"], env=cli_env())  # fmt: skip
+    assert run.status == 0, run.output
+    assert sorted(p.name for p in (target / "current").iterdir()) == ["VERSION", "index.html"]
+    assert (
+        "excluded from the release (.deployignore, --exclude): .deployignore, app.js.map,"
+        in run.stderr
+    )
+
+
 def test_failing_healthcheck_through_the_webhook_fails_the_job(
     deployer, site, target: Path
 ) -> None:
@@ -596,3 +613,40 @@ def test_install_service_unit_passes_systemd_analyze(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert verify.returncode == 0, verify.stderr
     assert "deployer-serve.service" not in verify.stderr
+
+
+def test_push_env_reaches_the_receivers_hooks_masked_and_only_under_allowed_names(
+    deployer, site, target: Path
+) -> None:
+    """--env through the webhook: signed in the request, allowed by name on the receiver, masked
+    in the job log, in the receiver's own log and in the deploy's state."""
+    www, url, ca = site
+    value = "w3bhook-Secret-Value-5c0d"
+    artifact = tarball(www, "app.tar.gz", APP)
+    hook = 'printf %s "$API_TOKEN" | sha256sum; echo "token=$API_TOKEN"'
+    hooks = {str(target): HookSettings(after=(hook,))}
+    args = ["push", str(artifact), "--mode", "webhook", "--artifact-url", f"{url}/app.tar.gz",
+            "--path", str(target), "--env", "API_TOKEN"]  # fmt: skip
+    with running_receiver((str(target),), FetchSettings(ca_bundle=ca), hooks=hooks,
+                          allow_env=("OTHER",)) as receiver:  # fmt: skip
+        refused = deployer([*args, "--webhook-url", receiver.url],
+                           env=cli_env(API_TOKEN=value))  # fmt: skip
+        assert not receiver.deployments.records  # nothing queued
+    assert refused.status == ExitCode.WEBHOOK, refused.output
+    line = one_error_line(refused.stderr)
+    assert "(HTTP 403)" in line and "does not pass API_TOKEN to its hooks" in line
+    assert "--allow-env" in line and value not in refused.output
+    assert live(target) == ""
+
+    with running_receiver((str(target),), FetchSettings(ca_bundle=ca), hooks=hooks,
+                          allow_env=("API_TOKEN",)) as receiver:  # fmt: skip
+        run = deployer([*args, "--webhook-url", receiver.url], env=cli_env(API_TOKEN=value))
+        (record,) = receiver.deployments.records.values()
+        server_log = "\n".join(receiver.log_lines)  # type: ignore[attr-defined]
+    assert run.status == 0, run.output
+    assert f"after| {hashlib.sha256(value.encode()).hexdigest()}  -" in run.stderr
+    assert "after| token=***" in run.stderr and value not in run.output
+    assert "token=***" in server_log and value not in server_log
+    assert value not in json.dumps(record.summary()) + "\n".join(record.lines)
+    assert not record.request.settings.hooks.env  # not kept once the deploy is over
+    assert live(target)

@@ -168,3 +168,20 @@ def test_summary_of_a_fleet_push() -> None:
     assert "| a@h1 | ↩️ rolled-back: switched back | R2 | R1 | 2.2 |" in text
     assert "| a@h2 | ⏭️ skipped: an earlier target failed |  |  | 0.0 |" in text
     assert step_outputs(document) == {"release": "", "status": "failure"}
+
+
+def test_summary_shows_the_failed_healthcheck_output_in_a_fence_nothing_closes() -> None:
+    check = {"command": "curl -fsS localhost/up", "attempts": 3, "delay": 0,
+             "output": ["curl: (7) Failed to connect", "``` not the end", "<b>x</b>"]}  # fmt: skip
+    document = {"ok": False, "error": "healthcheck failed", "exit_code": 9, "targets": [
+        {"target": "a@h1", "status": "failed", "details": {"healthcheck": check}},
+        {"target": "a@h2", "status": "reverted", "details": {}}]}  # fmt: skip
+    lines = render_summary(document, 9).splitlines()
+    opening = lines.index(
+        "<details><summary>a@h1: healthcheck `curl -fsS localhost/up` failed 3 time(s): its last"
+        " output</summary>"
+    )
+    assert lines[opening + 2 : opening + 7] == [
+        "````text", "curl: (7) Failed to connect", "``` not the end", "<b>x</b>", "````"
+    ]  # fmt: skip
+    assert sum(line.startswith("<details>") for line in lines) == 1  # a@h2 had no failed check

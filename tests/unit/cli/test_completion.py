@@ -53,7 +53,9 @@ complete_words deployer push --health
     assert done.returncode == 0, done.stderr
     commands, options = done.stdout.split("--\n")
     assert commands.split() == ["rollback"]
-    assert options.split() == ["--healthcheck", "--healthcheck-retries", "--healthcheck-interval"]
+    assert options.split() == [
+        "--healthcheck", "--healthcheck-retries", "--healthcheck-interval", "--healthcheck-delay"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("shell", ["zsh", "fish"])

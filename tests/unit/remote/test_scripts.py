@@ -18,10 +18,12 @@ import pytest
 from deployer.errors import ConfigError, LockError, RemoteError
 from deployer.remote.executor import Executor, RunResult
 from deployer.remote.history import HistoryEntry, append_history_script, parse_history
-from deployer.remote.hooks import hook_script
+from deployer.remote.hooks import command_script, hook_script, send_variables
 from deployer.remote.layout import Layout, new_release_id, validate_shared
+from deployer.remote.live import live_script, parse_live
 from deployer.remote.local import LocalExecutor
 from deployer.remote.lock import prepare_script, unlock_script
+from deployer.remote.permissions import AS_CREATED, Permissions
 from deployer.remote.probe import preflight_script
 from deployer.remote.stage import (
     _FIRST_OF_DIR_AWK,
@@ -73,8 +75,11 @@ def stage(
     previous: str = "",
     hardlink: bool = False,
     tools: Toolset | None = None,
+    permissions: Permissions = AS_CREATED,
+    umask: str = "",
 ) -> RunResult:
-    """Run the stage script with its stdin framed as the upload does: two gzip sections, then tar."""
+    """Run the stage script with its stdin framed as the upload does: two gzip sections, then tar
+    (in a login whose umask is `umask`, when given)."""
     sections = [gzip.compress(manifest), gzip.compress(reuse)]
     script = stage_script(
         layout,
@@ -84,7 +89,10 @@ def stage(
         hardlink=hardlink,
         compressed=True,
         tools=probed if tools is None else tools,
+        permissions=permissions,
     )
+    if umask:
+        script = f"umask {umask}\n{script}"
     return sh.run(script, upload=lambda out: out.write(b"".join(sections) + tar))
 
 
@@ -484,3 +492,83 @@ def test_a_large_manifest_does_not_hide_the_probe_results(tmp_path: Path) -> Non
     state = probe(path)
     assert state.writable and state.tools == EVERY_TOOL and state.current == rid
     assert len(state.manifest) == 3000
+
+
+HOSTILE = {
+    "QUOTES": 'it\'s "quoted" $HOME `id` $(id) \\ ; exit 9',
+    "LINES": "-----BEGIN KEY-----\nabc\n\n-----END KEY-----\n",  # trailing newline kept
+    "IFS": "x",  # would split the script's own words if it were set there (sh -c resets its own)
+    "PATH": "/nowhere",  # would hide the target's tools if it were set in the script
+    "EMPTY": "",
+}
+DUMP = (  # each value's length and sha256, to compare exactly (whitespace and all)
+    'hook_path=$PATH; PATH=$TOOLS; for n in QUOTES LINES PATH EMPTY; do eval "v=\\$$n";'
+    ' [ "$n" = PATH ] && v=$hook_path; printf "%s %s " "$n" "${#v}"; printf %s "$v" | sha256sum; done'
+)
+
+
+def tools() -> dict[str, str]:
+    """Where the hook finds sha256sum once its own PATH (/nowhere) is set aside."""
+    return {"TOOLS": str(sh.applets) if isinstance(sh, BusyBoxShell) else os.environ["PATH"]}
+
+
+def expected_dump() -> str:
+    return "".join(
+        f"{name} {len(value)} {hashlib.sha256(value.encode()).hexdigest()}  -\n"
+        for name, value in HOSTILE.items()
+        if name != "IFS"
+    )
+
+
+def test_variables_on_stdin_reach_the_hook_exactly_and_leave_the_script_alone(
+    tmp_path: Path,
+) -> None:
+    """Values with quotes, $(...), newlines, and names like IFS and PATH: the hook sees them
+    exactly, the script around it (time limit, exit status) keeps working, and none of the
+    values is in the script's text."""
+    for has_timeout in (True, False):
+        script = hook_script(DUMP, str(tmp_path), tools(), 5, has_timeout, True)
+        assert all(value not in script for value in HOSTILE.values() if len(value) > 1)
+        result = sh.run(script, upload=send_variables(HOSTILE))
+        assert result.status == 0, result
+        assert result.stdout.decode() == expected_dump()
+    failing = hook_script("exit 5", str(tmp_path), {}, 5, True, True)
+    assert sh.run(failing, upload=send_variables({"A": "1"})).status == 5
+    slow = hook_script("PATH=$TOOLS; sleep 10", str(tmp_path), tools(), 1, True, True)
+    timed = sh.run(slow, upload=send_variables({"PATH": "/nowhere"}))
+    assert timed.status == RemoteStatus.TIMED_OUT  # the script still found date and timeout
+    assert send_variables({}) is None
+
+
+def test_exec_takes_variables_on_stdin_and_keeps_the_exit_status(tmp_path: Path) -> None:
+    assert command_script("echo hi", False) == "echo hi"  # nothing changes without variables
+    script = "".join(f"{k}={shlex.quote(v)}; export {k}\n" for k, v in tools().items())
+    script += command_script(f"{DUMP}; exit 4", True)
+    result = sh.run(script, upload=send_variables(HOSTILE))
+    assert result.status == 4 and result.stdout.decode() == expected_dump()
+
+
+def test_live_script_reads_the_live_release_its_history_and_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "app"
+    missing = parse_live(str(path), sh.run(live_script(str(path))).stdout.decode())
+    assert not missing.exists and missing.current == ""
+    sh.run(prepare_script(str(path), "deploy by bob since 2026-01-01T00:00:00Z token 1"))
+    old, new = "20260101T000000Z", "20260102T000000Z"
+    for rid in (old, new):
+        (path / "releases" / rid).mkdir()
+        (path / ".deployer" / "manifests" / f"{rid}.tsv").write_text(f"{'0' * 64}\t1\t644\t{rid}\n")
+    os.symlink(f"releases/{old}", path / "current")
+    entries = [
+        HistoryEntry("deploy", old, "", "2026-01-01T00:00:00Z", "alice", "c1", "main", "https://p/1"),
+        HistoryEntry("deploy", new, old, "2026-01-02T00:00:00Z", "alice", "c2", "main", "https://p/2"),
+        HistoryEntry("failed", "20260103T000000Z", new, "2026-01-03T00:00:00Z", "eve", detail=f'"release":"{old}"'),
+        HistoryEntry("rollback", old, new, "2026-01-04T00:00:00Z", "bob", "c9"),
+    ]  # fmt: skip
+    for entry in entries:
+        sh.run(append_history_script(str(path), entry))
+    state = parse_live(str(path), sh.run(live_script(str(path))).stdout.decode())
+    assert state.exists and state.current == old and state.releases == (old, new)
+    assert state.locked and state.lock.startswith("deploy by bob")
+    manifest = (path / ".deployer" / "manifests" / f"{old}.tsv").read_bytes()
+    assert state.content == hashlib.sha256(manifest).hexdigest()
+    assert [h["action"] for h in state.history] == ["deploy", "rollback"]  # about the live one

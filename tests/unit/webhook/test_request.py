@@ -46,6 +46,9 @@ def test_a_request_round_trips() -> None:
     assert parsed.provenance == Provenance("alice", "abc")
     assert parse_request(body(path=None), PATHS).path == "/srv/app"  # one path served: implied
     assert parse_request(body(path="/srv/app/"), PATHS).path == "/srv/app"
+    assert parsed.settings.exclude == ()
+    excluding = parse_request(body(exclude=["node_modules/", "!keep.map"]), PATHS)
+    assert excluding.settings.exclude == ("node_modules/", "!keep.map")
 
 
 @pytest.mark.parametrize(
@@ -55,6 +58,8 @@ def test_a_request_round_trips() -> None:
         ({"sha256": "xyz"}, HTTPStatus.BAD_REQUEST, "64 lowercase hex"),
         ({"keep": 0}, HTTPStatus.BAD_REQUEST, "'keep' must be a positive integer"),
         ({"shared": ["../etc"]}, HTTPStatus.BAD_REQUEST, "shared entry '../etc'"),
+        ({"exclude": "*.map"}, HTTPStatus.BAD_REQUEST, "'exclude' must be a list of strings"),
+        ({"exclude": ["!"]}, HTTPStatus.BAD_REQUEST, "--exclude '!' is not a gitignore pattern"),
         (
             {"hooks": {"before": "not a list"}},
             HTTPStatus.BAD_REQUEST,
@@ -215,3 +220,51 @@ def test_served_hooks_per_path() -> None:
     assert hook_arguments(hooks["/srv/api"], True) == [
         "--before", "./migrate", "--healthcheck", "curl -fsS localhost/up", "--hook-timeout", "30",
         "--healthcheck-retries", "0", "--allow-request-hooks"]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- variables (--env)
+
+
+def test_variables_travel_in_the_request_and_pass_only_under_allowed_names() -> None:
+    from deployer.webhook.request import with_receiver_hooks
+
+    settings = PushSettings(path="/srv/app", hooks=HookSettings(env={"API_TOKEN": "t0ken", "NOTE": "n"},
+                                                                healthcheck_delay=5))  # fmt: skip
+    sent = DeployRequest("/srv/app", HttpsSource("https://example.com/a.tar.gz"), SHA, settings,
+                         Provenance("alice"))  # fmt: skip
+    asked = parse_request(json.dumps(sent.to_document()).encode(), PATHS)
+    assert dict(asked.settings.hooks.env) == {"API_TOKEN": "t0ken", "NOTE": "n"}
+    assert asked.settings.hooks.healthcheck_delay == 5
+    configured = HookSettings(after=("./reload",))
+    with pytest.raises(Rejected) as caught:
+        with_receiver_hooks(asked, configured, allow=True, allowed_env=("API_TOKEN",))
+    assert caught.value.status == HTTPStatus.FORBIDDEN  # even where requests may name hooks
+    assert (
+        "does not pass NOTE to its hooks" in caught.value.message
+        and "t0ken" not in caught.value.message
+    )
+    passed = with_receiver_hooks(asked, configured, allow=False, allowed_env=("API_TOKEN", "NOTE"))
+    assert passed.settings.hooks.after == ("./reload",)  # the receiver's hooks
+    assert dict(passed.settings.hooks.env) == {
+        "API_TOKEN": "t0ken",
+        "NOTE": "n",
+    }  # with the variables
+    for env, words in (({"A-B": "x"}, "'A-B' is not a variable name"), ({"DEPLOYER_PATH": "/"}, "DEPLOYER_"),
+                       (["A"], "'env' must be an object"), ({"A": 1}, "'env' must be an object")):  # fmt: skip
+        rejected = refused(body(env=env))
+        assert rejected.status == HTTPStatus.BAD_REQUEST and words in rejected.message
+
+
+def test_the_receiver_writes_its_allowed_names_and_check_delay_into_its_unit() -> None:
+    from deployer.errors import ConfigError
+    from deployer.webhook.service import hook_arguments, served_hooks
+
+    hooks = served_hooks(("/srv/app",), HookSettings(), {"/srv/app": {"healthcheck-delay": 10}})
+    assert hooks["/srv/app"].healthcheck_delay == 10
+    assert hook_arguments(hooks["/srv/app"], False, ("API_TOKEN", "DB_URL")) == [
+        "--healthcheck-delay", "10", "--allow-env", "API_TOKEN", "--allow-env", "DB_URL"]  # fmt: skip
+    with pytest.raises(ConfigError, match="healthcheck_delay must be a number"):
+        served_hooks(("/srv/app",), HookSettings(), {"/srv/app": {"healthcheck_delay": "later"}})
+    result = CliRunner().invoke(serve, ["install-service", "--path", "/srv/app", "--print",
+                                        "--allow-env", "API-TOKEN"])  # fmt: skip
+    assert "--allow-env 'API-TOKEN' is not a variable name" in str(result.exception)
