@@ -24,9 +24,9 @@ MiB = 1 << 20
 
 DEPLOYER = "deployer push"
 DEPLOYER_LINKED = "deployer push --link-unchanged"
-# deployer over paramiko in this process, to compare with the default (OpenSSH) on request:
-# --methods "deployer push,deployer push --transport paramiko,..."
-DEPLOYER_PARAMIKO = "deployer push --transport paramiko"
+# deployer with paramiko as its SSH client, to compare with the default on request:
+# --methods "deployer push,deployer push --ssh-client paramiko,..."
+DEPLOYER_PARAMIKO = "deployer push --ssh-client paramiko"
 TAR = "tar | ssh"
 TARGZ = "tar | gzip -1 | ssh"
 RSYNC = "rsync -az"

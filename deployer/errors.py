@@ -88,6 +88,10 @@ class RemoteError(DeployerError):
     exit_code = ExitCode.REMOTE
 
 
+class NoShellError(RemoteError):
+    """The target ran no command: an account that allows SFTP only (ForceCommand internal-sftp)."""
+
+
 class HookError(DeployerError):
     """A hook or the healthcheck failed; the live release was left alone or switched back."""
 

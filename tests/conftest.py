@@ -16,9 +16,10 @@ import pytest
 
 from deployer.sandbox.servers import find_sshd
 from deployer.sandbox.topology import Sandbox
-from tests.busybox import applet_dir, require_busybox
+from tests.busybox import applet_dir, require, require_busybox
 
 TEST_USER = "deployer-test"  # the unprivileged login used when the suite runs as root
+SFTP_USER = "deployer-sftp"  # an account with ForceCommand internal-sftp (made when run as root)
 HERMETIC_PREFIXES = ("DEPLOYER_", "SSH_", "GITLAB_", "GITHUB_", "CI_")
 
 
@@ -37,20 +38,28 @@ def busybox_applets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return applet_dir(tmp_path_factory.mktemp("busybox") / "bin", require_busybox())
 
 
-def _login_user() -> str:
+def _login_user(name: str = TEST_USER) -> str:
     """Root runs sshd and logs in as an unprivileged user (so permissions mean something)."""
     if os.geteuid() != 0:
         return pwd.getpwuid(os.geteuid()).pw_name
     try:
-        pwd.getpwnam(TEST_USER)
+        pwd.getpwnam(name)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--create-home", "--shell", "/bin/sh", TEST_USER],
+            ["useradd", "--system", "--create-home", "--shell", "/bin/sh", name],
             check=True,
         )
     # an account with a "!" password is locked and sshd (without PAM) refuses even key logins
-    subprocess.run(["usermod", "-p", "*", TEST_USER], check=True)
-    return TEST_USER
+    subprocess.run(["usermod", "-p", "*", name], check=True)
+    return name
+
+
+def _sftp_only_config() -> str:
+    """The target's sshd_config lines for the SFTP-only account (root only: it is a second user)."""
+    if os.geteuid() != 0:
+        return ""
+    _login_user(SFTP_USER)
+    return f"AllowUsers {SFTP_USER}\nMatch User {SFTP_USER}\n  ForceCommand internal-sftp\n"
 
 
 @dataclass
@@ -60,6 +69,7 @@ class Topology:
     box: Sandbox
     work: Path  # a directory the login user can write to (deploy paths go here)
     user: str
+    sftp_work: Path | None = None  # a directory the SFTP-only account can write to (root only)
 
     @property
     def env(self) -> dict[str, str]:
@@ -70,6 +80,16 @@ class Topology:
     def route(self) -> list[str]:
         """--to/--jump through the tunnel."""
         return self.box.route_args()
+
+    @property
+    def sftp_route(self) -> list[str]:
+        """--to/--jump of the SFTP-only account (ForceCommand internal-sftp), through the tunnel."""
+        if self.sftp_work is None:  # fails under CI=true, skips elsewhere
+            require("the SFTP-only account is a second user: run the tests as root")
+        return [
+            "--to", f"{SFTP_USER}@localhost:{self.box.tunnel_port}",
+            "--jump", f"{self.user}@127.0.0.1:{self.box.jump.port}",
+        ]  # fmt: skip
 
     def deploy_path(self, name: str) -> Path:
         """A fresh deploy directory location (not created) writable by the login user."""
@@ -100,10 +120,16 @@ def topology() -> Iterator[Topology]:
     work = base / "work"
     work.mkdir()
     shutil.chown(work, user=user)
-    box = Sandbox(base / "sandbox", user=user)
+    sftp_config = _sftp_only_config()
+    sftp_work = None
+    if sftp_config:
+        sftp_work = base / "sftp-work"
+        sftp_work.mkdir()
+        shutil.chown(sftp_work, user=SFTP_USER)
+    box = Sandbox(base / "sandbox", user=user, target_config=sftp_config)
     box.start()
     try:
-        yield Topology(box, work, user)
+        yield Topology(box, work, user, sftp_work)
     finally:
         box.stop()
         shutil.rmtree(base, ignore_errors=True)

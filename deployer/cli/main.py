@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from deployer import __version__
+from deployer import __version__, interrupts
 from deployer.config import (
     build_default_map,
     find_config_file,
@@ -100,15 +100,13 @@ def cli(ctx: click.Context, config_file: Path | None, traceback: bool) -> None:
         )
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: run the CLI, print one-line errors, exit with the documented status."""
     args = list(sys.argv[1:] if argv is None else argv)
     show_traceback = "--traceback" in args or os.environ.get("DEPLOYER_DEBUG", "") not in ("", "0")
-    signal.signal(signal.SIGTERM, _interrupt)  # CI cancels jobs with SIGTERM: clean up like Ctrl-C
+    # CI cancels jobs with SIGTERM: clean up like Ctrl-C (after the SSH packet being written)
+    signal.signal(signal.SIGTERM, interrupts.interrupt)
+    signal.signal(signal.SIGINT, interrupts.interrupt)
     masker = Masker()  # commands add the --env values; the error line goes through it too
 
     def stack() -> None:

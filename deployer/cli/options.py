@@ -156,6 +156,12 @@ path_option = click.option(
     "--path", required=True, envvar="DEPLOYER_PATH", help="Deploy directory on the target."
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")
+transport_option = click.option(
+    "--transport", type=click.Choice(("auto", "shell", "sftp")), default="auto", show_default=True,
+    envvar="DEPLOYER_TRANSPORT",
+    help="shell: run scripts on the target; sftp: SFTP alone (accounts with ForceCommand internal-sftp;"
+         " no hooks); auto: sftp when the target runs no commands.",
+)  # fmt: skip
 
 
 def after_option(

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from deployer.cli import render
-from deployer.cli.options import path_option, route_options
+from deployer.cli.options import path_option, route_options, transport_option
 from deployer.ssh.access import Access, RouteRequest
 
 if TYPE_CHECKING:
     from deployer.deploy.outcome import Outcome
+    from deployer.deploy.transport import Transport
 
 
 @click.command()
@@ -19,22 +20,30 @@ if TYPE_CHECKING:
 @path_option
 @click.option("--parallel", type=click.IntRange(min=1), default=10, show_default=True,
               envvar="DEPLOYER_PARALLEL", help="Targets asked at the same time.")  # fmt: skip
-def status(route: RouteRequest, access: Access, path: str, as_json: bool, parallel: int) -> None:
+@transport_option
+def status(route: RouteRequest, access: Access, path: str, as_json: bool, parallel: int,
+           transport: Transport) -> None:  # fmt: skip
     """Show each target's live release (commit, pipeline, who and when), its lock, and drift.
 
     Every target is asked, even when some do not answer; the exit status is 0 only when all did.
     """
+    from deployer.deploy.sftp.manage import status_over_sftp
     from deployer.deploy.status import describe_drift, find_drift, status_target
+    from deployer.deploy.transport import by_transport
     from deployer.errors import TargetsFailed
     from deployer.push.service import ask_every_target
     from deployer.remote.layout import validate_path
     from deployer.ssh.access import build_routes
+    from deployer.ssh.sftp import open_sftp
 
     directory = validate_path(path)
     reporter = render.reporter(bars=False)
     outcomes, errors = ask_every_target(
         build_routes(route, access), access, reporter,
-        lambda connection: status_target(connection, directory), parallel,
+        lambda connection: by_transport(
+            transport, lambda: status_target(connection, directory),
+            lambda: status_over_sftp(open_sftp(connection), directory),
+        ), parallel,
     )  # fmt: skip
     drift = find_drift(outcomes)
     error = None

@@ -19,6 +19,7 @@ from deployer.cli.options import (
     hook_variables,
     path_option,
     route_options,
+    transport_option,
 )
 from deployer.errors import ConfigError
 from deployer.output import Reporter
@@ -26,6 +27,7 @@ from deployer.ssh.access import Access, RouteRequest
 
 if TYPE_CHECKING:
     from deployer.deploy.outcome import Outcome
+    from deployer.deploy.transport import Transport
     from deployer.ssh.connection import Connection
 
 
@@ -50,15 +52,24 @@ def on_each_target(
 @click.command()
 @route_options
 @path_option
-def releases(route: RouteRequest, access: Access, path: str, as_json: bool) -> None:
+@transport_option
+def releases(
+    route: RouteRequest, access: Access, path: str, as_json: bool, transport: Transport
+) -> None:
     """List the releases on each target, the live one marked."""
     from deployer.deploy.manage import list_target
+    from deployer.deploy.sftp.manage import list_over_sftp
+    from deployer.deploy.transport import by_transport
     from deployer.remote.layout import validate_path
+    from deployer.ssh.sftp import open_sftp
 
     directory = validate_path(path)
     outcomes = on_each_target(
         "releases", route, access, as_json, render.reporter(),
-        lambda connection: list_target(connection, directory),
+        lambda connection: by_transport(
+            transport, lambda: list_target(connection, directory),
+            lambda: list_over_sftp(open_sftp(connection), directory),
+        ),
     )  # fmt: skip
     if as_json:
         return
@@ -85,18 +96,27 @@ def releases(route: RouteRequest, access: Access, path: str, as_json: bool) -> N
 )
 @after_option("Command run after the switch (repeatable), e.g. a service reload.")
 @hook_timeout_option
+@transport_option
 @click.option("--lock-token", metavar="TOKEN",
               help="Take over the lock a deploy left when it lost the target after switching"
                    " (its last line names the token).")  # fmt: skip
 @env_option
 def rollback(route: RouteRequest, access: Access, path: str, as_json: bool, release_id: str | None,
              after: tuple[str, ...], hook_timeout: float, lock_token: str | None,
-             env: tuple[str, ...]) -> None:  # fmt: skip
+             env: tuple[str, ...], transport: Transport) -> None:  # fmt: skip
     """Switch current back to the previous release (or --release ID)."""
     from deployer.deploy.hooks import HookSettings
     from deployer.deploy.manage import rollback_target
     from deployer.deploy.outcome import Provenance
+    from deployer.deploy.sftp.manage import rollback_over_sftp
+    from deployer.deploy.transport import by_transport
     from deployer.remote.layout import validate_path
+    from deployer.ssh.sftp import open_sftp
+
+    if transport == "sftp" and after:
+        raise ConfigError(
+            "--transport sftp: no commands run over SFTP, so --after cannot run there — drop it"
+        )
 
     if lock_token is not None and not re.fullmatch(r"[0-9a-f]{8,64}", lock_token):
         raise ConfigError(
@@ -110,24 +130,38 @@ def rollback(route: RouteRequest, access: Access, path: str, as_json: bool, rele
     directory = validate_path(path)
     on_each_target(
         "rollback", route, access, as_json, reporter,
-        lambda connection: rollback_target(connection, directory, release_id, hooks, provenance,
-                                           reporter, lock_token),
+        lambda connection: by_transport(
+            transport,
+            lambda: rollback_target(connection, directory, release_id, hooks, provenance, reporter,
+                                    lock_token),
+            lambda: rollback_over_sftp(open_sftp(connection), directory, release_id, after, provenance,
+                                       reporter, lock_token),
+        ),
     )  # fmt: skip
 
 
 @click.command()
 @route_options
 @path_option
-def unlock(route: RouteRequest, access: Access, path: str, as_json: bool) -> None:
+@transport_option
+def unlock(
+    route: RouteRequest, access: Access, path: str, as_json: bool, transport: Transport
+) -> None:
     """Remove a deploy lock left behind by a deploy that died."""
     from deployer.deploy.manage import unlock_target
+    from deployer.deploy.sftp.manage import unlock_over_sftp
+    from deployer.deploy.transport import by_transport
     from deployer.remote.layout import validate_path
+    from deployer.ssh.sftp import open_sftp
 
     reporter = render.reporter()
     directory = validate_path(path)
     outcomes = on_each_target(
         "unlock", route, access, as_json, reporter,
-        lambda connection: unlock_target(connection, directory),
+        lambda connection: by_transport(
+            transport, lambda: unlock_target(connection, directory),
+            lambda: unlock_over_sftp(open_sftp(connection), directory),
+        ),
     )  # fmt: skip
     for outcome in outcomes:
         was = outcome.details.get("was")

@@ -18,6 +18,16 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def holder_info(action: str, provenance: Provenance, token: str) -> str:
+    """The first line of lock/info: who holds the lock, since when, for what, and its token."""
+    return (
+        f"{action} by {provenance.by} since {utc_now()}"
+        + (f" commit {provenance.commit[:12]}" if provenance.commit else "")
+        + (f" {provenance.pipeline}" if provenance.pipeline else "")
+        + f" token {token}"
+    )
+
+
 class DeployLock:
     """The deploy lock on a target path (a with-block, or acquire/release across phases)."""
 
@@ -33,12 +43,7 @@ class DeployLock:
         self.path = path
         self.adopt = adopt  # the token of a lock left behind that this one may take over
         self.token = secrets.token_hex(8)
-        self.info = (
-            f"{action} by {provenance.by} since {utc_now()}"
-            + (f" commit {provenance.commit[:12]}" if provenance.commit else "")
-            + (f" {provenance.pipeline}" if provenance.pipeline else "")
-            + f" token {self.token}"
-        )
+        self.info = holder_info(action, provenance, self.token)
 
     def acquire(self) -> DeployLock:
         """Create the layout and take the lock (or the one `adopt` names), or raise LockError."""

@@ -19,7 +19,7 @@ from deployer.remote.history import (
 from deployer.remote.layout import Layout, hook_environment
 from deployer.remote.lock import parse_lock_info, unlock_script
 from deployer.remote.probe import probe, run_checked
-from deployer.remote.state import check_current
+from deployer.remote.state import TargetState, check_current
 from deployer.remote.switch import (
     switch_script,
 )
@@ -43,16 +43,7 @@ def rollback_target(
     label = executor.label
     started = time.monotonic()
     state = probe(executor, path)
-    check_current(state, label)
-    if not state.exists or not state.releases:
-        raise RemoteError(f"no releases under {path} on {label} — nothing to roll back to")
-    target = release or state.previous
-    if not target:
-        raise RemoteError(
-            f"no release older than {state.current or 'current'} on {label} — nothing to roll back to"
-        )
-    if target not in state.releases:
-        raise RemoteError(f"release {target} does not exist on {label} — see deployer releases")
+    target = rollback_to(state, release, label)
     check_tools(state.tools, label, state.path)  # the switch, the hooks and the history need them
     left = parse_lock_info(state.lock) if lock_token else None
     with DeployLock(executor, state.path, provenance, "rollback", adopt=lock_token):
@@ -82,6 +73,21 @@ def rollback_target(
                    seconds=time.monotonic() - started)  # fmt: skip
 
 
+def rollback_to(state: TargetState, release: str | None, label: str) -> str:
+    """The release a rollback switches to (the named one, else the one before current), or why none."""
+    check_current(state, label)
+    if not state.exists or not state.releases:
+        raise RemoteError(f"no releases under {state.path} on {label} — nothing to roll back to")
+    target = release or state.previous
+    if not target:
+        raise RemoteError(
+            f"no release older than {state.current or 'current'} on {label} — nothing to roll back to"
+        )
+    if target not in state.releases:
+        raise RemoteError(f"release {target} does not exist on {label} — see deployer releases")
+    return target
+
+
 def list_target(executor: Executor, path: str, history_lines: int = 50) -> Outcome:
     """Releases on a target with the live one marked, plus recent history."""
     state = probe(executor, path)
@@ -89,6 +95,11 @@ def list_target(executor: Executor, path: str, history_lines: int = 50) -> Outco
     history = parse_history(
         executor.run(read_history_script(state.path, history_lines)).stdout.decode(errors="replace")
     )
+    return listing(executor.label, state, history)
+
+
+def listing(label: str, state: TargetState, history: list[dict[str, str]]) -> Outcome:
+    """The outcome of `deployer releases`: every release (newest first), who deployed it, the lock."""
     deployed = {h["release"]: h for h in history if h.get("action") == "deploy" and "release" in h}
     releases = [
         {
@@ -99,7 +110,7 @@ def list_target(executor: Executor, path: str, history_lines: int = 50) -> Outco
         for rid in reversed(state.releases)
     ]
     return Outcome(
-        executor.label, Status.LISTED, release=state.current,
+        label, Status.LISTED, release=state.current,
         details={"path": state.path, "releases": releases, "history": history, "lock": state.lock},
     )  # fmt: skip
 

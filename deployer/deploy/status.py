@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from deployer.deploy.outcome import Outcome, Status
 from deployer.remote.executor import Executor
 from deployer.remote.live import LiveState, live_script, parse_live
-from deployer.remote.probe import run_checked
+from deployer.remote.probe import run_answered
 
 
 def live_release(state: LiveState) -> dict[str, str] | None:
@@ -42,10 +42,14 @@ def live_release(state: LiveState) -> dict[str, str] | None:
 
 def status_target(executor: Executor, path: str) -> Outcome:
     """One read-only round trip: the live release, its provenance, the releases and the lock."""
-    result = run_checked(executor, live_script(path), "reading the live release")
-    state = parse_live(path, result.stdout.decode(errors="replace"))
+    text = run_answered(executor, live_script(path), "reading the live release")
+    return inspected(executor.label, parse_live(path, text))
+
+
+def inspected(label: str, state: LiveState) -> Outcome:
+    """The outcome `deployer status` reports for one target (over the shell or SFTP)."""
     return Outcome(
-        executor.label, Status.INSPECTED, release=state.current,
+        label, Status.INSPECTED, release=state.current,
         details={
             "path": state.path,
             "exists": state.exists,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from deployer.deploy.outcome import Outcome, Status
-from deployer.deploy.target import TargetDeploy
+from deployer.deploy.transport import PhasedDeploy
 from deployer.errors import ConfigError, DeployerError, InternalError, UnconfirmedError
 
 T = TypeVar("T")
@@ -93,7 +93,7 @@ def _parallel(func: Callable[[T], R], items: Sequence[T], workers: int) -> list[
 
 def push_fleet(
     labels: Sequence[str],
-    start: Callable[[int], TargetDeploy],
+    start: Callable[[int], PhasedDeploy],
     fleet: FleetSettings,
 ) -> tuple[list[Outcome], DeployerError | None]:
     """Deploy to every target all-or-nothing; start(i) connects to target i and returns its deploy.
@@ -101,7 +101,7 @@ def push_fleet(
     Returns one outcome per target and the error to report: a target left live and unconfirmed
     first (its line says what to run), else the first failure (None when every target deployed).
     """
-    deploys: list[TargetDeploy | None] = [None] * len(labels)
+    deploys: list[PhasedDeploy | None] = [None] * len(labels)
     failures: dict[int, DeployerError] = {}
 
     def stage(index: int) -> None:

@@ -3,7 +3,8 @@
 ``push_over_ssh`` deploys one payload to every route all-or-nothing (see ``push.fleet``);
 ``for_each_target`` runs a command (releases, rollback, unlock, exec) on each target in turn;
 ``ask_every_target`` asks every target at once (status), whichever of them fail.
-Both connect through ``ssh.connect``, so that every command verifies host keys the same way.
+All connect through ``ssh.connect``'s dial and checks (a push with the SSH client
+``ssh.clients`` chose), so that every command verifies host keys the same way.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ from dataclasses import dataclass, field
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.payload import Payload
 from deployer.deploy.settings import PushSettings
+from deployer.deploy.sftp.target import SftpDeploy
 from deployer.deploy.target import TargetDeploy
+from deployer.deploy.transport import AutoDeploy, PhasedDeploy, Transport
 from deployer.errors import DeployerError
 from deployer.output import Reporter
 from deployer.push.fleet import FleetSettings, push_fleet
 from deployer.ssh.access import Access, connect_options, route_flags
+from deployer.ssh.clients import ClientChoice, Session, SshClient, open_client
 from deployer.ssh.connect import connected
 from deployer.ssh.connection import Connection
 from deployer.ssh.route import Route
-from deployer.ssh.transports import Session, Transport, TransportChoice, open_transport
+from deployer.ssh.sftp import SftpSession, open_sftp
+
+# Seconds a reply may take on the fresh SFTP channel that cleans up after an interrupt (a CI job
+# that is cancelled gets killed soon after its SIGTERM).
+CLEANUP_TIMEOUT = 20.0
 
 
 @contextmanager
@@ -37,10 +45,10 @@ def connection_to(route: Route, access: Access, reporter: Reporter) -> Iterator[
 
 @contextmanager
 def session_to(
-    route: Route, access: Access, reporter: Reporter, transport: Transport
+    route: Route, access: Access, reporter: Reporter, client: SshClient
 ) -> Iterator[Session]:
-    """A session along route over `transport`, closed when the block ends."""
-    session = transport.connect(route, connect_options(route, access, reporter.line))
+    """A session along route with `client`, closed when the block ends."""
+    session = client.connect(route, connect_options(route, access, reporter.line))
     try:
         yield session
     finally:
@@ -64,35 +72,71 @@ def push_over_ssh(
     provenance: Provenance,
     reporter: Reporter,
     fleet: FleetSettings,
-    transport: TransportChoice = "auto",
+    transport: Transport = "auto",
+    ssh_client: ClientChoice = "auto",
 ) -> PushResult:
-    """Deploy payload to every route all-or-nothing; connections are closed when it returns."""
+    """Deploy payload to every route all-or-nothing; connections are closed when it returns.
+
+    With transport "auto", a target that runs no commands is deployed to over SFTP. ssh_client
+    chooses who carries the shell path (see ssh.clients); SFTP always goes over paramiko.
+    """
     established: list[str] = []  # --mode auto falls back only if no connection ever came up
     with contextlib.ExitStack() as connections:
         connections.callback(payload.close)  # shared streams go once every upload is done
-        carrier = open_transport(
-            transport, access.env, reporter.line,
+        client = open_client(
+            "paramiko" if transport == "sftp" else ssh_client, access.env, reporter.line,
             targets=len(routes), artifact_bytes=payload.artifact.total_size,
         )  # fmt: skip
-        connections.callback(carrier.close)  # after every session: a fleet shares its masters
+        connections.callback(client.close)  # after every session: a fleet shares its masters
 
-        def start(index: int) -> TargetDeploy:
+        def start(index: int) -> PhasedDeploy:
             def connect() -> Session:
                 session = connections.enter_context(
-                    session_to(routes[index], access, reporter, carrier)
+                    session_to(routes[index], access, reporter, client)
                 )
                 established.append(session.label)
                 return session
 
-            return TargetDeploy(
-                connect(), payload, settings, provenance, reporter, reconnect=connect,
-                route=route_flags(routes[index]),
-            )  # fmt: skip
+            def connect_files() -> Connection:
+                connection = connections.enter_context(
+                    connection_to(routes[index], access, reporter)
+                )
+                established.append(connection.label)
+                return connection
+
+            session = connect()
+            route = route_flags(routes[index])
+            # the SFTP path's paramiko connection (a reconnect replaces it); over OpenSSH, one
+            # is made when a target turns out to run no commands
+            latest: list[Connection | None] = [session if isinstance(session, Connection) else None]
+
+            def files() -> Connection:
+                connection = latest[0]
+                if connection is None:
+                    connection = latest[0] = connect_files()
+                return connection
+
+            def reconnect_files() -> SftpSession:
+                latest[0] = None
+                return open_sftp(files())
+
+            def over_sftp() -> SftpDeploy:
+                return SftpDeploy(
+                    open_sftp(files()), payload, settings, provenance, reporter,
+                    reconnect=reconnect_files, route=route,
+                    reopen=lambda: open_sftp(files(), timeout=CLEANUP_TIMEOUT),
+                )  # fmt: skip
+
+            if transport == "sftp":
+                return over_sftp()
+            shell = TargetDeploy(session, payload, settings, provenance, reporter, reconnect=connect,
+                                 route=route)  # fmt: skip
+            return shell if transport == "shell" else AutoDeploy(shell, over_sftp, reporter)
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)
     for outcome in outcomes:
         if outcome.target in established:
-            outcome.details["transport"] = carrier.name
+            outcome.details["ssh_client"] = client.name
     return PushResult(outcomes, error, established)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deployer.errors import RemoteError
+from deployer.errors import NoShellError, RemoteError
 from deployer.remote.executor import Executor, RunResult
 from deployer.remote.shell import q
 from deployer.remote.state import TargetState, parse_state
@@ -94,6 +94,31 @@ def probe(
     executor: Executor, path: str, lock_info: str | None = None, group: str = ""
 ) -> TargetState:
     """Run the preflight (read-only unless lock_info asks it to take the lock) and parse it."""
-    script = preflight_script(path, lock_info, group)
-    result = run_checked(executor, script, "inspecting the target")
-    return parse_state(path, result.stdout.decode(errors="replace"))
+    text = run_answered(executor, preflight_script(path, lock_info, group), "inspecting the target")
+    return parse_state(path, text)
+
+
+def run_answered(executor: Executor, script: str, what: str) -> str:
+    """Run a script whose output starts with an `exists=` line; return its output.
+
+    Raises NoShellError when the target did not run it at all (an SFTP-only account: OpenSSH
+    answers every command of a ``ForceCommand internal-sftp`` account with one line and exit 1).
+    stdin is closed at once, so that a forced command reading it (an sftp-server) ends too.
+    """
+    result = executor.run(script, upload=_no_input)
+    text = result.stdout.decode(errors="replace")
+    if "\nexists=" not in "\n" + text:  # (a login banner may come before it)
+        said = (text.strip() or result.stderr_line).splitlines()
+        answer = said[0].strip() if said else f"exit status {result.status}"
+        raise NoShellError(
+            f"{executor.label} runs no commands (it answered: {answer})"
+            " — an SFTP-only account: deploy with --transport sftp (or auto, the default)"
+        )
+    if result.status != 0:
+        detail = result.stderr_line or f"exit status {result.status}"
+        raise RemoteError(f"{what} on {executor.label} failed: {detail}")
+    return text
+
+
+def _no_input(stdin: object) -> None:
+    """Send nothing: the preflight reads no stdin."""

@@ -73,7 +73,7 @@ class OpenSSHConnection:
         self._master = master
 
     def close(self) -> None:
-        """Nothing to do: the transport that made the masters stops them."""
+        """Nothing to do: the client that made the masters stops them."""
 
     def __enter__(self) -> OpenSSHConnection:
         return self

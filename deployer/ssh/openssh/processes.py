@@ -1,6 +1,6 @@
 """OpenSSH child processes: started so that none outlives deployer, kept in a private directory.
 
-The tunnel's keeper and the OpenSSH transport of a push both run ``ssh`` for as long as they
+The tunnel's keeper and the OpenSSH client of a push both run ``ssh`` for as long as they
 work; these are the pieces they share.
 """
 

@@ -140,6 +140,16 @@ def test_preflight_on_a_missing_path_sees_the_writable_parent(tmp_path: Path) ->
     check_ready(state, "t", 1024)
 
 
+def test_preflight_resolves_a_relative_path_from_the_login_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where the login's shell starts
+    for given in ("app", "./app", "srv/app"):
+        result = sh.run(preflight_script(given))
+        state = parse_state(given, result.stdout.decode())
+        assert state.path == f"{tmp_path.resolve()}/{given.removeprefix('./')}", given
+
+
 def test_check_ready_messages() -> None:
     base = TargetState(path="/srv/app", writable=True, tools=EVERY_TOOL, free_bytes=10 << 30)
     no_tar = Toolset(EVERY_TOOL.have - {"tar -xzf - -C"})

@@ -1,4 +1,4 @@
-"""Which transport a push gets: --transport as asked, auto by what it carries and how far it goes."""
+"""Which SSH client a push gets: --ssh-client as asked, auto by what it carries and how far it goes."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import ConfigError, ExitCode
-from deployer.ssh.openssh.transport import OpenSSHTransport
-from deployer.ssh.transports import (
+from deployer.ssh.clients import (
     AUTO_OPENSSH_BYTES,
     LinkChoice,
-    ParamikoTransport,
-    Transport,
+    ParamikoClient,
+    SshClient,
     answers_within,
-    open_transport,
+    open_client,
 )
+from deployer.ssh.openssh.client import OpenSSHClient
 
 
 def with_ssh() -> dict[str, str]:
@@ -28,29 +28,29 @@ def with_ssh() -> dict[str, str]:
 
 def opened(*args: object, **kwargs: object) -> tuple[type, list[str]]:
     notices: list[str] = []
-    transport: Transport = open_transport(*args, on_notice=notices.append, **kwargs)  # type: ignore[arg-type, misc]
+    client: SshClient = open_client(*args, on_notice=notices.append, **kwargs)  # type: ignore[arg-type, misc]
     try:
-        return type(transport), notices
+        return type(client), notices
     finally:
-        transport.close()  # an OpenSSH transport made a private directory: gone again
+        client.close()  # an OpenSSH client made a private directory: gone again
 
 
 def test_paramiko_is_taken_as_asked_whatever_the_push() -> None:
     assert opened("paramiko", with_ssh(), targets=20, artifact_bytes=1 << 30) == (
-        ParamikoTransport,
+        ParamikoClient,
         [],
     )
 
 
 def test_openssh_is_taken_as_asked_even_for_one_small_artifact() -> None:
-    assert opened("openssh", with_ssh(), targets=1, artifact_bytes=10) == (OpenSSHTransport, [])
+    assert opened("openssh", with_ssh(), targets=1, artifact_bytes=10) == (OpenSSHClient, [])
 
 
 @pytest.mark.parametrize(
     ("targets", "size", "kind"),
     [
-        (1, AUTO_OPENSSH_BYTES - 1, ParamikoTransport),  # its shorter login wins
-        (2, 10, OpenSSHTransport),  # a fleet: one jump master, streams in processes of their own
+        (1, AUTO_OPENSSH_BYTES - 1, ParamikoClient),  # its shorter login wins
+        (2, 10, OpenSSHClient),  # a fleet: one jump master, streams in processes of their own
         (1, AUTO_OPENSSH_BYTES, LinkChoice),  # decided by how soon the first hop answers
     ],
 )
@@ -61,16 +61,16 @@ def test_auto_weighs_the_fleet_and_the_artifact(targets: int, size: int, kind: t
 def test_auto_says_so_when_it_wanted_openssh_and_found_none(tmp_path: Path) -> None:
     empty = {"PATH": str(tmp_path)}
     assert opened("auto", empty, targets=3) == (
-        ParamikoTransport,
-        ["the SSH transport is paramiko: no ssh on the PATH (OpenSSH is faster on fast links)"],
+        ParamikoClient,
+        ["the SSH client is paramiko: no ssh on the PATH (OpenSSH is faster on fast links)"],
     )
-    assert opened("auto", empty, targets=1, artifact_bytes=10) == (ParamikoTransport, [])
+    assert opened("auto", empty, targets=1, artifact_bytes=10) == (ParamikoClient, [])
     with pytest.raises(ConfigError) as caught:
         opened("openssh", empty)
     assert caught.value.exit_code == ExitCode.USAGE
     assert str(caught.value) == (
-        "--transport openssh: no ssh on the PATH — install OpenSSH's client 8.5 or newer"
-        " (openssh-client), or use --transport auto"
+        "--ssh-client openssh: no ssh on the PATH — install OpenSSH's client 8.5 or newer"
+        " (openssh-client), or use --ssh-client auto"
     )
 
 

@@ -4,7 +4,7 @@ Both reach a target the same way (``ssh.connect``'s dial, hop order, host key ru
 memory, errors) and give the deploy the same ``Executor``; OpenSSH moves the bytes in C, over
 one master per hop that a whole fleet shares (see ``ssh.openssh``), but its login takes two more
 round trips per hop than paramiko's (it asks which methods the server allows, and whether it
-takes the key, before it signs). ``--transport auto`` weighs the two as measured (README
+takes the key, before it signs). ``--ssh-client auto`` weighs the two as measured (README
 "Performance"): OpenSSH for a fleet, or for a large artifact over a fast link; paramiko for the
 rest, where the round trips are what counts.
 """
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from deployer.ssh.connect import ConnectOptions
     from deployer.ssh.route import Route
 
-TransportChoice = Literal["auto", "openssh", "paramiko"]
-CHOICES: tuple[TransportChoice, ...] = ("auto", "openssh", "paramiko")
+ClientChoice = Literal["auto", "openssh", "paramiko"]
+CLIENT_CHOICES: tuple[ClientChoice, ...] = ("auto", "openssh", "paramiko")
 
 AUTO_OPENSSH_BYTES = 16 << 20  # one target: below this, OpenSSH's faster stream cannot pay back
 # One target: the first hop must answer (TCP connect and SSH banner: about two round trips)
@@ -41,7 +41,7 @@ class Session(Executor, Protocol):
         ...
 
 
-class Transport(Protocol):
+class SshClient(Protocol):
     """Opens sessions to targets; closing it ends whatever they shared."""
 
     name: str
@@ -54,11 +54,11 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None:
-        """End every connection this transport made."""
+        """End every connection this client made."""
         ...
 
 
-class ParamikoTransport:
+class ParamikoClient:
     """paramiko in this process: one connection per target (``ssh.connect``)."""
 
     name = "paramiko"
@@ -86,14 +86,14 @@ class LinkChoice:
 
     The first hop is dialled once; how soon it answers (a TCP connect and the SSH banner, about
     two round trips) tells a nearby, fast link from a distant one. The connection then goes to
-    the chosen transport, which logs in over it.
+    the chosen client, which logs in over it.
     """
 
-    def __init__(self, openssh: Callable[[], Transport]) -> None:
+    def __init__(self, openssh: Callable[[], SshClient]) -> None:
         self.name = "paramiko"  # until a connection chose otherwise
         self._openssh_factory = openssh
-        self._openssh: Transport | None = None
-        self._paramiko = ParamikoTransport()
+        self._openssh: SshClient | None = None
+        self._paramiko = ParamikoClient()
 
     def connect(
         self, route: Route, options: ConnectOptions, first: socket.socket | None = None
@@ -105,7 +105,7 @@ class LinkChoice:
         if first is None:
             first = first_hop_socket(route, options.timeout)
         fast = answers_within(first, FAST_CONTACT - (time.monotonic() - started))
-        chosen: Transport = self._paramiko
+        chosen: SshClient = self._paramiko
         if fast:
             if self._openssh is None:
                 self._openssh = self._openssh_factory()
@@ -114,44 +114,44 @@ class LinkChoice:
         return chosen.connect(route, options, first)
 
     def close(self) -> None:
-        """Close the OpenSSH transport if a connection used it."""
+        """Close the OpenSSH client if a connection used it."""
         if self._openssh is not None:
             self._openssh.close()
 
 
-def open_transport(
-    choice: TransportChoice,
+def open_client(
+    choice: ClientChoice,
     env: Mapping[str, str],
     on_notice: Callable[[str], None],
     *,
     targets: int = 1,
     artifact_bytes: int = 0,
-) -> Transport:
-    """The transport of a push to `targets` targets of an artifact of `artifact_bytes`.
+) -> SshClient:
+    """The SSH client of a push to `targets` targets of an artifact of `artifact_bytes`.
 
-    openssh and paramiko are taken as asked; --transport openssh without a usable ssh is a
+    openssh and paramiko are taken as asked; --ssh-client openssh without a usable ssh is a
     ConfigError naming what is missing. auto takes OpenSSH (when it is installed) for a fleet,
     and for one target when the artifact is large and the link fast (see LinkChoice); on_notice
     hears when it wanted OpenSSH and found none.
     """
     worth_it = targets > 1 or artifact_bytes >= AUTO_OPENSSH_BYTES
     if choice == "paramiko" or (choice == "auto" and not worth_it):
-        return ParamikoTransport()
+        return ParamikoClient()
     from deployer.ssh.openssh.binary import MINIMUM, find_openssh
 
     found = find_openssh(env.get("PATH"))
     if isinstance(found, str):
         if choice == "openssh":
             raise ConfigError(
-                f"--transport openssh: {found} — install OpenSSH's client"
-                f" {MINIMUM[0]}.{MINIMUM[1]} or newer (openssh-client), or use --transport auto"
+                f"--ssh-client openssh: {found} — install OpenSSH's client"
+                f" {MINIMUM[0]}.{MINIMUM[1]} or newer (openssh-client), or use --ssh-client auto"
             )
-        on_notice(f"the SSH transport is paramiko: {found} (OpenSSH is faster on fast links)")
-        return ParamikoTransport()
-    from deployer.ssh.openssh.transport import OpenSSHTransport
+        on_notice(f"the SSH client is paramiko: {found} (OpenSSH is faster on fast links)")
+        return ParamikoClient()
+    from deployer.ssh.openssh.client import OpenSSHClient
 
-    def openssh() -> Transport:
-        return OpenSSHTransport(found.path, env)
+    def openssh() -> SshClient:
+        return OpenSSHClient(found.path, env)
 
     if choice == "openssh" or targets > 1:
         return openssh()

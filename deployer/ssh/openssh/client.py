@@ -1,4 +1,4 @@
-"""OpenSSH as the transport of a push: one ControlMaster per hop, shared by every target behind it.
+"""OpenSSH as the SSH client of a push: one ControlMaster per hop, shared by every target behind it.
 
 ``connect`` reaches a target hop by hop as ``ssh.connect`` does, with the same dial (or proxy) to
 the first hop and the same checks and errors, but each hop's session is an OpenSSH master: the
@@ -6,7 +6,7 @@ first one runs over the socket deployer dialled, every further one over a stdio 
 master before it. A jump host serves every target behind it through its one master, so a fleet
 logs in to it once. Keys stay in memory (an in-memory agent per key set answers the masters);
 host keys are judged by deployer (``verdicts``); nothing is left behind: the masters, the
-agents, their sockets and the logs go when the transport is closed.
+agents, their sockets and the logs go when the client is closed.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from deployer.ssh.route import Route
 LOGIN_TIMEOUTS = 3
 
 
-class OpenSSHTransport:
-    """The masters of one push (or one command), and everything they need while they run."""
+class OpenSSHClient:
+    """The masters of one push, and everything they need while they run."""
 
     name = "openssh"
 
@@ -101,7 +101,7 @@ class OpenSSHTransport:
         )
         with self._lock:
             if self._closed:
-                raise RuntimeError("the OpenSSH transport is closed")
+                raise RuntimeError("the OpenSSH client is closed")
             lock = self._locks.setdefault(chain, threading.Lock())
         with lock:  # targets behind one jump host wait for its one master
             master = self._masters.get(chain)

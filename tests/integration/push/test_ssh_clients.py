@@ -1,7 +1,7 @@
-"""The OpenSSH transport against real sshd through jump + tunnel, side by side with paramiko.
+"""The OpenSSH client against real sshd through jump + tunnel, side by side with paramiko.
 
 Two targets stand behind one jump host here, each reached through its own ``ssh -R`` tunnel.
-Both transports must deploy, refuse the same host keys and fail the same routes with the same
+Both clients must deploy, refuse the same host keys and fail the same routes with the same
 line and exit code; the OpenSSH one must log in to the jump host once for a whole fleet, keep
 every secret out of files, command lines and environments, stop the command past its limit with
 its process group, and leave no process, socket or file behind, even when deployer is killed.
@@ -35,9 +35,9 @@ from deployer.sandbox.servers import (
 )
 from deployer.sandbox.topology import Sandbox
 from deployer.ssh.access import Access, RouteRequest, build_routes, connect_options
+from deployer.ssh.clients import AUTO_OPENSSH_BYTES, Session, open_client
 from deployer.ssh.hostkeys import fingerprint
 from deployer.ssh.keys import read_private_key_file
-from deployer.ssh.transports import AUTO_OPENSSH_BYTES, Session, open_transport
 from tests.conftest import Run, run_cli
 from tests.integration.helpers import (
     gone,
@@ -52,7 +52,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[3]
 
-TRANSPORTS = ("openssh", "paramiko")
+CLIENTS = ("openssh", "paramiko")
 
 
 @dataclass
@@ -113,9 +113,9 @@ def forced_home(home: Path) -> str:
 
 @pytest.fixture(scope="module")
 def pair(topology) -> Iterator[Pair]:
-    base = Path(tempfile.mkdtemp(prefix="deployer-transports-"))
+    base = Path(tempfile.mkdtemp(prefix="deployer-ssh-clients-"))
     base.chmod(0o755)
-    homes = (topology.deploy_path("transport-0"), topology.deploy_path("transport-1"))
+    homes = (topology.deploy_path("ssh-client-0"), topology.deploy_path("ssh-client-1"))
     for home in homes:
         home.mkdir()
         topology.give(home)
@@ -168,8 +168,8 @@ def document(run: Run) -> dict[str, object]:
     return json.loads(run.stdout)  # type: ignore[no-any-return]
 
 
-def transports(run: Run) -> list[str]:
-    return [t["details"].get("transport") for t in document(run)["targets"]]  # type: ignore[index, union-attr]
+def clients(run: Run) -> list[str]:
+    return [t["details"].get("ssh_client") for t in document(run)["targets"]]  # type: ignore[index, union-attr]
 
 
 def ours(folder: Path) -> list[int]:
@@ -194,18 +194,18 @@ def secret_lines(pair: Pair) -> list[str]:
 
 def test_openssh_deploys_a_fleet_logging_in_to_the_jump_host_once(pair: Pair, tmp_path) -> None:
     before = pair.jump_logins()
-    run = push(pair, make_app(tmp_path, "one"), "fleet", "--transport", "openssh", targets=(0, 1))
+    run = push(pair, make_app(tmp_path, "one"), "fleet", "--ssh-client", "openssh", targets=(0, 1))
     assert run.status == 0, run.stderr
-    assert transports(run) == ["openssh", "openssh"]
+    assert clients(run) == ["openssh", "openssh"]
     for home in pair.homes:
         assert (
             live(home / "fleet") and (home / "fleet" / "current" / "VERSION").read_text() == "one\n"
         )
     assert pair.jump_logins() - before == 1  # one jump master serves both targets
     before = pair.jump_logins()
-    run = push(pair, make_app(tmp_path, "two"), "fleet", "--transport", "paramiko", targets=(0, 1))
+    run = push(pair, make_app(tmp_path, "two"), "fleet", "--ssh-client", "paramiko", targets=(0, 1))
     assert run.status == 0, run.stderr
-    assert transports(run) == ["paramiko", "paramiko"]
+    assert clients(run) == ["paramiko", "paramiko"]
     assert pair.jump_logins() - before == 2  # paramiko: one connection per target
 
 
@@ -221,10 +221,10 @@ def test_auto_takes_openssh_for_a_fleet_and_paramiko_for_one_small_artifact(
 ) -> None:
     fleet = push(pair, make_app(tmp_path, "fleet"), "auto-fleet", targets=(0, 1))
     assert fleet.status == 0, fleet.stderr
-    assert transports(fleet) == ["openssh", "openssh"]
+    assert clients(fleet) == ["openssh", "openssh"]
     one = push(pair, make_app(tmp_path, "one"), "auto-one")
     assert one.status == 0, one.stderr
-    assert transports(one) == ["paramiko"]  # OpenSSH's longer login would not pay back
+    assert clients(one) == ["paramiko"]  # OpenSSH's longer login would not pay back
 
 
 @contextlib.contextmanager
@@ -258,7 +258,7 @@ def test_auto_takes_openssh_for_a_large_artifact_only_over_a_fast_link(
         run = run_cli(["push", str(app), *route, "--path", f"link-{rtt_ms}", "--json"], env=env,
                       timeout=180)  # fmt: skip
     assert run.status == 0, run.stderr
-    assert transports(run) == [expected]
+    assert clients(run) == [expected]
     assert (
         pair.homes[0] / f"link-{rtt_ms}" / "current" / "blob.bin"
     ).stat().st_size == AUTO_OPENSSH_BYTES
@@ -271,13 +271,13 @@ def test_without_ssh_auto_falls_back_to_paramiko_and_openssh_is_refused(
     env = {**pair.env, "PATH": str(path)}
     run = push(pair, make_app(tmp_path, "nossh"), "nossh", env=env, targets=(0, 1))
     assert run.status == 0, run.stderr
-    assert transports(run) == ["paramiko", "paramiko"]
-    assert "the SSH transport is paramiko: no ssh on the PATH" in run.stderr
-    refused = push(pair, make_app(tmp_path, "forced"), "forced", "--transport", "openssh", env=env)
+    assert clients(run) == ["paramiko", "paramiko"]
+    assert "the SSH client is paramiko: no ssh on the PATH" in run.stderr
+    refused = push(pair, make_app(tmp_path, "forced"), "forced", "--ssh-client", "openssh", env=env)
     assert refused.status == ExitCode.USAGE
     assert one_error_line(refused.stderr) == (
-        "deployer: error: --transport openssh: no ssh on the PATH — install OpenSSH's client 8.5"
-        " or newer (openssh-client), or use --transport auto"
+        "deployer: error: --ssh-client openssh: no ssh on the PATH — install OpenSSH's client 8.5"
+        " or newer (openssh-client), or use --ssh-client auto"
     )
     assert not (pair.homes[0] / "forced").exists()
 
@@ -310,10 +310,10 @@ def test_host_keys_are_refused_on_every_hop_exactly_as_with_paramiko(
     env = {**pair.env, "SSH_KNOWN_HOSTS": known_hosts_with(pair, hop, problem, tmp_path)}
     app = make_app(tmp_path, "hk")
     lines = {}
-    for transport in TRANSPORTS:
-        run = push(pair, app, f"hk-{hop}-{problem}", "--transport", transport, env=env)
+    for client in CLIENTS:
+        run = push(pair, app, f"hk-{hop}-{problem}", "--ssh-client", client, env=env)
         assert run.status == ExitCode.HOST_KEY, run.stderr
-        lines[transport] = one_error_line(run.stderr)
+        lines[client] = one_error_line(run.stderr)
     assert lines["openssh"] == lines["paramiko"]
     assert ("CHANGED" if problem == "changed" else "is not in SSH_KNOWN_HOSTS") in lines["openssh"]
     assert not (pair.homes[0] / f"hk-{hop}-{problem}").exists()  # nothing reached the target
@@ -322,11 +322,11 @@ def test_host_keys_are_refused_on_every_hop_exactly_as_with_paramiko(
 def test_accept_new_host_keys_accepts_and_says_the_same_on_both(pair: Pair, tmp_path) -> None:
     env = {**pair.env, "SSH_KNOWN_HOSTS": ""}
     notices = {}
-    for transport in TRANSPORTS:
-        run = push(pair, make_app(tmp_path, transport), f"tofu-{transport}", "--transport", transport,
+    for client in CLIENTS:
+        run = push(pair, make_app(tmp_path, client), f"tofu-{client}", "--ssh-client", client,
                    "--accept-new-host-keys", env=env)  # fmt: skip
         assert run.status == 0, run.stderr
-        notices[transport] = [
+        notices[client] = [
             line.split("Z ", 1)[1]
             for line in run.stderr.splitlines()
             if "accepted a new host key" in line
@@ -360,10 +360,10 @@ def failing_routes(pair: Pair) -> dict[str, list[str]]:
 def test_route_and_login_failures_read_the_same_on_both(pair: Pair, tmp_path, case: str) -> None:
     route = failing_routes(pair)[case]
     results = {}
-    for transport in TRANSPORTS:
-        run = run_cli(["push", str(make_app(tmp_path, transport)), *route, "--path", "failing",
-                       "--transport", transport], env=pair.env)  # fmt: skip
-        results[transport] = (run.status, one_error_line(run.stderr))
+    for client in CLIENTS:
+        run = run_cli(["push", str(make_app(tmp_path, client)), *route, "--path", "failing",
+                       "--ssh-client", client], env=pair.env)  # fmt: skip
+        results[client] = (run.status, one_error_line(run.stderr))
     assert results["openssh"] == results["paramiko"]
     expected = ExitCode.AUTH if "user" in case else ExitCode.CONNECT
     assert results["openssh"][0] == expected
@@ -373,10 +373,10 @@ def test_a_tunnel_that_is_down_reads_the_same_on_both(pair: Pair, tmp_path) -> N
     stop_process_group(pair.tunnel)
     try:
         results = {}
-        for transport in TRANSPORTS:
-            run = run_cli(["push", str(make_app(tmp_path, transport)), *pair.route(1), "--path", "down",
-                           "--transport", transport], env=pair.env)  # fmt: skip
-            results[transport] = (run.status, one_error_line(run.stderr))
+        for client in CLIENTS:
+            run = run_cli(["push", str(make_app(tmp_path, client)), *pair.route(1), "--path", "down",
+                           "--ssh-client", client], env=pair.env)  # fmt: skip
+            results[client] = (run.status, one_error_line(run.stderr))
     finally:
         pair.open_second_tunnel()
     assert results["openssh"] == results["paramiko"]
@@ -396,10 +396,10 @@ def test_a_silent_jump_host_fails_the_handshake_within_the_timeout_on_both(
         port = listener.getsockname()[1]
         route = ["--jump", f"{pair.box.user}@127.0.0.1:{port}", "--to", "x@localhost:22022",
                  "--connect-timeout", "2"]  # fmt: skip
-        for transport in TRANSPORTS:
+        for client in CLIENTS:
             started = time.monotonic()
-            run = run_cli(["push", str(make_app(tmp_path, transport)), *route, "--path", "silent",
-                           "--transport", transport], env=pair.env)  # fmt: skip
+            run = run_cli(["push", str(make_app(tmp_path, client)), *route, "--path", "silent",
+                           "--ssh-client", client], env=pair.env)  # fmt: skip
             assert time.monotonic() - started < 15
             assert run.status == ExitCode.CONNECT
             line = one_error_line(run.stderr)
@@ -417,7 +417,7 @@ def start_push(
 ) -> subprocess.Popen[str]:
     env = {**os.environ, **pair.env, "TMPDIR": str(tmp)}
     argv = [sys.executable, "-m", "deployer", "push", str(app), *pair.route(*targets), "--path", path,
-            "--transport", "openssh", *extra]  # fmt: skip
+            "--ssh-client", "openssh", *extra]  # fmt: skip
     return subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -477,7 +477,7 @@ def test_a_stopped_deployer_leaves_no_process_and_no_control_socket(
     release = tmp_path / "never"
     path = f"stopped-{how.name.lower()}"
     # SIGTERM: one target, whose hook runs on the main thread and is interrupted there (a
-    # fleet's staging threads finish their hooks first, on either transport)
+    # fleet's staging threads finish their hooks first, with either client)
     targets = (0,) if how == signal.SIGTERM else (0, 1)
     homes = [pair.homes[n] for n in targets]
     proc = start_push(pair, make_app(tmp_path, "k"), path, private_tmp,
@@ -514,11 +514,11 @@ def session(pair: Pair) -> Iterator[Session]:
     env = {**os.environ, **pair.env}
     access = Access(env=env, local=False)
     route = build_routes(RouteRequest(to=(pair.route(0)[3],), jump=(pair.route(0)[1],)), access)[0]
-    transport = open_transport("openssh", env, lambda line: None)
+    client = open_client("openssh", env, lambda line: None)
     try:
-        yield transport.connect(route, connect_options(route, access, lambda line: None))
+        yield client.connect(route, connect_options(route, access, lambda line: None))
     finally:
-        transport.close()
+        client.close()
 
 
 def test_a_command_past_its_limit_is_stopped_with_its_whole_process_group(
@@ -536,24 +536,22 @@ def test_a_command_past_its_limit_is_stopped_with_its_whole_process_group(
 def test_a_master_that_dies_is_a_lost_connection_and_the_next_connect_starts_anew(
     pair: Pair, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        tempfile, "tempdir", str(private_tmp)
-    )  # where the transport keeps its files
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))  # where the client keeps its files
     env = {**os.environ, **pair.env}
     access = Access(env=env, local=False)
     route = build_routes(RouteRequest(to=(pair.route(0)[3],), jump=(pair.route(0)[1],)), access)[0]
     options = connect_options(route, access, lambda line: None)
-    transport = open_transport("openssh", env, lambda line: None)
+    client = open_client("openssh", env, lambda line: None)
     try:
-        first = transport.connect(route, options)
+        first = client.connect(route, options)
         assert first.run("echo one").stdout == b"one\n"
         target_master = max(ours(private_tmp))  # started last
         os.kill(target_master, signal.SIGKILL)
         with pytest.raises(ConnectError, match="lost the connection to"):
             first.run("sleep 5")
-        again = transport.connect(route, options)
+        again = client.connect(route, options)
         assert again.run("echo two").stdout == b"two\n"
         assert target_master not in ours(private_tmp)
     finally:
-        transport.close()
+        client.close()
     assert list(private_tmp.iterdir()) == []
