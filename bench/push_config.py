@@ -24,6 +24,9 @@ MiB = 1 << 20
 
 DEPLOYER = "deployer push"
 DEPLOYER_LINKED = "deployer push --link-unchanged"
+# deployer with paramiko as its SSH client, to compare with the default on request:
+# --methods "deployer push,deployer push --ssh-client paramiko,..."
+DEPLOYER_PARAMIKO = "deployer push --ssh-client paramiko"
 TAR = "tar | ssh"
 TARGZ = "tar | gzip -1 | ssh"
 TARZSTD = "tar | zstd -3 -T0 | ssh"  # the honest best hand-made pipe
@@ -31,6 +34,7 @@ RSYNC = "rsync -az"
 SCP = "scp -r"
 PLAIN = (TAR, TARGZ, TARZSTD, RSYNC)  # the goal's "best plain practice"
 METHODS = (DEPLOYER, TAR, TARGZ, TARZSTD, RSYNC, SCP)
+EXTRA_METHODS = (DEPLOYER_PARAMIKO,)  # measured only when --methods names them
 # full deploys must beat these by a margin (issue 18): at most 0.85x their time
 MARGIN_METHODS = (TARGZ, RSYNC)
 MARGIN = 0.85
@@ -42,6 +46,11 @@ ADAPT_LEVELS = (1, 3, 6, 9)
 def fixed_zstd(level: int) -> str:
     """The method name of a push with zstd at one fixed level."""
     return f"{DEPLOYER} --compress zstd --compress-level {level}"
+
+
+def deployer_flags(method: str) -> tuple[str, ...]:
+    """The flags a deployer method adds to `deployer push` ("deployer push --x y" -> --x y)."""
+    return tuple(method.removeprefix(DEPLOYER).split())
 
 
 # redeploy scenarios: the next release with 1 % of the files changed, and either the other files'

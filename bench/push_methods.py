@@ -38,6 +38,7 @@ from bench.push_config import (
     TARGZ,
     TARZSTD,
     Profile,
+    deployer_flags,
 )
 from bench.push_topology import Topology
 
@@ -243,9 +244,7 @@ class Bench:
         name = self._name(f"{method}-{corpus.name}-{profile.key}")
         remote = str(self.topo.mnt / name)
         if method.startswith(DEPLOYER):
-            # "deployer push --compress zstd --compress-level 3": the rest of the name is flags
-            flags = tuple(shlex.split(method[len(DEPLOYER) :]))
-            argv = self.deployer_argv(source.tree, remote, extra=flags)
+            argv = self.deployer_argv(source.tree, remote, extra=deployer_flags(method))
             env, dest = self.topo.deployer_env(), self._deployed
         else:
             argv, env = self.plain_argv(method, source.tree, remote), self.topo.env()
@@ -288,7 +287,7 @@ class Bench:
         remote = str(self.topo.mnt / name)
         timeout = self._timeout(profile, corpus.bytes, corpus.files)
         if method.startswith("deployer"):
-            extra = tuple(shlex.split(method[len(DEPLOYER) :]))
+            extra = deployer_flags(method)
             env = self.topo.deployer_env()
             first_argv = self.deployer_argv(corpus.tree, remote, extra=extra)
             argv = self.deployer_argv(v2.tree, remote, extra=extra)
@@ -324,7 +323,7 @@ class Bench:
             result.error = f"only {len(self.topo.targets)} targets started"
         elif count > 1 and not self.topo.private_mounts:
             result.error = "n/a: needs root (per-target mount namespaces)"
-        elif method == DEPLOYER and count > 1 and not self.has_parallel:
+        elif method.startswith(DEPLOYER) and count > 1 and not self.has_parallel:
             result.error = "n/a: deployer push has no --parallel yet"
         if result.error:
             self._say(result, "")
@@ -332,9 +331,11 @@ class Bench:
         timeout = self._timeout(profile, corpus.bytes, corpus.files, count)
         name = self._name(f"parallel{count}-{method}-{corpus.name}-{profile.key}")
         remote = str(self.topo.mnt / name)
-        if method == DEPLOYER:
+        if method.startswith(DEPLOYER):
             run = self.execute(
-                self.deployer_argv(corpus.tree, remote, targets=count),
+                self.deployer_argv(
+                    corpus.tree, remote, targets=count, extra=deployer_flags(method)
+                ),
                 env=self.topo.deployer_env(),
                 timeout=timeout,
                 name=name,

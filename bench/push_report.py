@@ -19,6 +19,7 @@ from bench.push_config import (
     ADAPT_LEVELS,
     DEPLOYER,
     DEPLOYER_LINKED,
+    EXTRA_METHODS,
     MARGIN,
     MARGIN_METHODS,
     METHODS,
@@ -99,7 +100,7 @@ def latency_model(
     """Fit seconds = a + b * RTT for the 1 kB deploys: a = local work, b = round trips spent."""
     model = {}
     rtts = {p["key"]: p["rtt_ms"] / 1000 for p in profiles}
-    for method in (DEPLOYER, TAR):
+    for method in (DEPLOYER, *EXTRA_METHODS, TAR):
         points = [
             (rtts[r.profile], min(r.samples))
             for r in results
@@ -162,7 +163,8 @@ def report(
             )
         header = ["method"] + [corpus_map[c].label for c in full_corpora]
         rows = [header]
-        for method in METHODS:
+        measured = {r.method for r in results}
+        for method in (*METHODS, *(m for m in EXTRA_METHODS if m in measured)):
             row = [method + (" (est.)" if method == SCP else "")]
             for c in full_corpora:
                 r = find(results, profile=key, corpus=c, method=method, scenario="full")
@@ -255,11 +257,24 @@ def report(
             counts = sorted({r.targets for r in par})
             corpus = corpus_map[par[0].corpus]
             rows = [[f"targets in parallel ({corpus.label})"] + [str(n) for n in counts]]
-            for method in (DEPLOYER, TARZSTD):
+            shown = (DEPLOYER, *(m for m in EXTRA_METHODS if find(par, method=m)), TARZSTD)
+            for method in shown:
                 label = (
-                    method if method == DEPLOYER else "tar | zstd -3 -T0 once, N x ssh in parallel"
+                    method if method != TARZSTD else "tar | zstd -3 -T0 once, N x ssh in parallel"
                 )
                 rows.append([label] + [cell(find(par, method=method, targets=n)) for n in counts])
+            fan_row = ["deployer / plain fan-out"]
+            for n in counts:
+                mine, plain = (
+                    find(par, method=DEPLOYER, targets=n),
+                    find(par, method=TARZSTD, targets=n),
+                )
+                fan_row.append(
+                    f"{mine.seconds / plain.seconds:.2f}x"
+                    if mine and plain and mine.ok and plain.ok and mine.seconds and plain.seconds
+                    else "-"
+                )
+            rows.append(fan_row)
             ratio_row = ["deployer: time / time for 1 target"]
             one = find(par, method=DEPLOYER, targets=1)
             for n in counts:
@@ -296,26 +311,26 @@ def report(
             out.append(table(rows) + "\n")
             top = max(counts)
             r = find(par, method=DEPLOYER, targets=top)
-            plain = find(par, method=TARZSTD, targets=top)
-            name = f"{top} targets <= the plain fan-out"
-            if top > 1 and r and plain and r.ok and plain.ok and r.seconds and plain.seconds:
-                ratio = r.seconds / plain.seconds
+            fan = find(par, method=TARZSTD, targets=top)
+            what = f"{top} targets <= the plain fan-out"
+            if top > 1 and r and fan and r.ok and fan.ok and r.seconds and fan.seconds:
+                ratio = r.seconds / fan.seconds
                 floor = (
                     f"; the link alone needs {top * wire / prof['rate_bytes']:.1f} s for {top} copies"
                     if wire
                     else ""
                 )
                 goal(
-                    name,
+                    what,
                     key,
-                    f"{r.seconds:.2f} s vs {plain.seconds:.2f} s{floor}",
+                    f"{r.seconds:.2f} s vs {fan.seconds:.2f} s{floor}",
                     ratio <= 1.0,
                     round(ratio, 3),
                 )
             elif top > 1:
-                failed = r if r and not r.ok else plain if plain and not plain.ok else None
+                failed = r if r and not r.ok else fan if fan and not fan.ok else None
                 goal(
-                    name,
+                    what,
                     key,
                     failed.error if failed else "not measured",
                     None if (failed is None or failed.error.startswith("n/a")) else False,

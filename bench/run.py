@@ -56,6 +56,7 @@ from bench.push_config import (
     CACHE,
     DEPLOYER,
     DEPLOYER_LINKED,
+    EXTRA_METHODS,
     FULL_CORPORA,
     FULL_PROFILES,
     METHODS,
@@ -106,7 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-parallel", action="store_true", help="skip the parallel-targets runs")
     parser.add_argument("--no-memory", action="store_true", help="skip the 1 GiB peak-memory run")
-    parser.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)}")
+    parser.add_argument(
+        "--methods", help=f"comma-separated subset of: {', '.join(METHODS + EXTRA_METHODS)}"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (scp: always one)")
     parser.add_argument(
         "--stat", choices=("median", "min"), default="median", help="how repeats are summarized"
@@ -280,8 +283,9 @@ def inner(args: argparse.Namespace, net: dict[str, str] | None) -> int:
             print(f"  link check: {json.dumps(prof['link'])}", file=sys.stderr, flush=True)
             prof["ssh_setup"] = bench.ssh_setup()
             # every repetition runs each method once, round-robin, so load bursts hit all alike
+            deployers = [DEPLOYER, *(m for m in EXTRA_METHODS if m in args.methods)]
             for _ in range(5):
-                for method in (DEPLOYER, TAR):
+                for method in (*deployers, TAR):
                     bench.full(profile, corpus_map["tiny"], method, prof["ssh_setup"], "latency")
             for c in args.corpora:
                 if c == "huge":
@@ -306,7 +310,7 @@ def inner(args: argparse.Namespace, net: dict[str, str] | None) -> int:
             if not args.no_parallel:
                 for count in args.targets:
                     for _ in range(args.repeat):
-                        for method in (DEPLOYER, TARZSTD):
+                        for method in (*deployers, TARZSTD):
                             bench.parallel(profile, corpus_map[parallel_name], count, method)
             fastest = max(args.profiles, key=lambda p: p.rate_mbit)
             if "huge" in corpus_map and not args.no_memory and profile == fastest:

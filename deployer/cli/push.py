@@ -26,6 +26,7 @@ from deployer.cli.options import (
 )
 from deployer.errors import ConfigError, ConnectError
 from deployer.ssh.access import Access, RouteRequest, split_values
+from deployer.ssh.clients import CLIENT_CHOICES, ClientChoice
 from deployer.webhook.options import MODES, WebhookOptions
 
 if TYPE_CHECKING:
@@ -101,6 +102,10 @@ def transfer_options(func: F) -> F:
                      help="Switch targets in rolling batches of N (or P% of them); default: all together."),
         click.option("--shard", envvar="DEPLOYER_SHARD", metavar="K/N|auto",
                      help="Deploy only every N-th target starting at K (auto: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL)."),
+        click.option("--ssh-client", type=click.Choice(CLIENT_CHOICES), default="auto", show_default=True,
+                     envvar="DEPLOYER_SSH_CLIENT",
+                     help="Who carries the push: openssh (ssh 8.5+, one master per hop, shared by a fleet),"
+                          " paramiko, or auto (openssh for fleets and large artifacts over fast links)."),
     ]  # fmt: skip
     return apply(func, options)
 
@@ -120,7 +125,7 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
          env: tuple[str, ...], keep: int, shared: tuple[str, ...],
          exclude: tuple[str, ...], group: str | None, writable: tuple[str, ...],
          compress: CompressMode, compress_level: int | None, no_delta: bool, link_unchanged: bool, dry_run: bool,
-         parallel: int, batch: str | None, shard: str | None, transport: Transport,
+         parallel: int, batch: str | None, shard: str | None, ssh_client: ClientChoice, transport: Transport,
          webhook: WebhookOptions) -> None:  # fmt: skip
     """Upload ARTIFACT (dir, .tar, .tar.gz, .tgz or .zip) as a new release and switch to it."""
     from deployer.artifact.ignore import check_patterns
@@ -160,6 +165,11 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
 
         if webhook.mode != "ssh":
             raise ConfigError(f"--transport sftp works with --mode ssh only, not {webhook.mode}")
+        if ssh_client == "openssh":
+            raise ConfigError(
+                "--transport sftp goes over paramiko (the OpenSSH client carries shell deploys)"
+                " — drop --ssh-client openssh"
+            )
         refuse_hooks(settings, "--transport sftp")
     if webhook.mode != "ssh":
         from deployer.webhook.client import WebhookPush
@@ -201,7 +211,7 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
         reporter.line(payload.artifact.cleared_note())
     describe_excluded(reporter, payload.artifact, dry_run=dry_run)
     result = push_over_ssh(
-        routes, access, payload, settings, provenance, reporter, fleet, transport
+        routes, access, payload, settings, provenance, reporter, fleet, transport, ssh_client
     )
     outcomes, error = result.outcomes, result.error
     if webhook.mode == "auto" and isinstance(error, ConnectError) and not result.established:

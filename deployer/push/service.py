@@ -3,7 +3,8 @@
 ``push_over_ssh`` deploys one payload to every route all-or-nothing (see ``push.fleet``);
 ``for_each_target`` runs a command (releases, rollback, unlock, exec) on each target in turn;
 ``ask_every_target`` asks every target at once (status), whichever of them fail.
-Both connect through ``ssh.connect``, so that every command verifies host keys the same way.
+All connect through ``ssh.connect``'s dial and checks (a push with the SSH client
+``ssh.clients`` chose), so that every command verifies host keys the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from deployer.errors import DeployerError
 from deployer.output import Reporter
 from deployer.push.fleet import FleetSettings, push_fleet
 from deployer.ssh.access import Access, connect_options, route_flags
+from deployer.ssh.clients import ClientChoice, Session, SshClient, open_client
 from deployer.ssh.connect import connected
 from deployer.ssh.connection import Connection
 from deployer.ssh.route import Route
@@ -39,6 +41,18 @@ def connection_to(route: Route, access: Access, reporter: Reporter) -> Iterator[
     """A connection along route that is closed (every hop) when the block ends."""
     with connected(route, connect_options(route, access, reporter.line)) as connection:
         yield connection
+
+
+@contextmanager
+def session_to(
+    route: Route, access: Access, reporter: Reporter, client: SshClient
+) -> Iterator[Session]:
+    """A session along route with `client`, closed when the block ends."""
+    session = client.connect(route, connect_options(route, access, reporter.line))
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 @dataclass
@@ -59,45 +73,70 @@ def push_over_ssh(
     reporter: Reporter,
     fleet: FleetSettings,
     transport: Transport = "auto",
+    ssh_client: ClientChoice = "auto",
 ) -> PushResult:
     """Deploy payload to every route all-or-nothing; connections are closed when it returns.
 
-    With transport "auto", a target that runs no commands is deployed to over SFTP.
+    With transport "auto", a target that runs no commands is deployed to over SFTP. ssh_client
+    chooses who carries the shell path (see ssh.clients); SFTP always goes over paramiko.
     """
     established: list[str] = []  # --mode auto falls back only if no connection ever came up
     with contextlib.ExitStack() as connections:
         connections.callback(payload.close)  # shared streams go once every upload is done
+        client = open_client(
+            "paramiko" if transport == "sftp" else ssh_client, access.env, reporter.line,
+            targets=len(routes), artifact_bytes=payload.artifact.total_size,
+        )  # fmt: skip
+        connections.callback(client.close)  # after every session: a fleet shares its masters
 
         def start(index: int) -> PhasedDeploy:
-            def connect() -> Connection:
+            def connect() -> Session:
+                session = connections.enter_context(
+                    session_to(routes[index], access, reporter, client)
+                )
+                established.append(session.label)
+                return session
+
+            def connect_files() -> Connection:
                 connection = connections.enter_context(
                     connection_to(routes[index], access, reporter)
                 )
                 established.append(connection.label)
                 return connection
 
-            connection = connect()
+            session = connect()
             route = route_flags(routes[index])
-            latest = [connection]  # the SFTP path's connection (a reconnect replaces it)
+            # the SFTP path's paramiko connection (a reconnect replaces it); over OpenSSH, one
+            # is made when a target turns out to run no commands
+            latest: list[Connection | None] = [session if isinstance(session, Connection) else None]
+
+            def files() -> Connection:
+                connection = latest[0]
+                if connection is None:
+                    connection = latest[0] = connect_files()
+                return connection
 
             def reconnect_files() -> SftpSession:
-                latest[0] = connect()
-                return open_sftp(latest[0])
+                latest[0] = None
+                return open_sftp(files())
 
             def over_sftp() -> SftpDeploy:
                 return SftpDeploy(
-                    open_sftp(connection), payload, settings, provenance, reporter,
+                    open_sftp(files()), payload, settings, provenance, reporter,
                     reconnect=reconnect_files, route=route,
-                    reopen=lambda: open_sftp(latest[0], timeout=CLEANUP_TIMEOUT),
+                    reopen=lambda: open_sftp(files(), timeout=CLEANUP_TIMEOUT),
                 )  # fmt: skip
 
             if transport == "sftp":
                 return over_sftp()
-            shell = TargetDeploy(connection, payload, settings, provenance, reporter, reconnect=connect,
+            shell = TargetDeploy(session, payload, settings, provenance, reporter, reconnect=connect,
                                  route=route)  # fmt: skip
             return shell if transport == "shell" else AutoDeploy(shell, over_sftp, reporter)
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)
+    for outcome in outcomes:
+        if outcome.target in established:
+            outcome.details["ssh_client"] = client.name
     return PushResult(outcomes, error, established)
 
 

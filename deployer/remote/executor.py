@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from deployer.errors import DeployerError, TransferError, reason
+
 OutputSink = Callable[[str, bytes], None]  # (stream name "stdout"/"stderr", raw bytes)
 
 # A command past its time limit gets TERM, and KILL this many seconds later (as `timeout -k 5`
@@ -52,3 +54,16 @@ class Executor(Protocol):
         connection lost meanwhile is a ConnectError.
         """
         ...
+
+
+def upload_failure(error: BaseException | None, status: int, label: str) -> DeployerError | None:
+    """What to raise after a command whose stdin an upload fed: the upload's own DeployerError
+    (e.g. the artifact changed while it was sent: its own exit code), a TransferError for any
+    other failure of a command that then claimed success, or None."""
+    if isinstance(error, DeployerError):
+        return error
+    if error is not None and status == 0:
+        failure = TransferError(f"upload to {label} failed: {reason(error)} — run the push again")
+        failure.__cause__ = error
+        return failure
+    return None

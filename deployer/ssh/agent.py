@@ -157,6 +157,10 @@ class MemoryAgent:
     def __exit__(self, *exc: object) -> None:
         """Stop serving, drop open connections and remove the socket directory."""
         self._stopping.set()
+        if self._listener is not None and self.socket_path:
+            # a connection wakes accept() now; it would otherwise notice at its next poll
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as poke:
+                poke.connect(self.socket_path)
         if self._acceptor is not None:
             self._acceptor.join(timeout=5 * _POLL_SECONDS + 1)
         # Close only once the accept loop is gone, so it never touches a reused descriptor.

@@ -18,7 +18,6 @@ from typing import Any
 import paramiko
 
 from deployer.errors import (
-    AuthError,
     ConnectError,
     DeployerError,
     HostKeyError,
@@ -26,6 +25,15 @@ from deployer.errors import (
 )
 from deployer.ssh.connection import Connection
 from deployer.ssh.credentials import Credentials
+from deployer.ssh.failures import (
+    channel_failed,
+    dropped_while_authenticating,
+    forward_prohibited,
+    handshake_failed,
+    key_refused,
+    no_key,
+    nothing_listens,
+)
 from deployer.ssh.hostkeys import HostKeyPolicy, fingerprint
 from deployer.ssh.proxy import dial, open_through
 from deployer.ssh.route import Route
@@ -67,7 +75,8 @@ class ConnectOptions:
         return self.credentials
 
 
-def _tcp_socket(route: Route, timeout: float) -> socket.socket:
+def first_hop_socket(route: Route, timeout: float) -> socket.socket:
+    """A connection to the route's first hop: dialled, or through its proxy."""
     first = route.hops[0]
     what = route.describe(0)
     if route.proxy is not None:
@@ -91,18 +100,10 @@ def _open_hop_channel(
         )
     except paramiko.ChannelException as exc:
         if exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
-            raise ConnectError(
-                f"jump host {via} refused to forward to {hop.address} (administratively prohibited)"
-                f' — allow it with permitopen="{hop.address}" on the jump host\'s key'
-            ) from exc
-        raise ConnectError(
-            f"nothing listens on {hop.address} on {via} — is the tunnel up?"
-            " (check the intranet server's ssh -R / deployer tunnel)"
-        ) from exc
+            raise forward_prohibited(via, hop) from exc
+        raise nothing_listens(via, hop) from exc
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise ConnectError(
-            f"jump host {via} did not open a channel to {hop.address}: {reason(exc)}"
-        ) from exc
+        raise channel_failed(via, hop, reason(exc)) from exc
 
 
 def _handshake(sock: Any, route: Route, index: int, options: ConnectOptions) -> paramiko.Transport:
@@ -129,11 +130,7 @@ def _handshake(sock: Any, route: Route, index: int, options: ConnectOptions) -> 
         key = transport.get_remote_server_key()
     except (paramiko.SSHException, OSError, EOFError) as exc:
         transport.close()
-        behind = " (the tunnel is up but nothing answers behind it — is sshd running on the intranet server?)"
-        raise ConnectError(
-            f"{what} closed the connection during the SSH handshake: {reason(exc)}"
-            + (behind if index > 0 else " — is this port an SSH server?")
-        ) from exc
+        raise handshake_failed(route, index, reason(exc)) from exc
     try:
         notice = options.host_keys.check(
             what, *known_as, key.get_name(), key.asbytes(), options.keyscan_hint
@@ -152,15 +149,10 @@ def _authenticate(
     transport: paramiko.Transport, route: Route, index: int, options: ConnectOptions
 ) -> None:
     hop = route.hops[index]
-    what = route.describe(index)
     candidates = options.credentials_for(index).candidates()
     if not candidates:
         transport.close()
-        jump = "SSH_JUMP_PRIVATE_KEY or --jump-key-file, or " if index < len(route.jumps) else ""
-        raise AuthError(
-            f"no key to log in to {what} — set {jump}SSH_PRIVATE_KEY, pass --key-file,"
-            " or start ssh-agent"
-        )
+        raise no_key(route, index)
     for key in candidates:
         try:
             remaining = transport.auth_publickey(hop.user, key)
@@ -168,24 +160,24 @@ def _authenticate(
             continue
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
-            raise ConnectError(
-                f"{what} dropped the connection while authenticating: {reason(exc)}"
-            ) from exc
+            raise dropped_while_authenticating(route, index, reason(exc)) from exc
         if not remaining and transport.is_authenticated():
             return
     transport.close()
-    offered = ", ".join(fingerprint(k.asbytes()) for k in candidates)
-    raise AuthError(
-        f"{what} refused the key ({offered}) for user '{hop.user}' — check the user name and that"
-        f" {options.auth_hint.format(user=hop.user)}"
-    )
+    offered = [fingerprint(k.asbytes()) for k in candidates]
+    raise key_refused(route, index, offered, options.auth_hint)
 
 
-def connect(route: Route, options: ConnectOptions) -> Connection:
-    """Connect hop by hop, verifying each host key and authenticating, and return the target."""
+def connect(
+    route: Route, options: ConnectOptions, first: socket.socket | None = None
+) -> Connection:
+    """Connect hop by hop, verifying each host key and authenticating, and return the target.
+
+    first: the connection to the first hop when the caller has made it already.
+    """
     transports: list[paramiko.Transport] = []
     try:
-        sock: Any = _tcp_socket(route, options.timeout)
+        sock: Any = first if first is not None else first_hop_socket(route, options.timeout)
         for index in range(len(route.hops)):
             if index > 0:
                 sock = _open_hop_channel(transports[-1], route, index, options.timeout)
@@ -224,7 +216,7 @@ def scan_host_keys(
         for index in range(len(route.hops)):
             for algorithm in algorithms:
                 sock: Any = (
-                    _tcp_socket(route, options.timeout)
+                    first_hop_socket(route, options.timeout)
                     if index == 0
                     else _open_hop_channel(transports[-1], route, index, options.timeout)
                 )
@@ -242,7 +234,7 @@ def scan_host_keys(
             if index < len(route.hops) - 1:
                 # to reach the next hop we must log in here; verified keys only
                 sock = (
-                    _tcp_socket(route, options.timeout)
+                    first_hop_socket(route, options.timeout)
                     if index == 0
                     else _open_hop_channel(transports[-1], route, index, options.timeout)
                 )

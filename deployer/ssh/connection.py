@@ -19,11 +19,9 @@ import paramiko
 from deployer.errors import (
     CommandTimeout,
     ConnectError,
-    DeployerError,
-    TransferError,
     reason,
 )
-from deployer.remote.executor import KILL_AFTER, OutputSink, RunResult
+from deployer.remote.executor import KILL_AFTER, OutputSink, RunResult, upload_failure
 from deployer.ssh.hostkeys import stored_key_type
 from deployer.ssh.route import Route
 
@@ -96,12 +94,9 @@ class Connection:
             channel.close()
         if uploader is not None:
             uploader.join(timeout=10)
-            if isinstance(uploader.error, DeployerError):
-                raise uploader.error  # e.g. the artifact changed while being sent: its own exit code
-            if uploader.error is not None and status == 0:
-                raise TransferError(
-                    f"upload to {self.label} failed: {reason(uploader.error)} — run the push again"
-                ) from uploader.error
+            failure = upload_failure(uploader.error, status, self.label)
+            if failure is not None:
+                raise failure
         return RunResult(status, out, err)
 
 

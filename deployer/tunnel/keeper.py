@@ -45,6 +45,7 @@ from deployer.errors import (
     HostKeyError,
 )
 from deployer.ssh.forwards import Forward
+from deployer.ssh.openssh.processes import parent_death_signal, private_directory, terminate
 from deployer.ssh.proxy import ProxySpec
 from deployer.ssh.route import Endpoint
 from deployer.tunnel.check import QUIET_WINDOW, Expectation, check_through, read_expectation
@@ -58,7 +59,7 @@ from deployer.tunnel.policy import (
     classify_ssh_exit,
     plan_after_failure,
 )
-from deployer.tunnel.processes import Helpers, parent_death_signal, private_directory, terminate
+from deployer.tunnel.processes import Helpers
 from deployer.tunnel.reclaim import Reclaimer
 from deployer.tunnel.session import Event, Session
 from deployer.tunnel.settings import TunnelSettings
@@ -134,7 +135,7 @@ class Keeper:
         try:
             with (
                 MemoryAgent(self._keys, comment="deployer-tunnel") as agent,
-                private_directory() as directory,
+                private_directory("deployer-tunnel-") as directory,
             ):
                 self._paths = RuntimePaths(directory, agent.socket_path)
                 self.board.serve()

@@ -2,70 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-if TYPE_CHECKING:
-    pass
-
+from deployer.ssh.openssh.processes import terminate
 
 GUARD_BANNER_WAIT = 2.0  # after logging in: a live holder's target answers well within this
-
-
-def parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, make ssh get SIGTERM if the keeper dies without cleaning up (no orphan tunnels)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return preexec
-
-
-@contextlib.contextmanager
-def private_directory() -> Iterator[Path]:
-    """A 0700 directory short enough for Unix socket paths (108 bytes)."""
-    base = None if len(tempfile.gettempdir()) < 60 else "/tmp"
-    path = Path(tempfile.mkdtemp(prefix="deployer-tunnel-", dir=base))
-    path.chmod(0o700)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def terminate(process: subprocess.Popen[bytes], grace: float = 3.0) -> None:
-    """SIGTERM (ssh closes the connection, the jump host frees the port), SIGKILL after grace."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait(timeout=grace)
-    for stream in (process.stdin, process.stdout, process.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
 
 
 class Helpers:

@@ -31,6 +31,8 @@ from tests.integration.proxies import (
 
 pytestmark = pytest.mark.integration
 
+CLIENTS = ("paramiko", "openssh")
+
 HTTP_USER, HTTP_PASSWORD = "ci", "http-s3cret-pw"
 
 
@@ -78,12 +80,14 @@ def _ssh_w(topology: Any, tmp_path: Path) -> str:
 # ---------------------------------------------------------------------------- deploys through each
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_push_through_http_connect_proxy_with_basic_auth(topology, deployer, tmp_path: Path,
-                                                         tinyproxy: Proxy) -> None:  # fmt: skip
+                                                         tinyproxy: Proxy, client: str) -> None:  # fmt: skip
     target = topology.deploy_path(f"http-{tmp_path.name}")
     env = {**topology.env, "DEPLOYER_PROXY_PASSWORD": HTTP_PASSWORD}
     run = deployer(["push", str(make_app(tmp_path, "h")), *topology.route, "--path", str(target),
-                    "--proxy", f"http://{HTTP_USER}@127.0.0.1:{tinyproxy.port}"], env=env)  # fmt: skip
+                    "--proxy", f"http://{HTTP_USER}@127.0.0.1:{tinyproxy.port}", "--ssh-client", client],
+                   env=env)  # fmt: skip
     assert run.status == 0, run.output
     assert live(target)
     # the proxy carried the first hop (the jump host); the jump carried the rest
@@ -91,23 +95,27 @@ def test_push_through_http_connect_proxy_with_basic_auth(topology, deployer, tmp
     assert HTTP_PASSWORD not in run.output
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("scheme", ["socks5h", "socks5"])
 def test_push_through_socks5_with_username_auth(topology, deployer, tmp_path: Path, dante: Proxy,
-                                               scheme: str) -> None:  # fmt: skip
+                                               scheme: str, client: str) -> None:  # fmt: skip
     target = topology.deploy_path(f"{scheme}-{tmp_path.name}")
     env = {**topology.env, "DEPLOYER_PROXY_PASSWORD": PROXY_PASSWORD}
     # socks5h: the proxy resolves "localhost" (remote DNS); socks5: we resolve it
     run = deployer(["push", str(make_app(tmp_path, "s")), *_direct_target(topology), "--path", str(target),
-                    "--proxy", f"{scheme}://{PROXY_USER}@127.0.0.1:{dante.port}"], env=env)  # fmt: skip
+                    "--proxy", f"{scheme}://{PROXY_USER}@127.0.0.1:{dante.port}", "--ssh-client", client],
+                   env=env)  # fmt: skip
     assert run.status == 0, run.output
     assert live(target)
     assert f"127.0.0.1.{topology.box.tunnel_port}" in dante.text()
 
 
-def test_push_through_proxy_command_ssh_w(topology, deployer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_push_through_proxy_command_ssh_w(topology, deployer, tmp_path: Path, client: str) -> None:
     target = topology.deploy_path(f"pc-{tmp_path.name}")
     run = deployer(["push", str(make_app(tmp_path, "c")), *_direct_target(topology), "--path", str(target),
-                    "--proxy-command", _ssh_w(topology, tmp_path)], env=topology.env)  # fmt: skip
+                    "--proxy-command", _ssh_w(topology, tmp_path), "--ssh-client", client],
+                   env=topology.env)  # fmt: skip
     assert run.status == 0, run.output
     assert live(target)
 
@@ -170,6 +178,19 @@ def test_a_key_and_a_host_key_alias_per_hop(topology, deployer, tmp_path: Path) 
     unpinned = deployer(["exec", *topology.route, "--jump-host-key-alias", "bastion", "--", "true"],
                         env={**env, "SSH_JUMP_PRIVATE_KEY": (tmp_path / "jump_only").read_text()})  # fmt: skip
     assert unpinned.status == 5 and f"[localhost]:{box.tunnel_port}" in unpinned.stderr
+    # and a push over OpenSSH: each hop's master gets an agent with that hop's key only, and
+    # checks its host key under its alias
+    env["SSH_JUMP_PRIVATE_KEY"] = (tmp_path / "jump_only").read_text()
+    target = topology.deploy_path(f"per-hop-{tmp_path.name}")
+    pushed = deployer(["push", str(make_app(tmp_path, "hop")), *topology.route, *aliases, "--path",
+                       str(target), "--ssh-client", "openssh"], env=env)  # fmt: skip
+    assert pushed.status == 0, pushed.output
+    assert live(target)
+    env.pop("SSH_JUMP_PRIVATE_KEY")
+    refused = deployer(["push", str(make_app(tmp_path, "hop2")), *topology.route, *aliases, "--path",
+                        str(target), "--ssh-client", "openssh"], env=env)  # fmt: skip
+    assert refused.status == 6, refused.output
+    assert f"jump host {topology.user}@127.0.0.1:{box.jump.port} refused the key" in refused.stderr
 
 
 # ---------------------------------------------------------------------------- each failure
