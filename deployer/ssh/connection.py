@@ -3,6 +3,11 @@
 Commands start without waiting for the server's reply, stream stdin from an upload function and
 their output to a sink; a dead channel is a ConnectError, a command that runs too long a
 TransferError. paramiko's errors are translated here and in ``ssh.connect``, nowhere else.
+
+An interrupt (Ctrl-C, SIGTERM) raised inside paramiko can leave half a packet on the connection or
+a lock of a channel's buffer held, and the transport's thread then waits forever: the cleanup that
+follows (switch back, unlock) would hang with it. Every call into paramiko from the main thread
+here runs under ``interrupts.whole()``; an interrupt is raised between them, while waiting.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from deployer.errors import (
     ConnectError,
     reason,
 )
+from deployer.interrupts import whole
 from deployer.remote.executor import KILL_AFTER, OutputSink, RunResult, upload_failure
 from deployer.ssh.hostkeys import stored_key_type
 from deployer.ssh.route import Route
@@ -82,16 +88,18 @@ class Connection:
     ) -> RunResult:
         """Run a command on the target; optionally stream stdin from upload(writer)."""
         try:
-            channel = self.transport.open_session(timeout=30)
-            # our scripts are POSIX sh whatever the login shell is (fish, csh, ...)
-            _exec_without_reply(channel, f"/bin/sh -c {shlex.quote(script)}")
+            with whole():
+                channel = self.transport.open_session(timeout=30)
+                # our scripts are POSIX sh whatever the login shell is (fish, csh, ...)
+                _exec_without_reply(channel, f"/bin/sh -c {shlex.quote(script)}")
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"lost the connection to {self.label}: {reason(exc)}") from exc
         uploader = _start_upload(channel, upload) if upload else None
         try:
             status, out, err = _collect(channel, on_output, timeout, self.label)
         finally:
-            channel.close()
+            with whole():
+                channel.close()
         if uploader is not None:
             uploader.join(timeout=10)
             failure = upload_failure(uploader.error, status, self.label)
@@ -117,7 +125,8 @@ def _request_without_reply(channel: paramiko.Channel, kind: str, value: str) -> 
     message.add_string(kind)
     message.add_boolean(False)
     message.add_string(value)
-    channel.transport._send_user_message(message)
+    with whole():
+        channel.transport._send_user_message(message)
 
 
 class _Uploader(threading.Thread):
@@ -151,38 +160,47 @@ def _collect(
     """Read stdout/stderr until the command exits; keep the tails, stream if asked."""
     deadline = None if timeout is None else time.monotonic() + timeout
     buffers = {"stdout": bytearray(), "stderr": bytearray()}
-    readers = {"stdout": channel.recv, "stderr": channel.recv_stderr}
-    ready = {"stdout": channel.recv_ready, "stderr": channel.recv_stderr_ready}
     while True:
         if deadline is not None and time.monotonic() > deadline:
             _stop(channel)
             raise CommandTimeout(f"command on {label} did not finish within {timeout:.0f} s")
-        select.select([channel], [], [], 0.2)
-        progressed = False
-        for name in ("stdout", "stderr"):
-            while ready[name]():
-                chunk = readers[name](READ_CHUNK)
-                if not chunk:
-                    break
-                progressed = True
-                if on_output is not None:
-                    on_output(name, chunk)
-                buffers[name] += chunk
-                if on_output is not None:  # streamed output: keep only a tail for messages
-                    del buffers[name][:-_TAIL]
-        if (
-            channel.exit_status_ready()
-            and not channel.recv_ready()
-            and not channel.recv_stderr_ready()
-        ):
+        select.select([channel], [], [], 0.2)  # an interrupt lands here, between packets
+        with whole():
+            progressed, done = _drain(channel, buffers, on_output)
+        if done:
             break
         if channel.closed and not progressed and not channel.exit_status_ready():
             raise ConnectError(f"the connection to {label} closed while a command was running")
-    status = channel.recv_exit_status()
+    with whole():
+        status = channel.recv_exit_status()
     if status == -1 and _lost(channel):
         # paramiko reports a channel that died with the connection as exit status -1
         raise ConnectError(f"lost the connection to {label} while a command was running")
     return status, bytes(buffers["stdout"]), bytes(buffers["stderr"])
+
+
+def _drain(
+    channel: paramiko.Channel, buffers: dict[str, bytearray], on_output: OutputSink | None
+) -> tuple[bool, bool]:
+    """Read what has arrived into the buffers: (anything read, the command exited and all read)."""
+    readers = {"stdout": channel.recv, "stderr": channel.recv_stderr}
+    ready = {"stdout": channel.recv_ready, "stderr": channel.recv_stderr_ready}
+    progressed = False
+    for name in ("stdout", "stderr"):
+        while ready[name]():
+            chunk = readers[name](READ_CHUNK)
+            if not chunk:
+                break
+            progressed = True
+            if on_output is not None:
+                on_output(name, chunk)
+            buffers[name] += chunk
+            if on_output is not None:  # streamed output: keep only a tail for messages
+                del buffers[name][:-_TAIL]
+    done = (
+        channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready()
+    )
+    return progressed, done
 
 
 def _lost(channel: paramiko.Channel) -> bool:

@@ -249,9 +249,10 @@ def open_sftp(connection: Connection, timeout: float = REPLY_TIMEOUT) -> SftpSes
     """
     label = connection.label
     try:
-        channel = connection.transport.open_session(timeout=30)
-        channel.settimeout(timeout)
-        channel.invoke_subsystem("sftp")
+        with whole():
+            channel = connection.transport.open_session(timeout=30)
+            channel.settimeout(timeout)
+            channel.invoke_subsystem("sftp")
         client = _Client(channel)
     except (SFTPError, EOFError) as exc:
         raise RemoteError(
