@@ -382,7 +382,7 @@ class Bench:
 
 
 def _deployer_details(stdout: str) -> dict[str, Any]:
-    """Compression, wire bytes and files sent, from deployer's --json document (when it has them)."""
+    """Compression, wire bytes, files sent and the SSH client, from deployer's --json document."""
     try:
         start = stdout.index("{")
         doc = json_object(stdout[start:])
@@ -402,6 +402,9 @@ def _deployer_details(stdout: str) -> dict[str, Any]:
         ):
             if key in transfer:
                 details[key] = transfer[key]
+        client = (target.get("details") or {}).get("ssh_client")
+        if client:
+            details["ssh_client"] = client
         if target.get("seconds"):
             details["deployer_seconds"] = round(target["seconds"], 3)
     return details

@@ -174,7 +174,7 @@ def report(
             ["best plain (tar/tar+gzip/tar+zstd/rsync)"],
             ["deployer / best plain"],
             [f"deployer / {' and '.join(MARGIN_METHODS)}"],
-            ["deployer codec [zstd levels]"],
+            ["deployer codec [zstd levels], SSH client"],
             ["deployer peak RSS"],
         )
         for c in full_corpora:
@@ -410,12 +410,15 @@ def _margin(
 
 
 def _codec(result: Result | None) -> str:
-    """How deployer encoded the stream, with the zstd levels it went through."""
+    """How deployer encoded the stream (the zstd levels it went through) and its SSH client."""
     if not result or not result.extra.get("compression"):
         return "-"
     levels = result.extra.get("levels") or []
-    return str(result.extra["compression"]) + (
-        f" [{'→'.join(map(str, levels))}]" if len(levels) > 1 else ""
+    client = result.extra.get("ssh_client")
+    return (
+        str(result.extra["compression"])
+        + (f" [{'→'.join(map(str, levels))}]" if len(levels) > 1 else "")
+        + (f", {client}" if client else "")
     )
 
 
