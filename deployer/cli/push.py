@@ -170,6 +170,16 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
                 "--transport sftp goes over paramiko (the OpenSSH client carries shell deploys)"
                 " — drop --ssh-client openssh"
             )
+        if compress in ("zstd", "gzip") or compress_level is not None:
+            asked = (
+                f"--compress {compress}"
+                if compress_level is None
+                else f"--compress-level {compress_level}"
+            )
+            raise ConfigError(
+                f"{asked} with --transport sftp: SFTP writes the files one by one, with no stream to"
+                " compress — drop it, or deploy to an account with a shell (--transport shell)"
+            )
         refuse_hooks(settings, "--transport sftp")
     if webhook.mode != "ssh":
         from deployer.webhook.client import WebhookPush

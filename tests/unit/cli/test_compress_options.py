@@ -50,3 +50,31 @@ def test_the_environment_sets_the_codec_too(tmp_path: Path) -> None:
         env={"PATH": "/usr/bin:/bin", "DEPLOYER_COMPRESS": "none"},
     )  # fmt: skip
     assert result.returncode == 2 and "with --compress none" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "asked"),
+    [
+        (("--compress", "zstd"), "--compress zstd"),
+        (("--compress", "gzip"), "--compress gzip"),
+        (("--compress-level", "5"), "--compress-level 5"),
+    ],
+)
+def test_a_codec_asked_of_an_sftp_push_exits_2_in_one_line(
+    tmp_path: Path, args: tuple[str, ...], asked: str
+) -> None:
+    result = push(tmp_path, "--transport", "sftp", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"deployer: error: {asked} with --transport sftp: SFTP writes the files one by one, with no"
+        " stream to compress — drop it, or deploy to an account with a shell (--transport shell)\n"
+    )
+
+
+def test_an_sftp_push_takes_the_default_and_none_without_complaint(tmp_path: Path) -> None:
+    for args in ((), ("--compress", "none"), ("--compress", "auto")):
+        result = push(tmp_path, "--transport", "sftp", *args)
+        assert result.returncode != 2, (
+            result.stderr
+        )  # it got as far as connecting (nothing listens)
+        assert "--transport sftp" not in result.stderr, result.stderr
