@@ -18,6 +18,30 @@ OutputSink = Callable[[str, bytes], None]  # (stream name "stdout"/"stderr", raw
 # does to a hook on the target), with every process it started: its whole process group.
 KILL_AFTER = 5.0
 
+OUTPUT_TAIL = 65536  # streamed output: the bytes of each stream kept for messages
+
+
+class Output:
+    """A command's stdout and stderr as they arrive, kept as the Executor contract says: whole,
+    or, when on_output streams them, only their last OUTPUT_TAIL bytes."""
+
+    def __init__(self, on_output: OutputSink | None) -> None:
+        self._sink = on_output
+        self._kept = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def add(self, name: str, chunk: bytes) -> None:
+        """Take a chunk of stream name ("stdout"/"stderr"): stream it if asked, keep it."""
+        if self._sink is not None:
+            self._sink(name, chunk)
+        kept = self._kept[name]
+        kept += chunk
+        if self._sink is not None:
+            del kept[:-OUTPUT_TAIL]
+
+    def result(self, status: int) -> RunResult:
+        """The command's RunResult with what was kept."""
+        return RunResult(status, bytes(self._kept["stdout"]), bytes(self._kept["stderr"]))
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -49,7 +73,8 @@ class Executor(Protocol):
     ) -> RunResult:
         """Run script with sh; stream stdin from upload(); return status and output.
 
-        Captured output is kept whole; when on_output streams it, only the last 64 KiB are kept.
+        Captured output is kept whole; when on_output streams it, only the last 64 KiB are kept
+        (``Output`` does this for every implementation).
         Past `timeout` the command's process group is stopped and CommandTimeout raised; a
         connection lost meanwhile is a ConnectError.
         """

@@ -13,9 +13,7 @@ from typing import BinaryIO, cast
 
 from deployer.environment import child_environment
 from deployer.errors import CommandTimeout, DeployerError, TransferError
-from deployer.remote.executor import KILL_AFTER, OutputSink, RunResult
-
-_TAIL = 65536
+from deployer.remote.executor import KILL_AFTER, Output, OutputSink, RunResult
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -54,15 +52,11 @@ class LocalExecutor:
             # hooks (and what they run) never see the receiver's webhook secret or token
             env=child_environment(os.environ),
         )
-        buffers = {"stdout": bytearray(), "stderr": bytearray()}
+        output = Output(on_output)
 
         def pump(name: str, stream: BinaryIO) -> None:
             for chunk in iter(lambda: stream.read1(32768), b""):  # type: ignore[attr-defined]
-                if on_output is not None:
-                    on_output(name, chunk)
-                buffers[name] += chunk
-                if on_output is not None:  # streamed output: keep only a tail for messages
-                    del buffers[name][:-_TAIL]
+                output.add(name, chunk)
 
         readers = [
             threading.Thread(target=pump, args=("stdout", proc.stdout), daemon=True),
@@ -101,4 +95,4 @@ class LocalExecutor:
             raise upload_error
         if upload_error is not None:
             raise TransferError(f"upload on {self.label} failed: {upload_error}") from upload_error
-        return RunResult(status, bytes(buffers["stdout"]), bytes(buffers["stderr"]))
+        return output.result(status)

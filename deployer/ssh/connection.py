@@ -27,7 +27,7 @@ from deployer.errors import (
     reason,
 )
 from deployer.interrupts import whole
-from deployer.remote.executor import KILL_AFTER, OutputSink, RunResult, upload_failure
+from deployer.remote.executor import KILL_AFTER, Output, OutputSink, RunResult, upload_failure
 from deployer.ssh.hostkeys import stored_key_type
 from deployer.ssh.route import Route
 
@@ -96,16 +96,16 @@ class Connection:
             raise ConnectError(f"lost the connection to {self.label}: {reason(exc)}") from exc
         uploader = _start_upload(channel, upload) if upload else None
         try:
-            status, out, err = _collect(channel, on_output, timeout, self.label)
+            result = _collect(channel, Output(on_output), timeout, self.label)
         finally:
             with whole():
                 channel.close()
         if uploader is not None:
             uploader.join(timeout=10)
-            failure = upload_failure(uploader.error, status, self.label)
+            failure = upload_failure(uploader.error, result.status, self.label)
             if failure is not None:
                 raise failure
-        return RunResult(status, out, err)
+        return result
 
 
 def _exec_without_reply(channel: paramiko.Channel, command: str) -> None:
@@ -151,22 +151,18 @@ def _start_upload(channel: paramiko.Channel, upload: Callable[[BinaryIO], object
     return uploader
 
 
-_TAIL = 65536
-
-
 def _collect(
-    channel: paramiko.Channel, on_output: OutputSink | None, timeout: float | None, label: str
-) -> tuple[int, bytes, bytes]:
-    """Read stdout/stderr until the command exits; keep the tails, stream if asked."""
+    channel: paramiko.Channel, output: Output, timeout: float | None, label: str
+) -> RunResult:
+    """Read stdout/stderr into output until the command exits."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    buffers = {"stdout": bytearray(), "stderr": bytearray()}
     while True:
         if deadline is not None and time.monotonic() > deadline:
             _stop(channel)
             raise CommandTimeout(f"command on {label} did not finish within {timeout:.0f} s")
         select.select([channel], [], [], 0.2)  # an interrupt lands here, between packets
         with whole():
-            progressed, done = _drain(channel, buffers, on_output)
+            progressed, done = _drain(channel, output)
         if done:
             break
         if channel.closed and not progressed and not channel.exit_status_ready():
@@ -176,13 +172,11 @@ def _collect(
     if status == -1 and _lost(channel):
         # paramiko reports a channel that died with the connection as exit status -1
         raise ConnectError(f"lost the connection to {label} while a command was running")
-    return status, bytes(buffers["stdout"]), bytes(buffers["stderr"])
+    return output.result(status)
 
 
-def _drain(
-    channel: paramiko.Channel, buffers: dict[str, bytearray], on_output: OutputSink | None
-) -> tuple[bool, bool]:
-    """Read what has arrived into the buffers: (anything read, the command exited and all read)."""
+def _drain(channel: paramiko.Channel, output: Output) -> tuple[bool, bool]:
+    """Read what has arrived into output: (anything read, the command exited and all read)."""
     readers = {"stdout": channel.recv, "stderr": channel.recv_stderr}
     ready = {"stdout": channel.recv_ready, "stderr": channel.recv_stderr_ready}
     progressed = False
@@ -192,11 +186,7 @@ def _drain(
             if not chunk:
                 break
             progressed = True
-            if on_output is not None:
-                on_output(name, chunk)
-            buffers[name] += chunk
-            if on_output is not None:  # streamed output: keep only a tail for messages
-                del buffers[name][:-_TAIL]
+            output.add(name, chunk)
     done = (
         channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready()
     )

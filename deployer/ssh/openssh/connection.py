@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from deployer.errors import CommandTimeout, ConnectError, DeployerError
-from deployer.remote.executor import KILL_AFTER, OutputSink, RunResult, upload_failure
+from deployer.remote.executor import KILL_AFTER, Output, OutputSink, RunResult, upload_failure
 from deployer.ssh.openssh.argv import remote_command, stop_command
 from deployer.ssh.openssh.master import Master
 from deployer.ssh.openssh.mux import ControlConnection, Message, MuxError, Reply, new_session
@@ -31,7 +31,6 @@ from deployer.ssh.route import Route
 READ_CHUNK = 65536
 PIPE_SIZE = 1 << 20  # a deeper stdin pipe: fewer wake-ups of the master per megabyte
 WRITE_BUFFER = 64 << 10  # tar writes 512-byte headers; the pipe gets them in batches
-TAIL = 65536  # streamed output: only this much is kept for messages
 OPEN_TIMEOUT = 30.0  # seconds for the master to open a session (one round trip)
 SETTLE = 0.5  # seconds a master that dropped a session gets to exit before it counts as alive
 
@@ -107,9 +106,7 @@ class OpenSSHConnection:
         try:
             if uploader is not None:
                 uploader.start()
-            status, stdout, stderr = self._collect(
-                control, out, err, on_output, timeout, grouped, uploader
-            )
+            result = self._collect(control, out, err, Output(on_output), timeout, grouped, uploader)
         except ConnectError:
             if uploader is not None and isinstance(uploader.error, DeployerError):
                 raise uploader.error from None  # it ended the session: its own exit code
@@ -120,10 +117,10 @@ class OpenSSHConnection:
             os.close(err)
         if uploader is not None:
             uploader.join(timeout=10)
-            failure = upload_failure(uploader.error, status, self.label)
+            failure = upload_failure(uploader.error, result.status, self.label)
             if failure is not None:
                 raise failure
-        return RunResult(status, stdout, stderr)
+        return result
 
     def _open(self, command: str, fds: tuple[int, int, int]) -> ControlConnection:
         """A mux session running command with fds as its stdin, stdout and stderr."""
@@ -153,15 +150,14 @@ class OpenSSHConnection:
         control: ControlConnection,
         out: int,
         err: int,
-        on_output: OutputSink | None,
+        output: Output,
         timeout: float | None,
         grouped: bool,
         uploader: _Uploader | None,
-    ) -> tuple[int, bytes, bytes]:
-        """Read stdout/stderr until the session ends; keep the tails, stream if asked."""
+    ) -> RunResult:
+        """Read stdout/stderr into output until the session ends."""
         deadline = None if timeout is None else time.monotonic() + timeout
         names = {out: "stdout", err: "stderr"}
-        buffers = {"stdout": bytearray(), "stderr": bytearray()}
         head: bytearray | None = bytearray() if grouped else None  # the process group's line
         group: int | None = None
         status: int | None = None
@@ -195,19 +191,14 @@ class OpenSSHConnection:
                     group, head = (int(line) if line.strip().isdigit() else None), None
                     if not chunk:
                         continue
-                name = names[fd]
-                if on_output is not None:
-                    on_output(name, chunk)
-                buffers[name] += chunk
-                if on_output is not None:  # streamed output: keep only a tail for messages
-                    del buffers[name][:-TAIL]
+                output.add(names[fd], chunk)
         if status is None:
             if self._gone():
                 raise ConnectError(
                     f"lost the connection to {self.label} while a command was running"
                 )
             status = -1  # the target ended the command without a status: it was killed
-        return status, bytes(buffers["stdout"]), bytes(buffers["stderr"])
+        return output.result(status)
 
     @staticmethod
     def _receive(control: ControlConnection) -> Reply | None:
