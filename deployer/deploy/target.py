@@ -272,8 +272,7 @@ class TargetDeploy:
                 " deploy ran (by `deployer unlock`?) — nothing was switched; run the push again"
             )
         else:
-            detail = result.stderr_line or f"exit status {result.status}"
-            error = RemoteError(f"switching current on {self.label} failed: {detail}")
+            error = RemoteError(f"switching current on {self.label} failed: {result.detail}")
         with contextlib.suppress(DeployerError):  # abort said what it could not undo
             self.abort(str(error))
         raise error
@@ -381,8 +380,7 @@ class TargetDeploy:
                 " was left as it is"
             )
         if result.status != 0:
-            detail = result.stderr_line or f"exit status {result.status}"
-            raise RemoteError(f"switching back on {self.label} failed: {detail}")
+            raise RemoteError(f"switching back on {self.label} failed: {result.detail}")
         self.outcome.advance(Status.REVERTED)
         if not previous:
             self._say("removed current (there was no earlier release)")

@@ -299,7 +299,7 @@ class Upload:
             what = "verifying" if result.status == RemoteStatus.VERIFY_FAILED else "building"
             raise RemoteError(
                 f"{what} the release on {self.executor.label} failed:"
-                f" {result.stderr_line or f'exit status {result.status}'}"
+                f" {result.detail}"
                 " — nothing was switched; fix what the target reported, then push again"
             )
         trusted = re.search(rb"^trusted=\s*(\d+)", result.stdout, re.MULTILINE)

@@ -57,6 +57,11 @@ class RunResult:
         lines = [ln for ln in self.stderr.decode(errors="replace").splitlines() if ln.strip()]
         return lines[-1].strip() if lines else ""
 
+    @property
+    def detail(self) -> str:
+        """What a failure message says of the command: its last stderr line, or its exit status."""
+        return self.stderr_line or f"exit status {self.status}"
+
 
 class Executor(Protocol):
     """Runs shell scripts on a target (over SSH, or locally on the target itself)."""

@@ -86,8 +86,7 @@ exit 0"""
 def run_checked(executor: Executor, script: str, what: str, **kwargs: object) -> RunResult:
     result = executor.run(script, **kwargs)  # type: ignore[arg-type]
     if result.status != 0:
-        detail = result.stderr_line or f"exit status {result.status}"
-        raise RemoteError(f"{what} on {executor.label} failed: {detail}")
+        raise RemoteError(f"{what} on {executor.label} failed: {result.detail}")
     return result
 
 
@@ -116,8 +115,7 @@ def run_answered(executor: Executor, script: str, what: str) -> str:
             " — an SFTP-only account: deploy with --transport sftp (or auto, the default)"
         )
     if result.status != 0:
-        detail = result.stderr_line or f"exit status {result.status}"
-        raise RemoteError(f"{what} on {executor.label} failed: {detail}")
+        raise RemoteError(f"{what} on {executor.label} failed: {result.detail}")
     return text
 
 
