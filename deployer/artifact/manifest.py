@@ -3,7 +3,7 @@
 Each release is recorded as ``DIR/.deployer/manifests/<id>.tsv``: one line per regular file,
 ``sha256<TAB>size<TAB>mode<TAB>path``. The next push sends only files whose digest, size or mode
 changed; the rest are copied on the target from the live release. The target then checks the
-whole tree with ``sha256sum -c`` before anything is switched.
+whole tree against the manifest (remote.stage) before anything is switched.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from deployer.remote.switch import (
     switch_script,
     switch_then_script,
 )
-from deployer.remote.tools import OPTIONAL, REQUIRED, Toolset
+from deployer.remote.tools import OPENSSL, OPTIONAL, REQUIRED, Toolset
 from tests.busybox import BusyBoxShell
 
 sh: Executor = LocalExecutor("test")  # the userland under test (swapped by `userland`)
@@ -50,9 +50,9 @@ EVERY_TOOL = Toolset(frozenset(need.name for need in (*REQUIRED, *OPTIONAL)))
 
 
 def every_tool() -> Toolset:
-    """What the userland under test should pass: all checks (BusyBox has no zstd applet)."""
+    """What the userland under test should pass: all checks (BusyBox has no zstd or openssl)."""
     if isinstance(sh, BusyBoxShell):
-        return Toolset(EVERY_TOOL.have - {"zstd -dc"})
+        return Toolset(EVERY_TOOL.have - {"zstd -dc", OPENSSL.name})
     return EVERY_TOOL
 
 
@@ -86,9 +86,10 @@ def stage(
     tools: Toolset | None = None,
     permissions: Permissions = AS_CREATED,
     umask: str = "",
+    preamble: str = "",
 ) -> RunResult:
     """Run the stage script with its stdin framed as the upload does: two gzip sections, then tar
-    (in a login whose umask is `umask`, when given)."""
+    (in a login whose umask is `umask`, when given, after the shell text `preamble`)."""
     sections = [gzip.compress(manifest), gzip.compress(reuse)]
     script = stage_script(
         layout,
@@ -102,6 +103,7 @@ def stage(
     )
     if umask:
         script = f"umask {umask}\n{script}"
+    script = preamble + script
     return sh.run(script, upload=lambda out: out.write(b"".join(sections) + tar))
 
 
@@ -257,6 +259,7 @@ def redeploy_claiming(path: Path, rid: str, previous: str, claim: bytes, **kw: b
 
 
 V1 = "20260101T000000Z"
+V2 = "20260102T000000Z"
 
 
 def publish_v1(path: Path, **kw: bool) -> Path:
@@ -373,6 +376,60 @@ def test_a_manifest_line_sha256sum_cannot_read_fails_the_verification(tmp_path: 
         result.stdout == b"" and "could not check the files" in result.stderr_line
     ), result
     assert not (path / "releases" / V1).exists()
+
+
+ODD_NAMES = {
+    "plain": b"p",
+    "with space": b"s",
+    "-dash": b"d",
+    "back\\slash": b"b",
+    "\u00fcn\u00ef": b"u",
+    "dir/-x y": b"n",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("openssl", [True, False], ids=["openssl", "sha256sum"])
+def test_odd_names_verify_and_failures_are_named_with_either_hasher(
+    tmp_path: Path, openssl: bool
+) -> None:
+    """With openssl the files are hashed by it, and any difference falls back to sha256sum -c,
+    which names the files that failed; on BusyBox (no openssl on PATH) the fallback does it all."""
+    path = tmp_path / "app"
+    sh.run(prepare_script(str(path), "x token T"))
+    have = probed.have | {OPENSSL.name} if openssl else probed.have - {OPENSSL.name}
+    tools = Toolset(frozenset(have))
+    result = stage(Layout(str(path), V1), [], targz(ODD_NAMES), manifest_of(ODD_NAMES), tools=tools)
+    assert result.status == 0, result.stderr
+    claimed = dict(ODD_NAMES, **{"with space": b"other", "-dash": b"", "empty": b"x"})
+    result = stage(Layout(str(path), V2), [], targz(ODD_NAMES), manifest_of(claimed), tools=tools)
+    assert result.status == RemoteStatus.VERIFY_FAILED
+    assert sorted(result.stdout.decode().splitlines()) == ["-dash", "empty", "with space"]
+    assert not (path / "releases" / V2).exists()
+
+
+def test_with_openssl_the_files_are_not_hashed_by_sha256sum(tmp_path: Path, userland: str) -> None:
+    """A sha256sum that always fails shows which hasher ran: openssl passes the tree on its own
+    (on this machine's userland, which has it); without it, the verification fails."""
+    if userland == "busybox":
+        return  # BusyBox targets have no openssl: the test above covers their fallback
+    path = tmp_path / "app"
+    sh.run(prepare_script(str(path), "x token T"))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sha256sum").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "sha256sum").chmod(0o755)
+    preamble = f"PATH={fake}:$PATH\n"
+    with_openssl = Toolset(probed.have | {OPENSSL.name})
+    assert probed.openssl, "this machine's openssl passed no probe check"
+    files = nested_tree(40)
+    ok = stage(Layout(str(path), V1), [], targz(files), manifest_of(files), tools=with_openssl,
+               preamble=preamble)  # fmt: skip
+    assert ok.status == 0, ok.stderr
+    without = Toolset(probed.have - {OPENSSL.name})
+    failed = stage(Layout(str(path), V2), [], targz(files), manifest_of(files), tools=without,
+                   preamble=preamble)  # fmt: skip
+    assert failed.status == RemoteStatus.VERIFY_FAILED
 
 
 def run_awk(program: str, *options: str, files: tuple[str, ...] = (), stdin: str = "") -> RunResult:

@@ -14,12 +14,13 @@ from deployer.remote.layout import Layout
 from deployer.remote.probe import preflight_script
 from deployer.remote.stage import STAT_FORMAT, stage_script
 from deployer.remote.state import TargetState, check_ready, parse_state
-from deployer.remote.tools import OPTIONAL, REQUIRED, Toolset, check_tools
+from deployer.remote.tools import OPENSSL, OPTIONAL, REQUIRED, Toolset, check_tools
 from tests.busybox import BusyBoxShell, applet_dir, require_busybox
 from tests.unit.remote.test_scripts import manifest_of, reuse_lines, targz
 
-# every check a BusyBox userland passes: BusyBox has no zstd applet (uploads then use gzip)
-EVERY = frozenset(need.name for need in (*REQUIRED, *OPTIONAL)) - {"zstd -dc"}
+# every check a BusyBox userland passes: BusyBox has no zstd applet (uploads then use gzip) and
+# no openssl (sha256sum verifies)
+EVERY = frozenset(need.name for need in (*REQUIRED, *OPTIONAL)) - {"zstd -dc", OPENSSL.name}
 
 
 def probe_in(userland: BusyBoxShell, path: Path, lock_info: str | None = None) -> TargetState:
