@@ -60,6 +60,12 @@ class Topology:
     def start(self) -> None:
         """Keys, the jump sshd, every target sshd and its tunnel, then the client's ssh_config."""
         find_sshd()
+        # deployer's bytecode (in its __pycache__ dirs), as pip compiles it when it installs the
+        # package: without it every command would compile the modules it imports (0.12 s here)
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(REPO / "deployer")],
+            env=self.env(), stdout=subprocess.DEVNULL, check=True,
+        )  # fmt: skip
         self.keys.mkdir(parents=True)
         self.keys.chmod(0o700)
         self.home.mkdir()
@@ -216,7 +222,7 @@ class Topology:
             **clean,
             "HOME": str(self.home),
             "PYTHONPATH": str(REPO),
-            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",  # `start` compiled deployer's modules
         }
 
     def deployer_env(self) -> dict[str, str]:
