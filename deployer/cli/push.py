@@ -209,7 +209,9 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
         )
     fleet = FleetSettings(parallel=parallel, batch=parse_batch(batch, len(routes)))
     payload = prepare_payload(
-        open_artifact(artifact, exclude=settings.exclude), targets=len(routes)
+        open_artifact(artifact, exclude=settings.exclude),
+        targets=len(routes),
+        sample=settings.transfer.compress == "auto" and transport != "sftp" and not dry_run,
     )
     if len(routes) > 1:
         reporter = render.reporter(bars=False)  # one bar cannot show several uploads

@@ -30,14 +30,17 @@ class Payload:
 
     Hashing starts at once in a background thread, so that reading the artifact overlaps
     connecting and probing the targets; `digests` waits for it (and raises what it raised).
+    With `sample` (--compress auto), that thread first samples the whole artifact for
+    compression, which a first deploy (every file sent) then needs no time for.
     With several targets, the content is sampled for compression once (`compression`) and a
     compressed stream is encoded once, shared by every target that needs the same files
     (`shared_stream`); `close` drops those spools.
     """
 
-    def __init__(self, artifact: Artifact, targets: int = 1) -> None:
+    def __init__(self, artifact: Artifact, targets: int = 1, sample: bool = False) -> None:
         self.artifact = artifact
         self._targets = targets
+        self._sample = sample
         self._ratios: dict[frozenset[str], float] = {}
         self._spools: dict[tuple[frozenset[str], Compression], Spool] = {}
         self._lock = threading.Lock()  # guards _ratios and _spools
@@ -48,6 +51,11 @@ class Payload:
 
     def _hash(self) -> None:
         try:
+            if self._sample:
+                every = frozenset(e.path for e in self.artifact.entries if e.kind == "file")
+                ratio = compressibility(self.artifact, every)
+                with self._lock:
+                    self._ratios[every] = ratio
             self._digests = digest_files(self.artifact, stop=self._stop)
         except BaseException as exc:  # re-raised by the caller of `digests`
             self._digests = exc
@@ -119,6 +127,7 @@ class Payload:
         self._hashing.join(timeout=CLOSE_WAIT)  # it stops within one chunk: the file is closed
 
 
-def prepare_payload(artifact: Artifact, targets: int = 1) -> Payload:
-    """Start hashing every file of the artifact (streamed, in the background)."""
-    return Payload(artifact, targets)
+def prepare_payload(artifact: Artifact, targets: int = 1, sample: bool = False) -> Payload:
+    """Start hashing every file of the artifact (streamed, in the background), after sampling
+    it for compression when `sample` says the codec will be chosen by content."""
+    return Payload(artifact, targets, sample)

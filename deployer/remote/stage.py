@@ -32,13 +32,14 @@ def stage_script(
     of the files to copy from the previous release), then the tar stream up to EOF. The tree is
     verified against the manifest before it is published (hashed by OpenSSL where the target has
     it, else by sha256sum): every file sent is hashed, and so is every copied file unless its
-    source still has the inode, size and times recorded in the previous release's stat snapshot (`snapshot_path`). Files that fail are printed on stdout
-    (one path a line) and the command exits RemoteStatus.VERIFY_FAILED, leaving the partial dir so that
-    a second call can send just those files. On success it prints ``trusted=N``: the copies that
-    the snapshot vouched for. `tools` (what the probe found) says whether copies may use reflinks
-    and run several at a time; everything else is what GNU coreutils and BusyBox both have. The
-    tar stream is `codec`-encoded: zstd goes through the target's `zstd -dc` (BusyBox's and older
-    GNU tars cannot call it themselves), gzip through tar's own -z.
+    source still has the inode, size and times recorded in the previous release's stat snapshot
+    (`snapshot_path`). Files that fail are printed on stdout (one path a line) and the command
+    exits RemoteStatus.VERIFY_FAILED, leaving the partial dir so that a second call can send just
+    those files. On success it prints ``trusted=N``: the copies that the snapshot vouched for.
+    `tools` (what the probe found) says whether copies may use reflinks and run several at a
+    time; everything else is what GNU coreutils and BusyBox both have. The tar stream is
+    `codec`-encoded: zstd goes through the target's `zstd -dc` (BusyBox's and older GNU tars
+    cannot call it themselves), gzip through tar's own -z.
     `permissions` (--group, --writable) are applied to the verified tree and the shared entries.
     """
     manifest_bytes, reuse_bytes = sections

@@ -52,3 +52,20 @@ def test_closing_after_hashing_keeps_the_digests(tmp_path: Path) -> None:
     digests = payload.digests
     payload.close()
     assert payload.digests == digests and set(digests) == {"a.txt"}
+
+
+def test_the_whole_artifact_is_sampled_for_compression_while_it_is_hashed(tmp_path: Path) -> None:
+    """With `sample`, a first deploy's codec comes from the sample the background thread took
+    (the content it saw then compressed well), not from reading the artifact again."""
+    app = tmp_path / "app"
+    app.mkdir()
+    for index in range(8):
+        (app / f"f{index}.txt").write_bytes(b"the same line again\n" * 20_000)
+    every = frozenset(f"f{index}.txt" for index in range(8))
+    sampled = prepare_payload(open_artifact(app), sample=True)
+    unsampled = prepare_payload(open_artifact(app))
+    assert set(sampled.digests) == set(unsampled.digests) == every
+    for index in range(8):  # now incompressible: only a new sample would see it
+        (app / f"f{index}.txt").write_bytes(os.urandom(400_000))
+    assert sampled.compression(every, "auto", None, zstd_ok=False).codec == "gzip"
+    assert unsampled.compression(every, "auto", None, zstd_ok=False).codec == "none"
