@@ -49,7 +49,8 @@ class Status(str, Enum):
 # Where one target's push may go from each state (a push only moves forward; anything else is a
 # bug). From a live state every way out is DEPLOYED, REVERTED or UNCONFIRMED.
 NEXT: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset({Status.PLANNED, Status.STAGED, Status.ABORTED}),
+    # PENDING -> SWITCHING: the only target of a push, without hooks, builds and switches at once
+    Status.PENDING: frozenset({Status.PLANNED, Status.STAGED, Status.SWITCHING, Status.ABORTED}),
     Status.STAGED: frozenset({Status.SWITCHING, Status.ABORTED}),
     Status.SWITCHING: frozenset(
         {Status.SWITCHED, Status.DEPLOYED, Status.ABORTED, Status.REVERTED, Status.UNCONFIRMED}

@@ -7,7 +7,8 @@ file only when its source changed since its release was published, by a stat sna
 then), links shared entries and renames the partial dir into place. Files that fail
 verification (the app changed its live release in place, or a byte went wrong) are sent again
 in a second command. A dropped connection is retried with backoff; the retry asks the target
-what already arrived intact and sends only the rest.
+what already arrived intact and sends only the rest. A push that may switch at once passes the
+switch as `then`: the same command runs it once the release is published (``switched``).
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ from deployer.deploy.payload import Payload
 from deployer.deploy.spool import Spool
 from deployer.errors import ConfigError, ConnectError, RemoteError, TransferError
 from deployer.output import Reporter, human_size
-from deployer.remote.executor import Executor
+from deployer.remote.executor import Executor, RunResult
 from deployer.remote.layout import Layout
 from deployer.remote.permissions import AS_CREATED, Permissions
-from deployer.remote.stage import inventory_script, remove_partial_script, stage_script
+from deployer.remote.stage import (
+    PUBLISHED,
+    inventory_script,
+    remove_partial_script,
+    stage_script,
+)
 from deployer.remote.status import RemoteStatus
 from deployer.remote.tools import Toolset
 
@@ -112,6 +118,7 @@ class Upload:
         reconnect: Reconnect | None = None,
         relock: Callable[[Executor], None] | None = None,
         tools: Toolset | None = None,
+        then: str = "",
     ) -> None:
         self.executor = executor
         self.payload = payload
@@ -128,6 +135,9 @@ class Upload:
         self.tools = tools or Toolset()
         self.permissions = AS_CREATED
         self.report = TransferReport()
+        self.then = then  # shell text run by the stage command once the release is published
+        self.switched: RunResult | None = None  # what `then` did (its status, what it printed)
+        self.sent_whole = False  # the last stage command got its whole stream: `then` may have run
 
     def run(self, shared: tuple[str, ...], permissions: Permissions = AS_CREATED) -> TransferReport:
         """Build and publish the release on the target (with `permissions`), or raise.
@@ -272,6 +282,7 @@ class Upload:
             codec=compression.codec,
             tools=self.tools,
             permissions=self.permissions,
+            then=self.then,
         )
         advance = self.reporter.progress(
             self.executor.label, "upload", sum(digests[p].size for p in send)
@@ -283,13 +294,19 @@ class Upload:
             counting.write(reused)
             if spool is not None:
                 spool.copy_to(counting, on_progress=advance)
-                return
-            log = self.payload.encode(send, compression, counting, advance)
-            if log is not None:
-                self.report.levels = list(log.levels)
-                self.report.wire_waited = round(log.empty_seconds, 2)
+            else:
+                log = self.payload.encode(send, compression, counting, advance)
+                if log is not None:
+                    self.report.levels = list(log.levels)
+                    self.report.wire_waited = round(log.empty_seconds, 2)
+            self.sent_whole = True
 
+        self.sent_whole = False
         result = self.executor.run(script, upload=feed)
+        built, published, switched = result.stdout.partition(PUBLISHED + b"\n")
+        if published:
+            self.switched = RunResult(result.status, switched, result.stderr)
+            result = RunResult(0, built, b"")
         if result.status == RemoteStatus.VERIFY_FAILED:
             failed = {line for line in result.stdout.decode(errors="replace").splitlines() if line}
             if failed and failed <= digests.keys():

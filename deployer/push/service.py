@@ -130,7 +130,7 @@ def push_over_ssh(
             if transport == "sftp":
                 return over_sftp()
             shell = TargetDeploy(session, payload, settings, provenance, reporter, reconnect=connect,
-                                 route=route)  # fmt: skip
+                                 route=route, sole=len(routes) == 1)  # fmt: skip
             return shell if transport == "shell" else AutoDeploy(shell, over_sftp, reporter)
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)

@@ -25,6 +25,7 @@ def stage_script(
     codec: Codec,
     tools: Toolset,
     permissions: Permissions = AS_CREATED,
+    then: str = "",
 ) -> str:
     """Build the release in one command: manifest, reuse list and tar stream arrive on stdin.
 
@@ -41,6 +42,8 @@ def stage_script(
     `codec`-encoded: zstd goes through the target's `zstd -dc` (BusyBox's and older GNU tars
     cannot call it themselves), gzip through tar's own -z.
     `permissions` (--group, --writable) are applied to the verified tree and the shared entries.
+    `then` (shell text: the switch, for a push that can switch at once) runs once the release is
+    published, after a PUBLISHED line on stdout; the command's status is then that of `then`.
     """
     manifest_bytes, reuse_bytes = sections
     how = "-l" if hardlink else "-p --reflink=auto" if tools.reflink else "-p"
@@ -123,11 +126,17 @@ def stage_script(
         ' rm -f -- "$S.tmp"',
         'printf \'trusted=%s\\n\' "$(wc -l < "$W.trusted")"',
         'rm -f -- "$W".*',
-        f'mv -- "$T" {q(layout.release_dir)}',
+        f'mv -T -- "$T" {q(layout.release_dir)}',  # never into a release that is there already
         'mv -- "$M.tmp" "$M"',
         '[ ! -f "$S.tmp" ] || mv -- "$S.tmp" "$S"',
     ]
+    if then:
+        lines += [f"printf '%s\\n' {q(PUBLISHED.decode())}", "set +e", then.rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+# The line a stage command prints once its release is published (a path never holds a tab)
+PUBLISHED = b"deployer\tpublished"
 
 
 STAT_FORMAT = "%i|%s|%y|%z|%n"

@@ -38,6 +38,24 @@ def switch_then_script(switch: str, then: str) -> str:
     return f"(\n{switch}) || exit $?\n(\n{then}) || exit {int(RemoteStatus.FINISH_FAILED)}\n"
 
 
+def landing_script(path: str, token: str, release: str) -> str:
+    """Where a command that builds and switches `release` got to, when its reply was lost.
+
+    Prints `current=` (the release current points at), `published=yes|no` (whether the
+    release directory exists) and `lock=ours`, else `lock=` and the first line of the holder's
+    info (empty when nobody holds the lock).
+    """
+    _checked([release])
+    return f"""P={q(path)}
+c=$(readlink -- "$P/current" 2>/dev/null) || c=
+c=${{c%/}}
+printf 'current=%s\\n' "${{c##*/}}"
+if [ -d "$P/releases/"{q(release)} ]; then echo published=yes; else echo published=no; fi
+if grep -qF -- {q(token)} "$P/.deployer/lock/info" 2>/dev/null; then echo lock=ours
+else printf 'lock=%s\\n' "$(head -n 1 -- "$P/.deployer/lock/info" 2>/dev/null)"; fi
+"""
+
+
 def remove_releases_script(path: str, release_ids: Sequence[str]) -> str:
     """Delete whole release directories, never the one current points at.
 
