@@ -14,11 +14,10 @@ from typing import BinaryIO
 
 import pytest
 
-from deployer.artifact.scan import open_artifact
 from deployer.deploy import upload as upload_module
 from deployer.deploy.hooks import HookSettings
 from deployer.deploy.outcome import Provenance, Status
-from deployer.deploy.payload import Payload, prepare_payload
+from deployer.deploy.payload import Payload
 from deployer.deploy.settings import PushSettings
 from deployer.deploy.target import TargetDeploy
 from deployer.errors import ConnectError, LockError
@@ -52,14 +51,6 @@ class Target(LocalExecutor):
             lose, self.lose = self.lose, None
             return lose(script, upload)
         return super().run(script, upload=upload, on_output=on_output, timeout=timeout)
-
-
-@pytest.fixture
-def payload(tmp_path: Path) -> Payload:
-    app = tmp_path / "dist"
-    app.mkdir()
-    (app / "index.html").write_text("hi")
-    return prepare_payload(open_artifact(app))
 
 
 @pytest.fixture(autouse=True)

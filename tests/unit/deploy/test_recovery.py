@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from deployer.artifact.scan import open_artifact
 from deployer.deploy.hooks import HookSettings
 from deployer.deploy.outcome import Outcome, Provenance, Status
-from deployer.deploy.payload import Payload, prepare_payload
+from deployer.deploy.payload import Payload
 from deployer.deploy.recovery import retrying, rollback_command
 from deployer.deploy.settings import PushSettings
 from deployer.deploy.target import TargetDeploy
@@ -34,14 +33,6 @@ class Faulty(Reporter):
         if not self.fired and self.at in text and label.startswith(self.label):
             self.fired = True
             raise self.fault
-
-
-@pytest.fixture
-def payload(tmp_path: Path) -> Payload:
-    app = tmp_path / "dist"
-    app.mkdir()
-    (app / "index.html").write_text("hi")
-    return prepare_payload(open_artifact(app))
 
 
 def deploy(path: Path, payload: Payload, reporter: Reporter, **hooks: object) -> TargetDeploy:
