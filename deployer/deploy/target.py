@@ -250,8 +250,28 @@ class TargetDeploy:
                     with contextlib.suppress(DeployerError):  # the first failure is the news
                         self.abort(str(exc) or type(exc).__name__)
                 raise
+            if isinstance(exc, KeyboardInterrupt) and self._finished_before_interrupt():
+                raise
             self._after_switch_failed(exc)
             raise
+
+    def _finished_before_interrupt(self) -> bool:
+        """Interrupted while the one command ran: whether the target had recorded the deploy
+        already (then nothing is undone, and the log says what is live)."""
+        try:
+            self._landing(self.executor)
+        except _Landed as where:
+            if where.finished:
+                self._lock = None
+                self.outcome.advance(Status.DEPLOYED)
+                self._say(
+                    f"interrupted after the deploy finished: releases/"
+                    f"{self.staging.layout.release_id} is live and recorded"
+                )
+                return True
+        except (DeployerError, KeyboardInterrupt):  # cannot tell: switch back as usual
+            pass
+        return False
 
     def _landing(self, executor: Executor) -> None:
         """After a reconnect during `_build_and_switch`: resume the upload (return), or raise

@@ -70,7 +70,9 @@ def test_sigterm_at_random_moments_leaves_a_live_release_and_no_silent_lock(
         lines = [line for line in output.splitlines() if line.strip()]
         lock = path / ".deployer" / "lock"
         if process.returncode == 14 and not hooks:  # stopped while its one command ran
-            assert "is live but unconfirmed" in lines[-1] and "deployer rollback" in lines[-1], (
+            said = lines[-1]
+            assert "deployer rollback" in said, output
+            assert "is live but unconfirmed" in said or "current may point at release" in said, (
                 output
             )
             if lock.exists():
@@ -81,8 +83,10 @@ def test_sigterm_at_random_moments_leaves_a_live_release_and_no_silent_lock(
             good = {live(path)}
             continue
         assert process.returncode == 130, (attempt, output)
-        assert live(path) in good, (attempt, output)
         *_, said, last = lines
+        if "is live and recorded" in said:  # the one command had finished: nothing to undo
+            good = {live(path)}
+        assert live(path) in good, (attempt, output)
         assert last == "deployer: interrupted", output
         assert not lock.exists() or "deployer unlock" in said or "deployer rollback" in said, (
             attempt,

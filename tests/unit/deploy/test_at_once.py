@@ -157,3 +157,35 @@ def test_a_lock_taken_over_before_the_switch_leaves_the_live_release(
         push(target, path, payload)
     assert live(path) == before and os.listdir(path / "releases") == [before]
     assert (path / ".deployer" / "lock" / "info").read_text().startswith("deploy by someone else")
+
+
+@pytest.mark.parametrize("got_to", ["finished", "switched"])
+def test_an_interrupt_while_the_one_command_ran_undoes_only_what_is_unfinished(
+    tmp_path: Path, payload: Payload, got_to: str
+) -> None:
+    """SIGTERM lands while the command runs: a deploy the target had recorded stays, and says
+    so; one that only switched is switched back."""
+    path = tmp_path / "app"
+    before = push(Target("app"), path, payload).outcome.release
+    target = Target("app")
+    settings = PushSettings(path=str(path))
+    deploy = TargetDeploy(target, payload, settings, Provenance("t"), QUIET,
+                          reconnect=lambda: target, sole=True)  # fmt: skip
+
+    def interrupt(script: str, upload: Callable[[BinaryIO], object] | None) -> RunResult:
+        if got_to == "switched":
+            script = script.replace(deploy._finish_script(), "true\n")
+        LocalExecutor.run(target, script, upload=upload)
+        raise KeyboardInterrupt
+
+    target.lose = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        deploy.stage()
+    release = deploy.outcome.release
+    assert not (path / ".deployer" / "lock").exists()
+    if got_to == "finished":
+        assert deploy.outcome.status == Status.DEPLOYED and live(path) == release
+        assert sum(f'"release":"{release}"' in line for line in history(path)) == 1
+    else:
+        assert deploy.outcome.status == Status.REVERTED and live(path) == before
+        assert os.listdir(path / "releases") == [before]
