@@ -31,7 +31,7 @@ from deployer.deploy.recovery import (
     unconfirmed_error,
 )
 from deployer.deploy.settings import PushSettings
-from deployer.deploy.upload import Reconnect, Upload
+from deployer.deploy.upload import Reconnect, TransferReport, Upload
 from deployer.errors import (
     ConnectError,
     DeployerError,
@@ -56,7 +56,6 @@ from deployer.remote.probe import probe
 from deployer.remote.state import TargetState, check_ready, lock_error
 from deployer.remote.status import RemoteStatus
 from deployer.remote.switch import (
-    landing_script,
     plan_prune,
     remove_releases_script,
     switch_script,
@@ -83,16 +82,6 @@ class Staging:
         return hook_environment(self.layout, self.state.current)
 
 
-class _Landed(Exception):
-    """A build-and-switch command whose reply was lost got this far (raised out of the upload)."""
-
-    def __init__(self, executor: Executor, *, switched: bool, finished: bool) -> None:
-        super().__init__("the release was published before the reply was lost")
-        self.executor = executor  # the connection that found out
-        self.switched = switched
-        self.finished = finished
-
-
 class TargetDeploy:
     """One target's push, in phases so that a fleet can switch all-or-nothing.
 
@@ -111,7 +100,6 @@ class TargetDeploy:
         reporter: Reporter,
         reconnect: Reconnect | None = None,
         route: str = "",
-        sole: bool = False,
     ) -> None:
         self.executor = executor
         self.payload = payload
@@ -122,9 +110,6 @@ class TargetDeploy:
         self.reporter = reporter
         self.label = executor.label
         self.route = route or f"--to {executor.label}"  # how a person reaches it: --to, --jump, ...
-        # the push's only target, without hooks: the upload's command switches and finishes too
-        hooks = settings.hooks
-        self.at_once = sole and not (hooks.before or hooks.after or hooks.healthcheck)
         self.started = time.monotonic()
         self.outcome = Outcome(self.label, Status.PENDING)
         self._lock: DeployLock | None = None
@@ -172,7 +157,7 @@ class TargetDeploy:
             "deploy", release_id, state.current, utc_now(), self.provenance.by,
             self.provenance.commit, self.provenance.ref, self.provenance.pipeline,
         )  # fmt: skip
-        self._staging = staging = Staging(state, Layout(state.path, release_id), history)
+        self._staging = Staging(state, Layout(state.path, release_id), history)
         self.outcome.release, self.outcome.previous = release_id, state.current
         self.outcome.pruned = plan_prune(
             [*state.releases, release_id], release_id, self.settings.keep, state.failed
@@ -186,18 +171,17 @@ class TargetDeploy:
             self.outcome.details["excluded"] = list(self.artifact.excluded)
             self.outcome.advance(Status.PLANNED)
             return
-        if self.at_once:
-            self._build_and_switch()
-            return
+        self._build()
+
+    def _build(self) -> None:
+        """Upload the release and run the before hooks (nothing live changes), or discard and
+        raise."""
+        staging = self.staging
         try:
-            upload = Upload(
-                self.executor, self.payload, staging.layout, state.current, state.manifest,
-                self.settings.transfer, self.reporter, self.reconnect, self._relock, state.tools,
-            )  # fmt: skip
+            upload = self._upload(self._relock)
             report = upload.run(self.settings.shared, self.settings.permissions)
             self._use(upload.executor)  # a retry may have reconnected
-            self.outcome.uploaded_bytes = report.wire_bytes
-            self.outcome.details["transfer"] = asdict(report)
+            self._record_transfer(report)
             for command in self.settings.hooks.before:
                 self.runner.require("before", command, staging.layout.release_dir, staging.env)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM when CI cancels the job
@@ -209,106 +193,18 @@ class TargetDeploy:
             raise
         self.outcome.advance(Status.STAGED)
 
-    def _build_and_switch(self) -> None:
-        """Upload, switch, record, prune and unlock in one command (the only target, no hooks).
-
-        The switch runs on the target once the release is built and verified. Until the whole
-        stream was sent it cannot have run: a failure then is one of the upload's. After that, a
-        lost reply is settled by asking the target where the command got to (``_landing``).
-        """
+    def _upload(self, relock: Callable[[Executor], None], then: str = "") -> Upload:
+        """The upload of the staged release (`then`: shell text its command runs once published)."""
         staging = self.staging
-        self.outcome.advance(Status.SWITCHING)  # the command sent next may switch current
-        self._step = "the switch"
-        upload: Upload | None = None
-        try:
-            upload = Upload(
-                self.executor, self.payload, staging.layout, staging.state.current,
-                staging.state.manifest, self.settings.transfer, self.reporter, self.reconnect,
-                self._landing, staging.state.tools, then=self._switch_and_finish_script(),
-            )  # fmt: skip
-            try:
-                report = upload.run(self.settings.shared, self.settings.permissions)
-                self._use(upload.executor)
-                landed: _Landed | None = None
-            except _Landed as where:
-                self._use(where.executor)
-                report, landed = upload.report, where
-            self.outcome.uploaded_bytes = report.wire_bytes
-            self.outcome.details["transfer"] = asdict(report)
-            if landed is not None:
-                self._settle(landed)
-            else:
-                assert upload.switched is not None, "a built release comes with the switch's result"
-                self._switched_and_finished(upload.switched)
-        except BaseException as exc:
-            # a reply without the switch (RemoteError), a lock someone else holds with current
-            # elsewhere (LockError), or a stream cut short: the switch never ran
-            if upload is None or not upload.sent_whole or isinstance(exc, (RemoteError, LockError)):
-                if isinstance(exc, KeyboardInterrupt):
-                    self._undo_quietly(lambda: self.abort("interrupted"))
-                elif self.outcome.status.live:
-                    with contextlib.suppress(DeployerError):  # the first failure is the news
-                        self.abort(str(exc) or type(exc).__name__)
-                raise
-            if isinstance(exc, KeyboardInterrupt) and self._finished_before_interrupt():
-                raise
-            self._after_switch_failed(exc)
-            raise
+        return Upload(
+            self.executor, self.payload, staging.layout, staging.state.current,
+            staging.state.manifest, self.settings.transfer, self.reporter, self.reconnect, relock,
+            staging.state.tools, then=then,
+        )  # fmt: skip
 
-    def _finished_before_interrupt(self) -> bool:
-        """Interrupted while the one command ran: whether the target had recorded the deploy
-        already (then nothing is undone, and the log says what is live)."""
-        try:
-            self._landing(self.executor)
-        except _Landed as where:
-            if where.finished:
-                self._lock = None
-                self.outcome.advance(Status.DEPLOYED)
-                self._say(
-                    f"interrupted after the deploy finished: releases/"
-                    f"{self.staging.layout.release_id} is live and recorded"
-                )
-                return True
-        except (DeployerError, KeyboardInterrupt):  # cannot tell: switch back as usual
-            pass
-        return False
-
-    def _landing(self, executor: Executor) -> None:
-        """After a reconnect during `_build_and_switch`: resume the upload (return), or raise
-        _Landed when the command published or switched the release before its reply was lost."""
-        assert self._lock is not None
-        path, release = self.staging.path, self.staging.layout.release_id
-        result = executor.run(
-            landing_script(path, self._lock.token, release), timeout=SCRIPT_TIMEOUT
-        )
-        facts = dict(
-            line.partition("=")[::2] for line in result.stdout.decode(errors="replace").splitlines()
-        )
-        if result.status != 0 or "lock" not in facts:  # as unknown as the lost reply itself
-            raise ConnectError(
-                f"could not see where the deploy stands on {self.label}: {result.detail}"
-            )
-        ours = facts["lock"] == "ours"
-        if facts.get("current") == release:
-            raise _Landed(executor, switched=True, finished=not ours)
-        if not ours:
-            raise lock_error(facts["lock"], path, self.label)
-        if facts.get("published") == "yes":
-            raise _Landed(executor, switched=False, finished=False)
-
-    def _settle(self, landed: _Landed) -> None:
-        """Carry on from where a build-and-switch command whose reply was lost got to."""
-        release = self.staging.layout.release_id
-        if landed.finished:  # only the finish, which runs after the switch, removes our lock
-            self._lock = None
-            self._say(f"switched current -> releases/{release} (the reply was lost; recorded)")
-            self.outcome.advance(Status.DEPLOYED)
-        elif landed.switched:
-            self._say(f"switched current -> releases/{release} (the reply was lost)")
-            self._finished(self.executor.run(self._finish_script(), timeout=SCRIPT_TIMEOUT))
-            self.outcome.advance(Status.DEPLOYED)
-        else:
-            self._switch_and_finish()
+    def _record_transfer(self, report: TransferReport) -> None:
+        self.outcome.uploaded_bytes = report.wire_bytes
+        self.outcome.details["transfer"] = asdict(report)
 
     # ------------------------------------------------------------------------ activate
 
@@ -319,7 +215,7 @@ class TargetDeploy:
         the deploy is recorded, pruned and unlocked in the same round trip as the switch.
         """
         if self.settings.dry_run or self.outcome.status == Status.DEPLOYED:
-            return  # nothing to switch, or stage already switched (`at_once`)
+            return  # nothing to switch, or stage switched already (deploy.at_once)
         hooks = self.settings.hooks
         layout = self.staging.layout
         self.outcome.advance(Status.SWITCHING)  # from here on, current may point at the new release

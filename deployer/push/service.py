@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from deployer.deploy.at_once import target_deploy
 from deployer.deploy.outcome import Outcome, Provenance, Status
 from deployer.deploy.payload import Payload
 from deployer.deploy.settings import PushSettings
 from deployer.deploy.sftp.target import SftpDeploy
-from deployer.deploy.target import TargetDeploy
 from deployer.deploy.transport import AutoDeploy, PhasedDeploy, Transport
 from deployer.errors import DeployerError
 from deployer.output import Reporter
@@ -129,8 +129,8 @@ def push_over_ssh(
 
             if transport == "sftp":
                 return over_sftp()
-            shell = TargetDeploy(session, payload, settings, provenance, reporter, reconnect=connect,
-                                 route=route, sole=len(routes) == 1)  # fmt: skip
+            shell = target_deploy(session, payload, settings, provenance, reporter, reconnect=connect,
+                                  route=route, sole=len(routes) == 1)  # fmt: skip
             return shell if transport == "shell" else AutoDeploy(shell, over_sftp, reporter)
 
         outcomes, error = push_fleet([str(r.target) for r in routes], start, fleet)

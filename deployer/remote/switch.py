@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from deployer.remote.layout import RELEASE_ID, manifest_path, snapshot_path
+from deployer.remote.lock import relock_script
 from deployer.remote.shell import q
 from deployer.remote.status import RemoteStatus
 
@@ -51,8 +52,8 @@ c=$(readlink -- "$P/current" 2>/dev/null) || c=
 c=${{c%/}}
 printf 'current=%s\\n' "${{c##*/}}"
 if [ -d "$P/releases/"{q(release)} ]; then echo published=yes; else echo published=no; fi
-if grep -qF -- {q(token)} "$P/.deployer/lock/info" 2>/dev/null; then echo lock=ours
-else printf 'lock=%s\\n' "$(head -n 1 -- "$P/.deployer/lock/info" 2>/dev/null)"; fi
+(
+{relock_script(path, token)}) && echo lock=ours || :
 """
 
 

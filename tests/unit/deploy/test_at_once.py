@@ -15,6 +15,7 @@ from typing import BinaryIO
 import pytest
 
 from deployer.deploy import upload as upload_module
+from deployer.deploy.at_once import target_deploy
 from deployer.deploy.hooks import HookSettings
 from deployer.deploy.outcome import Provenance, Status
 from deployer.deploy.payload import Payload
@@ -62,8 +63,8 @@ def push(
     target: Target, path: Path, payload: Payload, *, sole: bool = True, **hooks: object
 ) -> TargetDeploy:
     settings = PushSettings(path=str(path), hooks=HookSettings(**hooks))  # type: ignore[arg-type]
-    deploy = TargetDeploy(target, payload, settings, Provenance("t"), QUIET,
-                          reconnect=lambda: target, sole=sole)  # fmt: skip
+    deploy = target_deploy(target, payload, settings, Provenance("t"), QUIET,
+                           reconnect=lambda: target, sole=sole)  # fmt: skip
     deploy.stage()
     deploy.activate(last=True)
     deploy.finish()
@@ -117,8 +118,8 @@ def test_a_lost_reply_is_settled_by_asking_the_target(
 
     target.lose = lose
     settings = PushSettings(path=str(path))
-    deploy = TargetDeploy(target, payload, settings, Provenance("t"), QUIET,
-                          reconnect=lambda: target, sole=True)  # fmt: skip
+    deploy = target_deploy(target, payload, settings, Provenance("t"), QUIET,
+                           reconnect=lambda: target, sole=True)  # fmt: skip
     original = deploy._finish_script
 
     def remember() -> str:
@@ -169,8 +170,8 @@ def test_an_interrupt_while_the_one_command_ran_undoes_only_what_is_unfinished(
     before = push(Target("app"), path, payload).outcome.release
     target = Target("app")
     settings = PushSettings(path=str(path))
-    deploy = TargetDeploy(target, payload, settings, Provenance("t"), QUIET,
-                          reconnect=lambda: target, sole=True)  # fmt: skip
+    deploy = target_deploy(target, payload, settings, Provenance("t"), QUIET,
+                           reconnect=lambda: target, sole=True)  # fmt: skip
 
     def interrupt(script: str, upload: Callable[[BinaryIO], object] | None) -> RunResult:
         if got_to == "switched":
