@@ -200,7 +200,40 @@ def dial(
     # no socket options by default; Nagle + delayed ACK would cost ~40 ms per exchange
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    return sock
+    return _acking_at_once(sock)
+
+
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+class QuickAckSocket(socket.socket):
+    """A TCP socket that acknowledges what it receives at once (Linux's TCP_QUICKACK).
+
+    A stock sshd sets TCP_NODELAY only on a connection with a terminal, so on ours (no terminal)
+    its second small packet in a row waits until we acknowledge the first, and Linux delays that
+    ACK by up to 40 ms: a jump host answering a channel open, a login or a command's exit stalls
+    for 40 ms each time. The kernel drops back to delayed ACKs by itself, so every read re-arms it.
+    """
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
+        """Read, then acknowledge at once again."""
+        data = super().recv(bufsize, flags)
+        if _QUICKACK is not None:
+            with contextlib.suppress(OSError):
+                self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        return data
+
+
+def _acking_at_once(sock: socket.socket) -> socket.socket:
+    """sock as a QuickAckSocket (the same connection), where the system has TCP_QUICKACK."""
+    if _QUICKACK is None:
+        return sock
+    timeout = sock.gettimeout()
+    quick = QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    quick.settimeout(timeout)
+    with contextlib.suppress(OSError):
+        quick.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+    return quick
 
 
 def _authority(host: str, port: int) -> str:

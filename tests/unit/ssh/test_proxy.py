@@ -211,3 +211,30 @@ def test_dial_tunes_the_socket_for_ssh() -> None:
         with dial("127.0.0.1", server.getsockname()[1], 2, "x", "y", ProxyError) as sock:
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_dial_acknowledges_every_read_at_once() -> None:
+    """After a request/answer exchange Linux delays ACKs again; a dialled socket re-arms
+    quick ACKs on every read (an sshd's second small packet would wait 40 ms for our ACK)."""
+
+    def quick_ack_after_each_answer(sock: socket.socket, peer: socket.socket) -> list[int]:
+        states = []
+        for _ in range(10):
+            sock.sendall(b"request")
+            assert peer.recv(64)
+            peer.sendall(b"answer")
+            assert sock.recv(64)
+            states.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK))
+        return states
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        with dial("127.0.0.1", server.getsockname()[1], 2, "x", "y", ProxyError) as sock:
+            peer, _ = server.accept()
+            with peer:
+                assert quick_ack_after_each_answer(sock, peer) == [1] * 10
+                # the same connection read as a plain socket: delayed ACKs come back
+                with socket.socket(fileno=sock.detach()) as plain:
+                    assert quick_ack_after_each_answer(plain, peer)[-1] == 0
