@@ -12,6 +12,7 @@ here runs under ``interrupts.whole()``; an interrupt is raised between them, whi
 
 from __future__ import annotations
 
+import contextlib
 import select
 import shlex
 import threading
@@ -55,6 +56,7 @@ class Connection:
         self.route = route
         self.label = str(route.target)
         self._transports = transports
+        self._spare: _SpareChannel | None = None
 
     @property
     def transport(self) -> paramiko.Transport:
@@ -88,13 +90,16 @@ class Connection:
     ) -> RunResult:
         """Run a command on the target; optionally stream stdin from upload(writer)."""
         try:
+            channel = self._session()
             with whole():
-                channel = self.transport.open_session(timeout=30)
                 # our scripts are POSIX sh whatever the login shell is (fish, csh, ...)
                 _exec_without_reply(channel, f"/bin/sh -c {shlex.quote(script)}")
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"lost the connection to {self.label}: {reason(exc)}") from exc
         uploader = _start_upload(channel, upload) if upload else None
+        # the next command's channel opens while this one runs (after its start: through a
+        # reverse tunnel, a message sent right behind another can wait 40 ms for an ACK)
+        self._spare = _SpareChannel(self.transport)
         try:
             result = _collect(channel, Output(on_output), timeout, self.label)
         finally:
@@ -106,6 +111,40 @@ class Connection:
             if failure is not None:
                 raise failure
         return result
+
+    def _session(self) -> paramiko.Channel:
+        """A session channel for the next command: the spare one opened meanwhile, if it came
+        up, else a new one."""
+        spare, self._spare = self._spare, None
+        channel = spare.take() if spare is not None else None
+        if channel is None:
+            with whole():
+                channel = self.transport.open_session(timeout=30)
+        return channel
+
+
+class _SpareChannel(threading.Thread):
+    """A session channel opened in the background while a command runs, for the next one.
+
+    Opening a channel takes a round trip; a push runs its commands one after another, so the
+    next one finds its channel open. One that is never used goes with the connection.
+    """
+
+    def __init__(self, transport: paramiko.Transport) -> None:
+        super().__init__(name="deployer-spare-channel", daemon=True)
+        self._transport = transport
+        self._channel: paramiko.Channel | None = None
+        self.start()
+
+    def run(self) -> None:
+        with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+            self._channel = self._transport.open_session(timeout=30)
+
+    def take(self) -> paramiko.Channel | None:
+        """The channel once its open is answered; None if it failed (the caller opens anew)."""
+        self.join()
+        channel = self._channel
+        return None if channel is None or channel.closed else channel
 
 
 def _exec_without_reply(channel: paramiko.Channel, command: str) -> None:
