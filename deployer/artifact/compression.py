@@ -1,7 +1,7 @@
 """How to compress the upload stream: the codec asked for, what both ends have, and a sample.
 
 `--compress auto` (the default) sends zstd when the target has `zstd` and the `zstandard` package
-is importable here, gzip otherwise, and plain tar when a sample of the content does not compress.
+is importable here, gzip otherwise, and plain tar when a sample says compressing would not pay.
 Without `--compress-level` zstd adapts its level to the link while it sends (`artifact.adapt`).
 """
 
@@ -20,7 +20,16 @@ if TYPE_CHECKING:
 SAMPLE_BYTES = 4 << 20
 
 
-INCOMPRESSIBLE = 0.92  # compressed/original above this: compressing costs CPU and saves nothing
+# The stream's compressed/original size (estimated from a sample) above which auto sends plain
+# tar. gzip -1 moves about 45 MB/s of content that does not compress: it must save much to pay.
+# zstd passes such content at about 1 GB/s a core (level 1; 0.5 GB/s at 3, this machine), so
+# 2 % less on the wire is worth it: an artifact of many small incompressible files still
+# compresses by its tar headers and padding (3.5 % of 3000 files of 22 kB).
+INCOMPRESSIBLE = 0.92
+ZSTD_INCOMPRESSIBLE = 0.98
+
+TAR_BLOCK = 512
+TAR_FRAMING_RATIO = 0.05  # tar headers and padding (mostly zeros) compress to a few percent
 
 
 Codec = Literal["zstd", "gzip", "none"]
@@ -101,7 +110,8 @@ def zstd_available() -> bool:
 
 
 def compressibility(artifact: Artifact, paths: frozenset[str] | None = None) -> float:
-    """Compressed/original size of a sample spread over the files to send (1.0: incompressible)."""
+    """Compressed/original size of the tar stream of the files to send (1.0: incompressible),
+    estimated from a sample of their content spread over them, and their tar framing."""
     from deployer.artifact.contents import read_in_order  # the command line imports this module
 
     files = [
@@ -130,7 +140,10 @@ def compressibility(artifact: Artifact, paths: frozenset[str] | None = None) -> 
     if original < 65536:
         # too little to judge; the stream is then mostly tar headers, which compress well
         return 0.5
-    return compressed / original
+    content = sum(entry.size for entry in files)
+    framing = sum(TAR_BLOCK + -entry.size % TAR_BLOCK for entry in files)  # header, padding
+    estimate = content * compressed / original + framing * TAR_FRAMING_RATIO
+    return estimate / (content + framing)
 
 
 def choose_compression(
@@ -139,8 +152,8 @@ def choose_compression(
     """The encoding of a stream whose sample compressed to `ratio`.
 
     `zstd_ok`: the target has zstd and zstandard is importable here. An explicit codec is used
-    as asked (the caller checks that zstd is possible); auto sends incompressible content as
-    plain tar, and picks zstd over gzip when it can.
+    as asked (the caller checks that zstd is possible); auto picks zstd over gzip when it can,
+    and sends plain tar when the codec would cost more CPU than it saves on the wire.
     """
     if mode == "none":
         return PLAIN
@@ -148,8 +161,6 @@ def choose_compression(
         return Compression("gzip", level or GZIP_DEFAULT)
     if mode == "zstd":
         return Compression("zstd", level)
-    if ratio > INCOMPRESSIBLE:
-        return PLAIN
     if zstd_ok:
-        return Compression("zstd", level)
-    return Compression("gzip", level or GZIP_DEFAULT)
+        return Compression("zstd", level) if ratio <= ZSTD_INCOMPRESSIBLE else PLAIN
+    return Compression("gzip", level or GZIP_DEFAULT) if ratio <= INCOMPRESSIBLE else PLAIN
