@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
-
-import pathspec
+from typing import TYPE_CHECKING
 
 from deployer.errors import ArtifactError, ConfigError
+
+if TYPE_CHECKING:
+    import pathspec
 
 IGNORE_FILE = ".deployignore"
 
 MAX_IGNORE_FILE = 1 << 20  # bytes: a pattern file, not data
+
+
+def gitignore(lines: Sequence[str]) -> pathspec.GitIgnoreSpec:
+    """pathspec's matcher of lines (imported only here: most pushes have no patterns, and the
+    import takes 10 ms of every push's start)."""
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
 def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
@@ -30,7 +40,7 @@ def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
                 f"--exclude {pattern!r} spans several lines — give one pattern per --exclude"
             )
         try:
-            pathspec.GitIgnoreSpec.from_lines([pattern])
+            gitignore([pattern])
         except ValueError as exc:
             raise ConfigError(
                 f"--exclude {pattern!r} is not a gitignore pattern ({exc}) — fix it"
@@ -55,7 +65,7 @@ def read_patterns(data: bytes, label: str) -> list[str]:
     lines = text.splitlines()
     for number, line in enumerate(lines, 1):
         try:
-            pathspec.GitIgnoreSpec.from_lines([line])
+            gitignore([line])
         except ValueError as exc:
             raise ArtifactError(
                 f"artifact {label}: {IGNORE_FILE} line {number} {line!r} is not a gitignore"
@@ -80,7 +90,7 @@ class Exclusion:
     """
 
     def __init__(self, patterns: Sequence[str] = ()) -> None:
-        self._spec = pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
+        self._spec = gitignore(patterns) if patterns else None
         self._dirs: dict[str, bool] = {}  # directory -> excluded (itself or an ancestor)
         self._tops: list[str] = []
 
