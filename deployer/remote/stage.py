@@ -88,6 +88,9 @@ def stage_script(
             ' : > "$W.trusted"; fi'
         )
     lines += [
+        # the stat snapshot (below) needs one tick of the kernel's clock between the last write
+        # to the tree and its marker: it passes while the tree is verified
+        f"{{ {_ONE_TICK}; }} </dev/null >/dev/null 2>&1 & tick=$!",
         'cd -- "$T"',
         # hash the files that need it on every CPU (up to 8): split into lists of about equal bytes
         "n=$(nproc 2>/dev/null) || n=1",
@@ -115,11 +118,13 @@ def stage_script(
     for item in shared:
         lines.append(_link_shared(item))
     lines += shared_lines(permissions, shared)
+    # the stat snapshot lets the next deploy trust unchanged files without hashing them. File
+    # times have the kernel's tick (up to 10 ms): every file written above must be older than
+    # the marker, so that only later writers can make entries racy
+    lines.append('wait "$tick"')
+    if permissions.group:  # chgrp and chmod above changed the files' ctimes after the tick
+        lines.append(_ONE_TICK)
     lines += [
-        # the stat snapshot lets the next deploy trust unchanged files without hashing them.
-        # File times have the kernel's tick (up to 10 ms): wait one, so that every file written
-        # above is older than the marker, and only later writers can make entries racy
-        "sleep 0.02 2>/dev/null || sleep 1",  # BusyBox may be built without fractional sleep
         ': > "$W.mark"',
         '{ printf \'#%s\\n\' "$(stat -c %z -- "$W.mark")" &&'
         f' find . -type f -exec stat -c {q(STAT_FORMAT)} -- {{}} +; }} >"$S.tmp" 2>/dev/null ||'
@@ -134,6 +139,8 @@ def stage_script(
         lines += [f"printf '%s\\n' {q(PUBLISHED.decode())}", "set +e", then.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
+
+_ONE_TICK = "sleep 0.02 2>/dev/null || sleep 1"  # BusyBox may be built without fractional sleep
 
 # The line a stage command prints once its release is published (a path never holds a tab)
 PUBLISHED = b"deployer\tpublished"

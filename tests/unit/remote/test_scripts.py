@@ -3,6 +3,7 @@ machine's /bin/sh and GNU tools, and as a BusyBox target (BusyBox sh, only its a
 
 from __future__ import annotations
 
+import grp
 import gzip
 import hashlib
 import json
@@ -303,6 +304,26 @@ def test_hard_links_and_prunes_do_not_spoil_the_trust_of_linked_releases(tmp_pat
     # ... with hard links, ctime is not compared: inode, size and mtime are unchanged
     sh.run(f"rm -rf {path}/releases/.{v3}.partial")
     assert redeploy_claiming(path, v3, v2, b"not a.txt", hardlink=True).status == 0
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["as-created", "with-group"])
+def test_every_file_of_a_published_release_is_older_than_its_snapshot_marker(
+    tmp_path: Path, group: bool
+) -> None:
+    """Only then can the next deploy trust them: the stage waits one clock tick between the last
+    write (and, with --group, the last chgrp/chmod) and the marker, and verifies meanwhile."""
+    permissions = Permissions(grp.getgrgid(os.getgid()).gr_name) if group else AS_CREATED
+    sh.run(prepare_script(str(tmp_path / "app"), "x token T"))
+    for attempt in range(5):  # a missed tick shows as a tie; over 5 releases, at least once
+        rid = f"2026010{attempt + 1}T000000Z"
+        files = nested_tree(40, tag=rid.encode())
+        layout = Layout(str(tmp_path / "app"), rid)
+        result = stage(layout, [], targz(files), manifest_of(files), permissions=permissions)
+        assert result.status == 0, result.stderr
+        snapshot = (tmp_path / "app/.deployer/manifests" / f"{rid}.stat").read_text().splitlines()
+        marker = snapshot[0].removeprefix("#")
+        ctimes = [line.split("|")[3] for line in snapshot[1:]]
+        assert len(ctimes) == 40 and max(ctimes) < marker
 
 
 def test_files_as_new_as_the_snapshot_are_hashed_again(tmp_path: Path) -> None:
