@@ -24,6 +24,14 @@ from deployer.deploy.spool import Spool
 
 CLOSE_WAIT = 5.0  # seconds close() waits for the hashing thread (one 1 MiB read)
 
+# The zstd level of a stream shared by a fleet, where --compress-level leaves it open. Its CPU is
+# spent once and its bytes cross the wire once per target; and the spool runs ahead of the
+# targets, so no wait tells an adaptive level where the bottleneck is. 32 MB of source, 2
+# threads: level 3 6.63 MB in 0.14 s of CPU, 6 5.83 MB in 0.34 s, 9 5.60 MB in 0.54 s.
+FLEET_LEVEL = 6
+LARGE_FLEET = 10  # targets from which ...
+LARGE_FLEET_LEVEL = 9  # ... the stream is compressed harder still
+
 
 class Payload:
     """An artifact with its file digests, computed once for every target.
@@ -78,14 +86,19 @@ class Payload:
         self, send: frozenset[str], mode: CompressMode, level: int | None, zstd_ok: bool
     ) -> Compression:
         """The encoding of a stream of `send`, its content sampled once per set of files (auto
-        only: an explicit codec needs no sample). `zstd_ok`: both ends can use zstd."""
+        only: an explicit codec needs no sample). `zstd_ok`: both ends can use zstd. A fleet's
+        zstd without a level gets a fixed one (FLEET_LEVEL): its stream is shared."""
         ratio = 0.0
         if mode == "auto":
             with self._lock:
                 ratio = self._ratios.get(send, -1.0)
                 if ratio < 0:
                     ratio = self._ratios[send] = compressibility(self.artifact, send)
-        return choose_compression(ratio, mode, level, zstd_ok)
+        chosen = choose_compression(ratio, mode, level, zstd_ok)
+        if chosen.adaptive and self._targets > 1:
+            large = self._targets >= LARGE_FLEET
+            return Compression("zstd", LARGE_FLEET_LEVEL if large else FLEET_LEVEL)
+        return chosen
 
     def shared_stream(self, send: frozenset[str], compression: Compression) -> Spool | None:
         """The compressed tar stream of `send`, encoded once for all targets (None: encode your

@@ -69,3 +69,21 @@ def test_the_whole_artifact_is_sampled_for_compression_while_it_is_hashed(tmp_pa
         (app / f"f{index}.txt").write_bytes(os.urandom(400_000))
     assert sampled.compression(every, "auto", None, zstd_ok=False).codec == "gzip"
     assert unsampled.compression(every, "auto", None, zstd_ok=False).codec == "none"
+
+
+@pytest.mark.parametrize(
+    ("targets", "label"), [(1, "zstd (adaptive)"), (3, "zstd -6"), (20, "zstd -9")]
+)
+def test_a_fleets_shared_stream_is_compressed_harder_the_more_targets_read_it(
+    tmp_path: Path, targets: int, label: str
+) -> None:
+    """One target adapts zstd's level to its link; a fleet's stream is encoded once and sent to
+    every target, so its level is fixed, and higher for a large fleet. A level asked for stays."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "a.txt").write_bytes(b"the same line again\n" * 20_000)
+    payload = prepare_payload(open_artifact(app), targets=targets)
+    every = frozenset({"a.txt"})
+    assert payload.compression(every, "auto", None, zstd_ok=True).label == label
+    assert payload.compression(every, "zstd", 4, zstd_ok=True).label == "zstd -4"
+    assert payload.compression(every, "auto", None, zstd_ok=False).label == "gzip -1"
