@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -26,6 +27,12 @@ def live(path: Path) -> str:
     """The release id current points to, or '' when there is none."""
     link = path / "current"
     return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else ""
+
+
+def finished(returncode: int, output: str) -> bool:
+    """A push that completed before a SIGTERM took effect: it exited 0, or the signal killed it
+    on its way out, after it had said the deploy was done."""
+    return returncode == 0 or (returncode == -signal.SIGTERM and " deployed " in output)
 
 
 def releases(path: Path) -> list[str]:
