@@ -162,5 +162,9 @@ def choose_compression(
     if mode == "zstd":
         return Compression("zstd", level)
     if zstd_ok:
-        return Compression("zstd", level) if ratio <= ZSTD_INCOMPRESSIBLE else PLAIN
+        if ratio > ZSTD_INCOMPRESSIBLE:
+            return PLAIN
+        # content that hardly compresses (what zstd saves is the tar framing) gets level 1: higher
+        # levels find nothing more in it and cost CPU and memory (level 9: 40 MB more)
+        return Compression("zstd", level or (1 if ratio > INCOMPRESSIBLE else None))
     return Compression("gzip", level or GZIP_DEFAULT) if ratio <= INCOMPRESSIBLE else PLAIN
