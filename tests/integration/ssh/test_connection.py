@@ -35,7 +35,7 @@ def _record_opens(monkeypatch: pytest.MonkeyPatch, *, refuse_spares: bool) -> li
     def recording(self: paramiko.Transport, *args: Any, **kwargs: Any) -> paramiko.Channel:
         name = threading.current_thread().name
         opened_by.append(name)
-        if refuse_spares and name == "deployer-spare-channel":
+        if refuse_spares and name == SPARE:
             raise paramiko.ChannelException(1, "administratively prohibited")
         return open_session(self, *args, **kwargs)
 
@@ -43,23 +43,29 @@ def _record_opens(monkeypatch: pytest.MonkeyPatch, *, refuse_spares: bool) -> li
     return opened_by
 
 
-def test_each_next_command_finds_its_channel_open(
-    connection: Connection, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    opened_by = _record_opens(monkeypatch, refuse_spares=False)
-    outputs = [connection.run(f"echo {n}").stdout for n in range(3)]
-    assert outputs == [b"0\n", b"1\n", b"2\n"]
-    # the first command opens its own; each one opens the next one's in the background
-    assert opened_by == ["MainThread"] + ["deployer-spare-channel"] * 3
+SPARE = "deployer-spare-channel"
 
 
-def test_a_refused_spare_channel_costs_only_the_round_trip(
-    connection: Connection, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("refuse_spares", "expected"),
+    [
+        # the first command opens its own; each one opens the next one's in the background
+        (False, ["MainThread", SPARE, SPARE, SPARE]),
+        # a refused spare costs only the round trip: the next command opens its own
+        (True, ["MainThread", SPARE, "MainThread", SPARE, "MainThread", SPARE]),
+    ],
+    ids=["spares-open", "spares-refused"],
+)
+def test_each_next_command_runs_on_the_spare_channel_when_it_came_up(
+    connection: Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    refuse_spares: bool,
+    expected: list[str],
 ) -> None:
-    opened_by = _record_opens(monkeypatch, refuse_spares=True)
+    opened_by = _record_opens(monkeypatch, refuse_spares=refuse_spares)
     outputs = [connection.run(f"echo {n}").stdout for n in range(3)]
     assert outputs == [b"0\n", b"1\n", b"2\n"]
-    assert opened_by.count("MainThread") == 3
+    assert opened_by == expected
 
 
 def test_a_spare_channel_the_server_closed_is_not_used(connection: Connection) -> None:
