@@ -37,6 +37,7 @@ from deployer.ssh.failures import (
 from deployer.ssh.hostkeys import HostKeyPolicy, fingerprint
 from deployer.ssh.proxy import dial, open_through
 from deployer.ssh.route import Route
+from deployer.ssh.stalls import stall_free_transport
 
 # paramiko logs handshake failures with tracebacks (its transport thread, to stderr when no
 # handler is set); we report them ourselves in one line.
@@ -109,7 +110,7 @@ def _open_hop_channel(
 def _handshake(sock: Any, route: Route, index: int, options: ConnectOptions) -> paramiko.Transport:
     hop = route.hops[index]
     what = route.describe(index)
-    transport = paramiko.Transport(sock)
+    transport = stall_free_transport(sock)
     transport.banner_timeout = options.timeout
     transport.handshake_timeout = options.timeout
     security = transport.get_security_options()
@@ -220,7 +221,7 @@ def scan_host_keys(
                     if index == 0
                     else _open_hop_channel(transports[-1], route, index, options.timeout)
                 )
-                probe = paramiko.Transport(sock)
+                probe = stall_free_transport(sock)
                 probe.get_security_options().key_types = [algorithm]
                 try:
                     probe.start_client(timeout=options.timeout)
