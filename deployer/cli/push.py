@@ -132,15 +132,14 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
     from deployer.artifact.scan import open_artifact
     from deployer.deploy.hooks import HookSettings
     from deployer.deploy.outcome import Provenance
-    from deployer.deploy.payload import prepare_payload
     from deployer.deploy.plan import describe_excluded
     from deployer.deploy.settings import PushSettings
     from deployer.deploy.upload import TransferSettings
     from deployer.push.fleet import FleetSettings, parse_batch, parse_shard, select_shard
-    from deployer.push.service import push_over_ssh
     from deployer.remote.layout import validate_path, validate_shared
     from deployer.remote.permissions import validate_permissions
     from deployer.ssh.access import build_routes
+    from deployer.ssh.clients import first_contact
 
     job = environment()
     reporter = render.reporter()
@@ -208,23 +207,33 @@ def push(artifact: Path, route: RouteRequest, access: Access, path: str, as_json
             f"--shard {shard} selects no target out of {len(split_values(route.to))} — use fewer shards"
         )
     fleet = FleetSettings(parallel=parallel, batch=parse_batch(batch, len(routes)))
-    payload = prepare_payload(
-        open_artifact(artifact, exclude=settings.exclude),
-        targets=len(routes),
-        sample=settings.transfer.compress == "auto" and transport != "sftp" and not dry_run,
-    )
-    if len(routes) > 1:
-        reporter = render.reporter(bars=False)  # one bar cannot show several uploads
-    reporter.line(
-        f"deploying {artifact} ({payload.artifact.file_count} files) to {', '.join(str(r) for r in routes)}"
-        + (" [dry run]" if dry_run else "")
-    )
-    if payload.artifact.cleared:
-        reporter.line(payload.artifact.cleared_note())
-    describe_excluded(reporter, payload.artifact, dry_run=dry_run)
-    result = push_over_ssh(
-        routes, access, payload, settings, provenance, reporter, fleet, transport, ssh_client
-    )
+    # one target: its first hop is dialled now, while the SSH layer loads and the artifact is read
+    contact = first_contact(routes[0], access.timeout_for(routes[0])) if len(routes) == 1 else None
+    try:
+        from deployer.deploy.payload import prepare_payload
+        from deployer.push.service import push_over_ssh
+
+        payload = prepare_payload(
+            open_artifact(artifact, exclude=settings.exclude),
+            targets=len(routes),
+            sample=settings.transfer.compress == "auto" and transport != "sftp" and not dry_run,
+        )
+        if len(routes) > 1:
+            reporter = render.reporter(bars=False)  # one bar cannot show several uploads
+        reporter.line(
+            f"deploying {artifact} ({payload.artifact.file_count} files) to {', '.join(str(r) for r in routes)}"
+            + (" [dry run]" if dry_run else "")
+        )
+        if payload.artifact.cleared:
+            reporter.line(payload.artifact.cleared_note())
+        describe_excluded(reporter, payload.artifact, dry_run=dry_run)
+        result = push_over_ssh(
+            routes, access, payload, settings, provenance, reporter, fleet, transport, ssh_client,
+            contact,
+        )  # fmt: skip
+    finally:
+        if contact is not None:
+            contact.close()  # unless the push took it
     outcomes, error = result.outcomes, result.error
     if webhook.mode == "auto" and isinstance(error, ConnectError) and not result.established:
         # nothing ran on the target: deploying through the receiver cannot double anything up

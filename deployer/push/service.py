@@ -28,6 +28,7 @@ from deployer.ssh.access import Access, connect_options, route_flags
 from deployer.ssh.clients import ClientChoice, Session, SshClient, open_client
 from deployer.ssh.connect import connected
 from deployer.ssh.connection import Connection
+from deployer.ssh.contact import FirstContact
 from deployer.ssh.route import Route
 from deployer.ssh.sftp import SftpSession, open_sftp
 
@@ -37,18 +38,26 @@ CLEANUP_TIMEOUT = 20.0
 
 
 @contextmanager
-def connection_to(route: Route, access: Access, reporter: Reporter) -> Iterator[Connection]:
-    """A connection along route that is closed (every hop) when the block ends."""
-    with connected(route, connect_options(route, access, reporter.line)) as connection:
+def connection_to(
+    route: Route, access: Access, reporter: Reporter, first: FirstContact | None = None
+) -> Iterator[Connection]:
+    """A connection along route that is closed (every hop) when the block ends (first: its
+    first hop, when dialled already)."""
+    options = connect_options(route, access, reporter.line)
+    with connected(route, options, first.take() if first is not None else None) as connection:
         yield connection
 
 
 @contextmanager
 def session_to(
-    route: Route, access: Access, reporter: Reporter, client: SshClient
+    route: Route,
+    access: Access,
+    reporter: Reporter,
+    client: SshClient,
+    first: FirstContact | None = None,
 ) -> Iterator[Session]:
     """A session along route with `client`, closed when the block ends."""
-    session = client.connect(route, connect_options(route, access, reporter.line))
+    session = client.connect(route, connect_options(route, access, reporter.line), first)
     try:
         yield session
     finally:
@@ -74,15 +83,20 @@ def push_over_ssh(
     fleet: FleetSettings,
     transport: Transport = "auto",
     ssh_client: ClientChoice = "auto",
+    contact: FirstContact | None = None,
 ) -> PushResult:
     """Deploy payload to every route all-or-nothing; connections are closed when it returns.
 
     With transport "auto", a target that runs no commands is deployed to over SFTP. ssh_client
     chooses who carries the shell path (see ssh.clients); SFTP always goes over paramiko.
+    contact: the first route's first hop, dialled already (its first connection uses it).
     """
     established: list[str] = []  # --mode auto falls back only if no connection ever came up
+    dialled = [contact] if contact is not None else []  # taken by the first connection only
     with contextlib.ExitStack() as connections:
         connections.callback(payload.close)  # shared streams go once every upload is done
+        if contact is not None:
+            connections.callback(contact.close)  # unless taken
         client = open_client(
             "paramiko" if transport == "sftp" else ssh_client, access.env, reporter.line,
             targets=len(routes), artifact_bytes=payload.artifact.total_size,
@@ -90,16 +104,19 @@ def push_over_ssh(
         connections.callback(client.close)  # after every session: a fleet shares its masters
 
         def start(index: int) -> PhasedDeploy:
+            def first() -> FirstContact | None:
+                return dialled.pop() if index == 0 and dialled else None
+
             def connect() -> Session:
                 session = connections.enter_context(
-                    session_to(routes[index], access, reporter, client)
+                    session_to(routes[index], access, reporter, client, first())
                 )
                 established.append(session.label)
                 return session
 
             def connect_files() -> Connection:
                 connection = connections.enter_context(
-                    connection_to(routes[index], access, reporter)
+                    connection_to(routes[index], access, reporter, first())
                 )
                 established.append(connection.label)
                 return connection

@@ -11,9 +11,6 @@ rest, where the round trips are what counts.
 
 from __future__ import annotations
 
-import select
-import socket
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -22,6 +19,7 @@ from deployer.remote.executor import Executor
 
 if TYPE_CHECKING:
     from deployer.ssh.connect import ConnectOptions
+    from deployer.ssh.contact import FirstContact
     from deployer.ssh.route import Route
 
 ClientChoice = Literal["auto", "openssh", "paramiko"]
@@ -50,10 +48,10 @@ class SshClient(Protocol):
     name: str
 
     def connect(
-        self, route: Route, options: ConnectOptions, first: socket.socket | None = None
+        self, route: Route, options: ConnectOptions, first: FirstContact | None = None
     ) -> Session:
         """Log in to route's target hop by hop, verifying every host key (first: the
-        connection to the first hop, when made already)."""
+        first hop, when dialled already)."""
         ...
 
     def close(self) -> None:
@@ -67,21 +65,15 @@ class ParamikoClient:
     name = "paramiko"
 
     def connect(
-        self, route: Route, options: ConnectOptions, first: socket.socket | None = None
+        self, route: Route, options: ConnectOptions, first: FirstContact | None = None
     ) -> Session:
         """Connect with ssh.connect."""
         from deployer.ssh.connect import connect
 
-        return connect(route, options, first)
+        return connect(route, options, first.take() if first is not None else None)
 
     def close(self) -> None:
         """Nothing shared: each connection is closed by its user."""
-
-
-def answers_within(sock: socket.socket, seconds: float) -> bool:
-    """Whether the peer has sent something (an SSH banner) within seconds (nothing is read)."""
-    readable, _, _ = select.select([sock], [], [], max(0.0, seconds))
-    return bool(readable)
 
 
 class LinkChoice:
@@ -99,17 +91,13 @@ class LinkChoice:
         self._paramiko = ParamikoClient()
 
     def connect(
-        self, route: Route, options: ConnectOptions, first: socket.socket | None = None
+        self, route: Route, options: ConnectOptions, first: FirstContact | None = None
     ) -> Session:
         """Dial the first hop, choose by how soon it answers, and log in with the choice."""
-        from deployer.ssh.connect import first_hop_socket
-
-        started = time.monotonic()
         if first is None:
-            first = first_hop_socket(route, options.timeout)
-        fast = answers_within(first, FAST_CONTACT - (time.monotonic() - started))
+            first = first_contact(route, options.timeout)
         chosen: SshClient = self._paramiko
-        if fast:
+        if first.answered_within(FAST_CONTACT):
             if self._openssh is None:
                 self._openssh = self._openssh_factory()
             chosen = self._openssh
@@ -120,6 +108,13 @@ class LinkChoice:
         """Close the OpenSSH client if a connection used it."""
         if self._openssh is not None:
             self._openssh.close()
+
+
+def first_contact(route: Route, timeout: float) -> FirstContact:
+    """route's first hop, dialled from now on and watched as long as auto's choice needs."""
+    from deployer.ssh.contact import FirstContact
+
+    return FirstContact(route, timeout, watch=FAST_CONTACT)
 
 
 def open_client(

@@ -18,12 +18,12 @@ from typing import Any
 import paramiko
 
 from deployer.errors import (
-    ConnectError,
     DeployerError,
     HostKeyError,
     reason,
 )
 from deployer.ssh.connection import Connection
+from deployer.ssh.contact import first_hop_socket
 from deployer.ssh.credentials import Credentials
 from deployer.ssh.failures import (
     channel_failed,
@@ -35,7 +35,6 @@ from deployer.ssh.failures import (
     nothing_listens,
 )
 from deployer.ssh.hostkeys import HostKeyPolicy, fingerprint
-from deployer.ssh.proxy import dial, open_through
 from deployer.ssh.route import Route
 from deployer.ssh.stalls import stall_free_transport
 
@@ -74,19 +73,6 @@ class ConnectOptions:
         if index < len(self.hop_credentials):
             return self.hop_credentials[index]
         return self.credentials
-
-
-def first_hop_socket(route: Route, timeout: float) -> socket.socket:
-    """A connection to the route's first hop: dialled, or through its proxy."""
-    first = route.hops[0]
-    what = route.describe(0)
-    if route.proxy is not None:
-        return open_through(
-            route.proxy, first.host, first.port, user=first.user, timeout=timeout, hop=what
-        )
-    return dial(
-        first.host, first.port, timeout, what, "is sshd listening on that port?", ConnectError
-    )
 
 
 def _open_hop_channel(
@@ -191,9 +177,11 @@ def connect(
 
 
 @contextmanager
-def connected(route: Route, options: ConnectOptions) -> Iterator[Connection]:
+def connected(
+    route: Route, options: ConnectOptions, first: socket.socket | None = None
+) -> Iterator[Connection]:
     """connect() as a context manager that always closes every hop."""
-    connection = connect(route, options)
+    connection = connect(route, options, first)
     try:
         yield connection
     finally:

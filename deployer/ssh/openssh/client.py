@@ -25,7 +25,8 @@ import paramiko
 
 from deployer.environment import child_environment
 from deployer.ssh.agent import MemoryAgent
-from deployer.ssh.connect import ConnectOptions, first_hop_socket
+from deployer.ssh.connect import ConnectOptions
+from deployer.ssh.contact import FirstContact, first_hop_socket
 from deployer.ssh.failures import channel_failed, no_key
 from deployer.ssh.hostkeys import fingerprint
 from deployer.ssh.openssh.argv import MasterSpec, host_key_algorithms
@@ -68,16 +69,16 @@ class OpenSSHClient:
         self._closed = False
 
     def connect(
-        self, route: Route, options: ConnectOptions, first: socket.socket | None = None
+        self, route: Route, options: ConnectOptions, first: FirstContact | None = None
     ) -> OpenSSHConnection:
         """Log in hop by hop (reusing the masters already up) and return the target's session.
 
-        first: the connection to the first hop when the caller has made it already (it is
-        closed if a master for that hop is up anyway).
+        first: the first hop when dialled already (closed if a master for it is up anyway).
         """
+        sock = first.take() if first is not None else None
         master: Master | None = None
         for index in range(len(route.hops)):
-            master = self._master(route, index, options, master, first)
+            master = self._master(route, index, options, master, sock)
         assert master is not None
         key = self._broker.verdict(master.hop_id).key
         assert key is not None, "a master is up only once its host key was accepted"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from deployer.ssh.clients import (
     LinkChoice,
     ParamikoClient,
     SshClient,
-    answers_within,
     open_client,
 )
 from deployer.ssh.openssh.client import OpenSSHClient
@@ -72,13 +70,3 @@ def test_auto_says_so_when_it_wanted_openssh_and_found_none(tmp_path: Path) -> N
         "--ssh-client openssh: no ssh on the PATH — install OpenSSH's client 8.5 or newer"
         " (openssh-client), or use --ssh-client auto"
     )
-
-
-def test_a_peer_answers_within_a_time_only_once_it_has_sent_something() -> None:
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        assert not answers_within(ours, 0.05)
-        theirs.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
-        assert answers_within(ours, 0.05)
-        assert answers_within(ours, -1)  # time already spent dialling: look, do not wait
-        assert ours.recv(64).startswith(b"SSH-2.0-")  # nothing was taken from the stream
