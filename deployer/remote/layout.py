@@ -25,13 +25,20 @@ RELEASE_ID = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 
 
 def new_release_id(now: datetime, existing: Sequence[str]) -> str:
-    """A sortable UTC timestamp id, suffixed when a release with that id already exists."""
+    """A sortable UTC timestamp id, suffixed past every release with that id already there.
+
+    Past, not into the first free slot: once `--keep` pruned `ID`, a fourth push in the same
+    second must still sort after `ID-2` and `ID-3` (it would have been `ID` again, sorted as
+    the oldest release, and pruning would have kept the wrong ones).
+    """
     base = now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    candidate, n = base, 1
-    while candidate in existing:
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
+    taken = [
+        1 if release == base else int(release[len(base) + 1 :])
+        for release in existing
+        if release == base
+        or (release.startswith(f"{base}-") and release[len(base) + 1 :].isdigit())
+    ]
+    return f"{base}-{max(taken) + 1}" if taken else base
 
 
 def validate_path(path: str) -> str:

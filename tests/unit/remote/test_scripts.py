@@ -142,6 +142,9 @@ def test_release_ids_sort_by_time_and_never_collide() -> None:
     assert first == "20261122T235901Z"
     assert new_release_id(now, [first]) == "20261122T235901Z-2"
     assert new_release_id(now, [first, f"{first}-2"]) == "20261122T235901Z-3"
+    # the first ones pruned already: a later push of the same second still sorts last
+    assert new_release_id(now, [f"{first}-2", f"{first}-3"]) == "20261122T235901Z-4"
+    assert new_release_id(now, ["20261122T235900Z", f"{first}x"]) == first
 
 
 def test_preflight_on_a_missing_path_sees_the_writable_parent(tmp_path: Path) -> None:
