@@ -31,8 +31,12 @@ from deployer.interrupts import whole
 from deployer.remote.executor import KILL_AFTER, Output, OutputSink, RunResult, upload_failure
 from deployer.ssh.hostkeys import stored_key_type
 from deployer.ssh.route import Route
+from deployer.ssh.stalls import holding
 
 READ_CHUNK = 32768
+QUEUE_WAIT = (
+    1.0  # seconds a spare channel's request may take to be queued (microseconds, as a rule)
+)
 
 
 class _ChannelWriter:
@@ -91,19 +95,22 @@ class Connection:
         """Run a command on the target; optionally stream stdin from upload(writer)."""
         try:
             channel = self._session()
+            # the next command's channel opens while this one runs. Through a reverse tunnel a
+            # message sent right behind another can wait 40 ms for an ACK (see ssh.stalls), so
+            # its request is held to leave with this command's, in one write. (Not this one's
+            # with its stdin: sshd opens a session's window only once it has the command.)
+            self._spare = _SpareChannel(self.transport)
             with whole():
                 # our scripts are POSIX sh whatever the login shell is (fish, csh, ...)
                 _exec_without_reply(channel, f"/bin/sh -c {shlex.quote(script)}")
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"lost the connection to {self.label}: {reason(exc)}") from exc
         uploader = _start_upload(channel, upload) if upload else None
-        # the next command's channel opens while this one runs (after its start: through a
-        # reverse tunnel, a message sent right behind another can wait 40 ms for an ACK)
-        self._spare = _SpareChannel(self.transport)
         try:
             result = _collect(channel, Output(on_output), timeout, self.label)
         finally:
-            with whole():
+            # held like the answer to sshd's CLOSE, when ours goes first (ssh.stalls)
+            with whole(), holding(self.transport):
                 channel.close()
         if uploader is not None:
             uploader.join(timeout=10)
@@ -127,18 +134,28 @@ class _SpareChannel(threading.Thread):
     """A session channel opened in the background while a command runs, for the next one.
 
     Opening a channel takes a round trip; a push runs its commands one after another, so the
-    next one finds its channel open. One that is never used goes with the connection.
+    next one finds its channel open. One that is never used goes with the connection. Its
+    request is held (ssh.stalls), to leave with the next message the connection sends: made,
+    this object has queued it.
     """
 
     def __init__(self, transport: paramiko.Transport) -> None:
         super().__init__(name="deployer-spare-channel", daemon=True)
         self._transport = transport
         self._channel: paramiko.Channel | None = None
+        self._queued = threading.Event()
         self.start()
+        self._queued.wait(timeout=QUEUE_WAIT)
 
     def run(self) -> None:
-        with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
-            self._channel = self._transport.open_session(timeout=30)
+        try:
+            with (
+                contextlib.suppress(paramiko.SSHException, OSError, EOFError),
+                holding(self._transport, on_held=self._queued.set),
+            ):
+                self._channel = self._transport.open_session(timeout=30)
+        finally:
+            self._queued.set()
 
     def take(self) -> paramiko.Channel | None:
         """The channel once its open is answered; None if it failed (the caller opens anew)."""
@@ -177,7 +194,9 @@ class _Uploader(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.upload(_ChannelWriter(self.channel))  # type: ignore[arg-type]
+            # a small stdin leaves whole with its EOF (a long one streams: see HOLD_LIMIT)
+            with holding(self.channel.get_transport()):
+                self.upload(_ChannelWriter(self.channel))  # type: ignore[arg-type]
             self.channel.shutdown_write()
         except BaseException as exc:  # reported by the caller, which owns the channel
             self.error = exc

@@ -5,7 +5,8 @@ opens without TCP_NODELAY (sshd sets it only for a terminal). There Nagle's rule
 segment while an earlier one is unacknowledged, and the receiver delays that ACK by up to 40 ms
 unless it has something to send back. So every time a side sends two small messages in a row
 and the first gets no answer (our banner and our NEWKEYS before the message that follows; our
-EOF and CLOSE after a command before the next command; the server's unsolicited
+EOF and CLOSE after a command before the next command; a command's request before its
+stdin, and the last of its stdin before the EOF; the server's unsolicited
 ``hostkeys-00@openssh.com`` before its answer to our first channel open), the second waits about
 40 ms. A one-file push met five such stalls, more than its round trips on a 10 ms link.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paramiko
@@ -35,15 +36,18 @@ from paramiko.common import (
 
 # How long held bytes wait for a message to go along with; then the next idle read sends them.
 HOLD_SECONDS = 0.1
+# Held bytes go out once this many are held: a write of that size is not held back by Nagle's
+# rule (full segments go at once), and a long upload must stream.
+HOLD_LIMIT = 64 * 1024
 
 
 class HeldWrites:
     """A hop's byte stream whose marked writes wait for the next one (or for the line to idle).
 
     The first write (the identification line, which the server does not answer: it sent its
-    own already) is held; so is every write made inside ``hold()`` by the same thread. Held
-    bytes go out in front of the next write, in the same one; or, once they have waited
-    HOLD_SECONDS, when a read times out for want of data.
+    own already) is held; so is every write made inside ``hold()`` by the same thread, up to
+    HOLD_LIMIT bytes. Held bytes go out in front of the next write, in the same one; or, once
+    they have waited HOLD_SECONDS, when a read times out for want of data.
     """
 
     def __init__(self, sock: Any) -> None:
@@ -58,22 +62,29 @@ class HeldWrites:
         return getattr(self._sock, name)
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        """Hold what this thread writes in the block (until the next write, or the line idles)."""
+    def hold(self, on_held: Callable[[], object] | None = None) -> Iterator[None]:
+        """Hold what this thread writes in the block (until the next write, or the line idles);
+        on_held is called after each write held."""
         self._holding.on = True
+        self._holding.on_held = on_held
         try:
             yield
         finally:
             self._holding.on = False
+            self._holding.on_held = None
 
     def send(self, data: bytes) -> int:
         """Send data behind whatever is held, in one write; or hold it, when marked."""
         with self._lock:
-            if self._first or getattr(self._holding, "on", False):
+            holding = self._first or getattr(self._holding, "on", False)
+            if holding and len(self._held) + len(data) <= HOLD_LIMIT:
                 self._first = False
                 if not self._held:
                     self._held_since = time.monotonic()
                 self._held += bytes(data)
+                on_held = getattr(self._holding, "on_held", None)
+                if on_held is not None:
+                    on_held()
                 return len(data)
             while self._held:
                 # a short write keeps the rest held: the packetizer retries with the same data
@@ -107,6 +118,17 @@ class HeldWrites:
             pass
         finally:
             self._lock.release()
+
+
+def holding(
+    transport: paramiko.Transport, on_held: Callable[[], object] | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """A block in which what this thread sends on transport is held (see HeldWrites): nothing
+    is, on a transport not made by stall_free_transport (on_held: see HeldWrites.hold)."""
+    stream = transport.sock
+    if isinstance(stream, HeldWrites):
+        return stream.hold(on_held)
+    return contextlib.nullcontext()
 
 
 def avoid_stalls(transport: paramiko.Transport, stream: HeldWrites) -> None:

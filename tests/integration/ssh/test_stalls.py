@@ -1,51 +1,30 @@
 """What leaves together on the wire of a hop to a real sshd (deployer.ssh.stalls): the banner with
 KEXINIT, NEWKEYS with the service request, a finished command's EOF and CLOSE with the next
-command's request; and a reply-less global request (sshd's hostkeys-00 after the login) is
+command's request (and the request for the channel of the command after it), a small stdin
+with its EOF; and a reply-less global request (sshd's hostkeys-00 after the login) is
 answered with one packet. With AES-GCM the packet lengths travel in clear, so the test can
 count the packets in each write."""
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import paramiko
 import pytest
 
-from deployer.ssh.stalls import HOLD_SECONDS, stall_free_transport
+from deployer.ssh.connection import Connection
+from deployer.ssh.route import Endpoint, Route
+from deployer.ssh.stalls import HOLD_SECONDS
+from tests.integration.wire import (
+    KEXINIT,
+    NEWKEYS,
+    Recording,
+    behind_newkeys,
+    gcm_packets,
+)
 
 pytestmark = pytest.mark.integration
-
-KEXINIT, NEWKEYS = 20, 21
-GCM_TAG = 16
-
-
-class Recording:
-    """A TCP socket that records every write."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.sends: list[bytes] = []
-
-    def send(self, data: bytes) -> int:
-        sent = self.sock.send(data)
-        self.sends.append(bytes(data[:sent]))
-        return sent
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
-
-
-def _gcm_packets(chunk: bytes) -> int:
-    """How many whole AES-GCM packets chunk holds (it must hold nothing else)."""
-    count, offset = 0, 0
-    while offset < len(chunk):
-        offset += 4 + int.from_bytes(chunk[offset : offset + 4], "big") + GCM_TAG
-        count += 1
-    assert offset == len(chunk), "a write that ends inside a packet"
-    return count
 
 
 def _wait_for(condition: Any, seconds: float = 5.0) -> None:
@@ -53,19 +32,6 @@ def _wait_for(condition: Any, seconds: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
-
-
-@pytest.fixture
-def wire(topology: Any) -> Iterator[tuple[Recording, paramiko.Transport]]:
-    sock = socket.create_connection(("127.0.0.1", topology.box.target.port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    recording = Recording(sock)
-    transport = stall_free_transport(recording)
-    transport.get_security_options().ciphers = ["aes128-gcm@openssh.com"]
-    try:
-        yield recording, transport
-    finally:
-        transport.close()
 
 
 def test_unanswered_messages_leave_with_the_next_one(
@@ -80,14 +46,12 @@ def test_unanswered_messages_leave_with_the_next_one(
     assert not any(chunk[5] == NEWKEYS for chunk in recording.sends if len(chunk) > 5)
     key = paramiko.Ed25519Key.from_private_key_file(str(topology.box.ci_key))
     transport.auth_publickey(topology.user, key)
-    (with_newkeys,) = [c for c in recording.sends if len(c) > 5 and c[5] == NEWKEYS]
-    newkeys_size = 4 + int.from_bytes(with_newkeys[:4], "big")
-    assert _gcm_packets(with_newkeys[newkeys_size:]) == 1  # NEWKEYS + the service request
+    assert behind_newkeys(recording.sends) == 1  # NEWKEYS + the service request
 
     # sshd sends hostkeys-00@openssh.com (no reply wanted) after the login: one IGNORE answers it
     after_login = len(recording.sends)
     _wait_for(lambda: len(recording.sends) > after_login)
-    assert [_gcm_packets(c) for c in recording.sends[after_login:]] == [1]
+    assert [gcm_packets(c) for c in recording.sends[after_login:]] == [1]
 
     first, spare = transport.open_session(), transport.open_session()
     first.exec_command("true")
@@ -98,5 +62,24 @@ def test_unanswered_messages_leave_with_the_next_one(
     assert len(recording.sends) == finished  # our EOF and CLOSE are held ...
     spare.exec_command("echo next")
     # ... and leave with the next command's request, in one write
-    assert _gcm_packets(recording.sends[finished]) == 3
+    assert gcm_packets(recording.sends[finished]) == 3
     assert spare.makefile().read() == b"next\n"
+
+
+def test_a_command_leaves_with_the_next_ones_channel_request_and_its_stdin_with_its_eof(
+    wire: tuple[Recording, paramiko.Transport], topology: Any
+) -> None:
+    recording, transport = wire
+    transport.start_client(timeout=10)
+    key = paramiko.Ed25519Key.from_private_key_file(str(topology.box.ci_key))
+    transport.auth_publickey(topology.user, key)
+    route = Route(Endpoint(topology.user, "127.0.0.1", topology.box.target.port))
+    connection = Connection(route, [transport])
+    connection.run("true")  # the first command opens its own channel
+    before = len(recording.sends)
+    result = connection.run("cat >/dev/null; echo ok", upload=lambda out: out.write(b"x" * 100))
+    assert result.stdout == b"ok\n"
+    packets = [gcm_packets(c) for c in recording.sends[before:]]
+    # [the held EOF and CLOSE of `true`, the next command's channel open, this command's exec],
+    # then [its stdin, its EOF] once sshd opened the window (CLOSE and EOF of this one: held)
+    assert packets[:2] == [4, 2]

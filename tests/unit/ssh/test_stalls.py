@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deployer.ssh.stalls import HOLD_SECONDS, HeldWrites
+from deployer.ssh.stalls import HOLD_LIMIT, HOLD_SECONDS, HeldWrites
 
 
 class Recording:
@@ -128,3 +128,22 @@ def test_reads_pass_through(pair: tuple[socket.socket, socket.socket]) -> None:
     stream = HeldWrites(Recording(ours))
     theirs.sendall(b"SSH-2.0-server\r\n")
     assert stream.recv(64) == b"SSH-2.0-server\r\n"
+
+
+def test_a_hold_lets_a_long_stream_go_and_says_when_it_held_a_write(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    wire = Recording(ours)
+    stream = HeldWrites(wire)
+    _send_all(stream, b"banner")
+    _send_all(stream, b"!")
+    held: list[int] = []
+    big = b"y" * HOLD_LIMIT
+    with stream.hold(on_held=lambda: held.append(1)):
+        _send_all(stream, b"small")
+        assert held == [1]
+        _send_all(stream, big)  # more than HOLD_LIMIT in all: out at once, with what was held
+    assert held == [1]
+    assert any(chunk.startswith(b"smally") for chunk in wire.sends)  # "small" went along
+    assert _drain(theirs, 12 + HOLD_LIMIT) == b"banner!small" + big
