@@ -4,9 +4,9 @@ Through a reverse tunnel (``ssh -R``), the bytes of a hop cross TCP connections 
 opens without TCP_NODELAY (sshd sets it only for a terminal). There Nagle's rule holds a small
 segment while an earlier one is unacknowledged, and the receiver delays that ACK by up to 40 ms
 unless it has something to send back. So every time a side sends two small messages in a row
-and the first gets no answer (our banner and our NEWKEYS before the message that follows; our
-EOF and CLOSE after a command before the next command; a command's request before its
-stdin, and the last of its stdin before the EOF; the server's unsolicited
+and the first gets no answer (our banner before KEXINIT, our NEWKEYS before the service request;
+our EOF and CLOSE after a command before the next command's request, which goes right behind
+the one for the following command's channel; a small stdin before its EOF; the server's unsolicited
 ``hostkeys-00@openssh.com`` before its answer to our first channel open), the second waits about
 40 ms. A one-file push met five such stalls, more than its round trips on a 10 ms link.
 
