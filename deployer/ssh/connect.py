@@ -35,7 +35,6 @@ from deployer.ssh.failures import (
     nothing_listens,
 )
 from deployer.ssh.hostkeys import HostKeyPolicy, fingerprint
-from deployer.ssh.login import login_with_key
 from deployer.ssh.route import Route
 from deployer.ssh.stalls import stall_free_transport
 
@@ -143,7 +142,7 @@ def _authenticate(
         raise no_key(route, index)
     for key in candidates:
         try:
-            remaining = login_with_key(transport, hop.user, key)
+            remaining = transport.auth_publickey(hop.user, key)
         except paramiko.AuthenticationException:
             continue
         except (paramiko.SSHException, OSError, EOFError) as exc:
