@@ -28,7 +28,7 @@ from deployer.ssh.access import Access, connect_options, route_flags
 from deployer.ssh.clients import ClientChoice, Session, SshClient, open_client
 from deployer.ssh.connect import connected
 from deployer.ssh.connection import Connection
-from deployer.ssh.contact import FirstContact
+from deployer.ssh.contact import FirstContact, taken
 from deployer.ssh.route import Route
 from deployer.ssh.sftp import SftpSession, open_sftp
 
@@ -44,7 +44,7 @@ def connection_to(
     """A connection along route that is closed (every hop) when the block ends (first: its
     first hop, when dialled already)."""
     options = connect_options(route, access, reporter.line)
-    with connected(route, options, first.take() if first is not None else None) as connection:
+    with connected(route, options, taken(first)) as connection:
         yield connection
 
 
@@ -89,14 +89,13 @@ def push_over_ssh(
 
     With transport "auto", a target that runs no commands is deployed to over SFTP. ssh_client
     chooses who carries the shell path (see ssh.clients); SFTP always goes over paramiko.
-    contact: the first route's first hop, dialled already (its first connection uses it).
+    contact: the first route's first hop, dialled already (its first connection takes it; the
+    caller closes it, in case none did).
     """
     established: list[str] = []  # --mode auto falls back only if no connection ever came up
     dialled = [contact] if contact is not None else []  # taken by the first connection only
     with contextlib.ExitStack() as connections:
         connections.callback(payload.close)  # shared streams go once every upload is done
-        if contact is not None:
-            connections.callback(contact.close)  # unless taken
         client = open_client(
             "paramiko" if transport == "sftp" else ssh_client, access.env, reporter.line,
             targets=len(routes), artifact_bytes=payload.artifact.total_size,

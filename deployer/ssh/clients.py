@@ -69,8 +69,9 @@ class ParamikoClient:
     ) -> Session:
         """Connect with ssh.connect."""
         from deployer.ssh.connect import connect
+        from deployer.ssh.contact import taken
 
-        return connect(route, options, first.take() if first is not None else None)
+        return connect(route, options, taken(first))
 
     def close(self) -> None:
         """Nothing shared: each connection is closed by its user."""

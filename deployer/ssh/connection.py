@@ -34,9 +34,8 @@ from deployer.ssh.route import Route
 from deployer.ssh.stalls import holding
 
 READ_CHUNK = 32768
-QUEUE_WAIT = (
-    1.0  # seconds a spare channel's request may take to be queued (microseconds, as a rule)
-)
+# Seconds a spare channel's request may take to be queued (microseconds, as a rule)
+QUEUE_WAIT = 1.0
 
 
 class _ChannelWriter:

@@ -101,3 +101,8 @@ class FirstContact:
             self._done = True
         if sock is not None:
             sock.close()
+
+
+def taken(first: FirstContact | None) -> socket.socket | None:
+    """first's connection, taken (see FirstContact.take); None without a first contact."""
+    return first.take() if first is not None else None

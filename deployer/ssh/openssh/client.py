@@ -26,7 +26,7 @@ import paramiko
 from deployer.environment import child_environment
 from deployer.ssh.agent import MemoryAgent
 from deployer.ssh.connect import ConnectOptions
-from deployer.ssh.contact import FirstContact, first_hop_socket
+from deployer.ssh.contact import FirstContact, first_hop_socket, taken
 from deployer.ssh.failures import channel_failed, no_key
 from deployer.ssh.hostkeys import fingerprint
 from deployer.ssh.openssh.argv import MasterSpec, host_key_algorithms
@@ -75,7 +75,7 @@ class OpenSSHClient:
 
         first: the first hop when dialled already (closed if a master for it is up anyway).
         """
-        sock = first.take() if first is not None else None
+        sock = taken(first)
         master: Master | None = None
         for index in range(len(route.hops)):
             master = self._master(route, index, options, master, sock)
